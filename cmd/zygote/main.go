@@ -35,5 +35,12 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	for _, newCmd := range subcommands {
+		root.AddCommand(newCmd())
+	}
 	return root
 }
+
+// subcommands collects the verbs; each verb's file appends its constructor
+// in an init func, so verbs live in separate files without editing this one.
+var subcommands []func() *cobra.Command
