@@ -1,0 +1,96 @@
+package hypervisor
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"time"
+)
+
+// Spec describes the machine a driver launches for one instance.
+type Spec struct {
+	// ID is the instance id; drivers use it to name the VMM process.
+	ID string
+	// Dir is the instance directory (see the package doc).
+	Dir         string
+	VCPUs       int
+	MemoryBytes int64
+	// KernelArgs are appended to the driver's own kernel command line.
+	KernelArgs string
+	// DriverState is what Boot returned for this machine (nil before the
+	// first boot).
+	DriverState json.RawMessage
+}
+
+// BootAssets are the guest kernel and initramfs a first boot copies into the
+// instance directory.
+type BootAssets struct {
+	Kernel    string
+	Initramfs string
+}
+
+// Process identifies a VMM process.
+type Process struct {
+	PID       int
+	StartTime uint64
+}
+
+// SaveStats describes a SaveState call.
+type SaveStats struct {
+	StateBytes int64
+	Duration   time.Duration
+}
+
+// Driver launches VMs.
+type Driver interface {
+	// Name is the hypervisor's name in the API ("qemu").
+	Name() string
+	// Boot starts a new VMM that boots the guest from scratch and returns
+	// it with the driver state to persist.
+	Boot(ctx context.Context, spec Spec, assets BootAssets) (VM, json.RawMessage, error)
+	// Restore starts a VMM from the saved state in spec.Dir and returns it
+	// running.
+	Restore(ctx context.Context, spec Spec) (VM, error)
+	// Attach adopts a VMM started by an earlier daemon. It fails with
+	// errdefs.ErrNotFound when the process is gone or is not that VMM.
+	Attach(ctx context.Context, spec Spec, proc Process) (VM, error)
+	// Find returns the live VMM processes this driver started for spec.Dir
+	// (normally zero or one): the reconcile uses it to adopt or kill VMMs
+	// whose identity a crash kept out of the store.
+	Find(spec Spec) ([]Process, error)
+	// HasSavedState reports whether dir holds a saved state that Restore can
+	// use.
+	HasSavedState(dir string) bool
+	// DiscardSavedState removes the saved state and memory, so the next
+	// Boot starts from a clean, sparse memory file.
+	DiscardSavedState(dir string) error
+}
+
+// VM is one running VMM.
+type VM interface {
+	Process() Process
+	// Exited is closed when the VMM process has exited.
+	Exited() <-chan struct{}
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+	// Paused reports whether the vCPUs are stopped.
+	Paused(ctx context.Context) (bool, error)
+	// SaveState writes the device state of a paused VM (see the package doc).
+	SaveState(ctx context.Context) (SaveStats, error)
+	// DialAgent connects to the guest agent's channel.
+	DialAgent(ctx context.Context) (net.Conn, error)
+	// Quit ends the VMM and waits until it has exited.
+	Quit(ctx context.Context) error
+	// Close releases the daemon's handles without stopping the VMM (the
+	// daemon is shutting down; a later Attach adopts it again).
+	Close() error
+}
+
+// Layout names the files every driver keeps in an instance directory that
+// the rest of the daemon reads.
+const (
+	// ConsoleLog is the guest's serial console, appended across boots.
+	ConsoleLog = "console.log"
+	// VMMLog is the VMM process's own stdout and stderr.
+	VMMLog = "vmm.log"
+)

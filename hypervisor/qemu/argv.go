@@ -1,0 +1,90 @@
+package qemu
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/zygote/zygote/hypervisor"
+)
+
+// Files the QEMU driver keeps in an instance directory.
+const (
+	memoryFile  = "memory"    // guest RAM, memory-backend-file share=on
+	stateFile   = "state"     // device state saved by SaveState
+	kernelFile  = "kernel"    // the instance's own copy of the guest kernel
+	initrdFile  = "initramfs" // and of the initramfs
+	qmpSocket   = "qmp.sock"
+	agentSocket = "agent.sock"
+)
+
+// AgentPortName is the virtio-serial port name the guest agent looks for.
+const AgentPortName = "zygote.agent"
+
+// maxUnixPath is sun_path's size minus the terminating NUL.
+const maxUnixPath = 107
+
+// baseKernelArgs: ttyS0 is captured to console.log; panic=-1 reboots at
+// once, and -no-reboot turns a reboot into a VMM exit, so a dead guest
+// never lingers.
+const baseKernelArgs = "console=ttyS0 quiet panic=-1"
+
+// optEscape doubles commas, QEMU's option separator, in a value.
+func optEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+func processName(id string) string { return "zygote-" + id }
+
+// buildArgs returns the QEMU command line for spec. Boot and restore use the
+// same function, so a restore can only differ from the boot by the
+// incoming flags: QEMU requires the same machine, devices and RAM layout.
+func buildArgs(spec hypervisor.Spec, st driverState, incoming bool) []string {
+	dir := spec.Dir
+	mib := spec.MemoryBytes >> 20
+	bus := "pci"
+	if st.Machine == "microvm" {
+		bus = "device" // virtio-mmio transports
+	}
+	cmdline := baseKernelArgs
+	if st.Machine == "microvm" && st.Accel == "tcg" && st.TSCKHz > 0 {
+		cmdline += fmt.Sprintf(" tsc_early_khz=%d", st.TSCKHz)
+	}
+	if spec.KernelArgs != "" {
+		cmdline += " " + spec.KernelArgs
+	}
+	args := []string{
+		"-name", processName(spec.ID),
+		"-machine", fmt.Sprintf("%s,accel=%s,memory-backend=ram0", st.Machine, st.Accel),
+		"-smp", fmt.Sprint(spec.VCPUs),
+		"-m", fmt.Sprintf("%dM", mib),
+		"-object", fmt.Sprintf("memory-backend-file,id=ram0,size=%dM,mem-path=%s,share=on", mib, optEscape(filepath.Join(dir, memoryFile))),
+		"-kernel", filepath.Join(dir, kernelFile),
+		"-initrd", filepath.Join(dir, initrdFile),
+		"-append", cmdline,
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-chardev", fmt.Sprintf("file,id=con0,path=%s,append=on", optEscape(filepath.Join(dir, hypervisor.ConsoleLog))),
+		"-serial", "chardev:con0",
+		"-device", "virtio-serial-" + bus + ",id=vser0",
+		"-chardev", fmt.Sprintf("socket,id=agent0,path=%s,server=on,wait=off", optEscape(filepath.Join(dir, agentSocket))),
+		"-device", "virtserialport,bus=vser0.0,chardev=agent0,name=" + AgentPortName,
+		"-object", "rng-random,id=rng0,filename=/dev/urandom",
+		"-device", "virtio-rng-" + bus + ",rng=rng0",
+		"-qmp", fmt.Sprintf("unix:%s,server=on,wait=off", optEscape(filepath.Join(dir, qmpSocket))),
+	}
+	if incoming {
+		// -S: stay paused after the state loads, so the driver consumes the
+		// state file before the guest runs (see hypervisor's package doc).
+		args = append(args, "-incoming", "defer", "-S")
+	}
+	return args
+}
+
+// checkPaths fails early, with a clear message, when a socket path would
+// not fit in a sockaddr_un.
+func checkPaths(dir string) error {
+	for _, name := range []string{qmpSocket, agentSocket} {
+		if p := filepath.Join(dir, name); len(p) > maxUnixPath {
+			return fmt.Errorf("socket path %s is %d bytes, over the %d-byte unix socket limit: use a shorter data directory", p, len(p), maxUnixPath)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,249 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/zygote/zygote/errdefs"
+	"github.com/zygote/zygote/hypervisor"
+	"github.com/zygote/zygote/internal/proc"
+)
+
+// vm is one QEMU process.
+type vm struct {
+	drv       *Driver
+	spec      hypervisor.Spec
+	proc      hypervisor.Process
+	qmp       *qmp
+	exited    chan struct{}
+	stopWatch context.CancelFunc // adopted VMMs only: stops the pidfd watcher
+	log       *slog.Logger
+}
+
+func (v *vm) Process() hypervisor.Process { return v.proc }
+func (v *vm) Exited() <-chan struct{}     { return v.exited }
+
+func (v *vm) alive() error {
+	select {
+	case <-v.exited:
+		return fmt.Errorf("qemu %s: the VMM has exited: %w", v.spec.ID, errdefs.ErrUnavailable)
+	default:
+		return nil
+	}
+}
+
+func (v *vm) Pause(ctx context.Context) error {
+	if err := v.alive(); err != nil {
+		return err
+	}
+	return v.qmp.execute(ctx, "stop", nil, nil)
+}
+
+func (v *vm) Resume(ctx context.Context) error {
+	if err := v.alive(); err != nil {
+		return err
+	}
+	return v.qmp.execute(ctx, "cont", nil, nil)
+}
+
+type statusInfo struct {
+	Running bool   `json:"running"`
+	Status  string `json:"status"`
+}
+
+func (v *vm) status(ctx context.Context) (statusInfo, error) {
+	var st statusInfo
+	if err := v.alive(); err != nil {
+		return st, err
+	}
+	err := v.qmp.execute(ctx, "query-status", nil, &st)
+	return st, err
+}
+
+func (v *vm) Paused(ctx context.Context) (bool, error) {
+	st, err := v.status(ctx)
+	return !st.Running, err
+}
+
+type migrateInfo struct {
+	Status    string `json:"status"`
+	ErrorDesc string `json:"error-desc"`
+}
+
+func (v *vm) ignoreShared(ctx context.Context) error {
+	// x-ignore-shared: RAM in a shared file-backed region is not streamed;
+	// the memory file already is the RAM, so the state file stays small
+	// (tens to hundreds of KB) whatever the guest's size.
+	return v.qmp.execute(ctx, "migrate-set-capabilities", map[string]any{
+		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}},
+	}, nil)
+}
+
+// SaveState streams the device state of the paused VM into state.tmp,
+// makes it and the memory file durable, then renames it to state: a crash
+// at any point leaves either no state file or a complete one.
+func (v *vm) SaveState(ctx context.Context) (hypervisor.SaveStats, error) {
+	begin := time.Now()
+	var stats hypervisor.SaveStats
+	st, err := v.status(ctx)
+	if err != nil {
+		return stats, err
+	}
+	if st.Running {
+		return stats, fmt.Errorf("qemu %s: save state of a running VM (pause it first): %w", v.spec.ID, errdefs.ErrInvalidState)
+	}
+	if err := v.ignoreShared(ctx); err != nil {
+		return stats, err
+	}
+	tmp := filepath.Join(v.spec.Dir, stateFile+".tmp")
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return stats, err
+	}
+	defer os.Remove(tmp) // no-op after the rename
+	defer f.Close()
+	if err := v.qmp.executeWithFD(ctx, "getfd", map[string]any{"fdname": "zygote-state"}, int(f.Fd()), nil); err != nil {
+		return stats, err
+	}
+	if err := v.qmp.execute(ctx, "migrate", map[string]any{"uri": "fd:zygote-state"}, nil); err != nil {
+		return stats, err
+	}
+	if err := v.waitMigration(ctx); err != nil {
+		return stats, fmt.Errorf("qemu %s: save state: %w", v.spec.ID, err)
+	}
+	if err := f.Sync(); err != nil {
+		return stats, fmt.Errorf("fsync state: %w", err)
+	}
+	if fi, err := f.Stat(); err == nil {
+		stats.StateBytes = fi.Size()
+	}
+	if err := syncFile(filepath.Join(v.spec.Dir, memoryFile)); err != nil {
+		return stats, fmt.Errorf("fsync memory: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(v.spec.Dir, stateFile)); err != nil {
+		return stats, err
+	}
+	if err := syncDir(v.spec.Dir); err != nil {
+		return stats, err
+	}
+	stats.Duration = time.Since(begin)
+	return stats, nil
+}
+
+func (v *vm) waitMigration(ctx context.Context) error {
+	for {
+		var mi migrateInfo
+		if err := v.qmp.execute(ctx, "query-migrate", nil, &mi); err != nil {
+			return err
+		}
+		switch mi.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("migration %s: %s", mi.Status, mi.ErrorDesc)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-v.exited:
+			return errors.New("the VMM exited during migration")
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// loadState runs the incoming migration from fd 3 and waits until the
+// machine is loaded and paused.
+func (v *vm) loadState(ctx context.Context) error {
+	if err := v.ignoreShared(ctx); err != nil {
+		return err
+	}
+	if err := v.qmp.execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:3"}, nil); err != nil {
+		return err
+	}
+	for {
+		st, err := v.status(ctx)
+		if err != nil {
+			return fmt.Errorf("load saved state: %w", err)
+		}
+		switch st.Status {
+		case "inmigrate":
+		case "paused", "prelaunch":
+			return nil
+		default:
+			return fmt.Errorf("load saved state: VM in unexpected state %q", st.Status)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-v.exited:
+			return errors.New("the VMM exited while loading the saved state")
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+func (v *vm) DialAgent(ctx context.Context) (net.Conn, error) {
+	if err := v.alive(); err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "unix", filepath.Join(v.spec.Dir, agentSocket))
+}
+
+// Quit asks QEMU to exit, and kills it if it does not within a few seconds.
+func (v *vm) Quit(ctx context.Context) error {
+	if v.alive() == nil {
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if err := v.qmp.execute(qctx, "quit", nil, nil); err != nil {
+			v.log.Debug("qmp quit failed, killing", "err", err)
+		}
+		cancel()
+	}
+	select {
+	case <-v.exited:
+	case <-time.After(5 * time.Second):
+		v.kill()
+	case <-ctx.Done():
+		v.kill()
+	}
+	v.Close()
+	return nil
+}
+
+// kill SIGKILLs the VMM (identity-checked) and waits for it to exit.
+func (v *vm) kill() {
+	if h, err := proc.Open(v.proc.PID, v.proc.StartTime); err == nil {
+		h.Signal(syscall.SIGKILL)
+		h.Close()
+	}
+	select {
+	case <-v.exited:
+	case <-time.After(10 * time.Second):
+		v.log.Error("VMM did not exit after SIGKILL")
+	}
+	v.Close()
+}
+
+func (v *vm) Close() error {
+	if v.stopWatch != nil {
+		v.stopWatch()
+	}
+	return v.qmp.close()
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
