@@ -1,0 +1,13 @@
+package agentproto
+
+// The initramfs layout zygote-init relies on. The builder (package guest)
+// writes it; zygote-init reads it.
+const (
+	// InitramfsModulesDir holds the kernel modules (.ko) init loads.
+	InitramfsModulesDir = "/lib/modules/zygote"
+	// InitramfsModuleOrder lists the file names in InitramfsModulesDir, one
+	// per line, in load order. Modules built into the kernel are absent.
+	InitramfsModuleOrder = InitramfsModulesDir + "/modules.order"
+	// InitramfsBusybox is the static busybox; applet symlinks point at it.
+	InitramfsBusybox = "/bin/busybox"
+)
