@@ -1,0 +1,353 @@
+// Package drivertest holds the conformance suite every hypervisor driver
+// passes (suite.go) and Fake, a driver double that runs no VM at all.
+//
+// Fake is a test double, named as such: it exists so the manager's state
+// machine, crash handling and the randomized lifecycle model can run
+// thousands of steps without booting VMs. It keeps the one property those
+// tests rely on, the same as QEMU's: the guest's RAM is the instance
+// directory's memory file, written in place (GuestWrite), and a standby
+// image is that file plus a state file.
+package drivertest
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"github.com/zygote/zygote/errdefs"
+	"github.com/zygote/zygote/hypervisor"
+)
+
+// Files the fake keeps in an instance directory, named like QEMU's.
+const (
+	MemoryFile = "memory"
+	StateFile  = "state"
+	kernelFile = "kernel"
+	initrdFile = "initramfs"
+)
+
+var fakeMagic = []byte("FAKEVMSTATE1\n")
+
+// Fake is a hypervisor.Driver double. Its VMs are registry entries, not
+// processes; "VMM identities" are unique fake pids that live as long as the
+// Fake does, so a second manager on the same Fake adopts them like a
+// restarted daemon adopts real VMMs.
+type Fake struct {
+	mu      sync.Mutex
+	vms     map[int]*FakeVM // by fake pid, live VMs only
+	nextPID atomic.Int64
+	// FailNext makes the next call of the named method ("Boot", "Restore",
+	// "SaveState", "Pause") fail once, for error-path tests.
+	failNext map[string]error
+}
+
+// NewFake returns an empty fake driver.
+func NewFake() *Fake {
+	f := &Fake{vms: map[int]*FakeVM{}, failNext: map[string]error{}}
+	f.nextPID.Store(1 << 22) // above any real pid_max default
+	return f
+}
+
+var _ hypervisor.Driver = (*Fake)(nil)
+
+func (f *Fake) Name() string { return "qemu" }
+
+// FailNext arms a one-shot failure of method.
+func (f *Fake) FailNext(method string, err error) {
+	f.mu.Lock()
+	f.failNext[method] = err
+	f.mu.Unlock()
+}
+
+func (f *Fake) takeFailure(method string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	err := f.failNext[method]
+	delete(f.failNext, method)
+	return err
+}
+
+// Live returns the fake VMs currently "running".
+func (f *Fake) Live() []*FakeVM {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]*FakeVM, 0, len(f.vms))
+	for _, v := range f.vms {
+		out = append(out, v)
+	}
+	return out
+}
+
+func (f *Fake) launch(spec hypervisor.Spec) (*FakeVM, error) {
+	mem, err := os.OpenFile(filepath.Join(spec.Dir, MemoryFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := mem.Truncate(spec.MemoryBytes); err != nil {
+		mem.Close()
+		return nil, err
+	}
+	v := &FakeVM{f: f, spec: spec, mem: mem, exited: make(chan struct{}),
+		proc: hypervisor.Process{PID: int(f.nextPID.Add(1)), StartTime: 1}}
+	f.mu.Lock()
+	f.vms[v.proc.PID] = v
+	f.mu.Unlock()
+	return v, nil
+}
+
+func (f *Fake) Boot(ctx context.Context, spec hypervisor.Spec, assets hypervisor.BootAssets) (hypervisor.VM, json.RawMessage, error) {
+	if err := f.takeFailure("Boot"); err != nil {
+		return nil, nil, err
+	}
+	if spec.VCPUs < 1 || spec.MemoryBytes < 1<<20 {
+		return nil, nil, fmt.Errorf("fake: bad spec: %w", errdefs.ErrInvalidArgument)
+	}
+	for _, name := range []string{kernelFile, initrdFile} {
+		if err := os.WriteFile(filepath.Join(spec.Dir, name), []byte("fake "+name), 0o644); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := f.DiscardSavedState(spec.Dir); err != nil {
+		return nil, nil, err
+	}
+	v, err := f.launch(spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	return v, json.RawMessage(`{"fake":true}`), nil
+}
+
+func (f *Fake) Restore(ctx context.Context, spec hypervisor.Spec) (hypervisor.VM, error) {
+	if err := f.takeFailure("Restore"); err != nil {
+		return nil, err
+	}
+	statePath := filepath.Join(spec.Dir, StateFile)
+	raw, err := os.ReadFile(statePath)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("fake restore: saved state file %s is missing: %w", statePath, errdefs.ErrInvalidState)
+	case err != nil:
+		return nil, err
+	case !bytes.HasPrefix(raw, fakeMagic):
+		return nil, fmt.Errorf("fake restore: saved state file %s is corrupt: %w", statePath, errdefs.ErrInvalidState)
+	}
+	// The state file records the memory hash at save time: restoring onto
+	// different memory is exactly the corruption zygote must never cause.
+	want := string(bytes.TrimPrefix(raw, fakeMagic))
+	got, err := hashFile(filepath.Join(spec.Dir, MemoryFile))
+	if err != nil {
+		return nil, fmt.Errorf("fake restore: %w", err)
+	}
+	if got != want {
+		return nil, fmt.Errorf("fake restore %s: memory file does not match the saved state (hash %s, state says %s)", spec.ID, got, want)
+	}
+	v, err := f.launch(spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Remove(statePath); err != nil {
+		v.kill()
+		return nil, err
+	}
+	return v, nil
+}
+
+func (f *Fake) Attach(ctx context.Context, spec hypervisor.Spec, p hypervisor.Process) (hypervisor.VM, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v, ok := f.vms[p.PID]
+	if !ok || v.spec.Dir != spec.Dir || v.proc != p {
+		return nil, fmt.Errorf("fake attach %s: %w", spec.ID, errdefs.ErrNotFound)
+	}
+	return v, nil
+}
+
+func (f *Fake) Find(spec hypervisor.Spec) ([]hypervisor.Process, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []hypervisor.Process
+	for _, v := range f.vms {
+		if v.spec.Dir == spec.Dir {
+			out = append(out, v.proc)
+		}
+	}
+	return out, nil
+}
+
+func (f *Fake) HasSavedState(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, StateFile))
+	return err == nil
+}
+
+func (f *Fake) DiscardSavedState(dir string) error {
+	for _, name := range []string{StateFile, MemoryFile} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// FakeVM is a running fake VM.
+type FakeVM struct {
+	f      *Fake
+	spec   hypervisor.Spec
+	proc   hypervisor.Process
+	exited chan struct{}
+
+	mu     sync.Mutex
+	mem    *os.File // nil once exited
+	paused bool
+}
+
+var _ hypervisor.VM = (*FakeVM)(nil)
+
+func (v *FakeVM) Process() hypervisor.Process { return v.proc }
+func (v *FakeVM) Exited() <-chan struct{}     { return v.exited }
+func (v *FakeVM) Spec() hypervisor.Spec       { return v.spec }
+
+func (v *FakeVM) live() error {
+	if v.mem == nil {
+		return fmt.Errorf("fake VM %s has exited: %w", v.spec.ID, errdefs.ErrUnavailable)
+	}
+	return nil
+}
+
+func (v *FakeVM) Pause(ctx context.Context) error {
+	if err := v.f.takeFailure("Pause"); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.live(); err != nil {
+		return err
+	}
+	v.paused = true
+	return nil
+}
+
+func (v *FakeVM) Resume(ctx context.Context) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.live(); err != nil {
+		return err
+	}
+	v.paused = false
+	return nil
+}
+
+func (v *FakeVM) Paused(ctx context.Context) (bool, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.paused, v.live()
+}
+
+// GuestWrite writes into guest RAM, in place, as a running guest would. It
+// fails on a paused or exited VM.
+func (v *FakeVM) GuestWrite(off int64, data []byte) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.live(); err != nil {
+		return err
+	}
+	if v.paused {
+		return fmt.Errorf("fake VM %s is paused: %w", v.spec.ID, errdefs.ErrInvalidState)
+	}
+	_, err := v.mem.WriteAt(data, off)
+	return err
+}
+
+// GuestRead reads guest RAM.
+func (v *FakeVM) GuestRead(off int64, n int) ([]byte, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.live(); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, n)
+	_, err := v.mem.ReadAt(buf, off)
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return buf, err
+}
+
+func (v *FakeVM) SaveState(ctx context.Context) (hypervisor.SaveStats, error) {
+	if err := v.f.takeFailure("SaveState"); err != nil {
+		return hypervisor.SaveStats{}, err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.live(); err != nil {
+		return hypervisor.SaveStats{}, err
+	}
+	if !v.paused {
+		return hypervisor.SaveStats{}, fmt.Errorf("fake: save state of a running VM: %w", errdefs.ErrInvalidState)
+	}
+	if err := v.mem.Sync(); err != nil {
+		return hypervisor.SaveStats{}, err
+	}
+	sum, err := hashFile(v.mem.Name())
+	if err != nil {
+		return hypervisor.SaveStats{}, err
+	}
+	content := append(append([]byte{}, fakeMagic...), sum...)
+	tmp := filepath.Join(v.spec.Dir, StateFile+".tmp")
+	if err := os.WriteFile(tmp, content, 0o600); err != nil {
+		return hypervisor.SaveStats{}, err
+	}
+	if err := os.Rename(tmp, filepath.Join(v.spec.Dir, StateFile)); err != nil {
+		return hypervisor.SaveStats{}, err
+	}
+	return hypervisor.SaveStats{StateBytes: int64(len(content))}, nil
+}
+
+func (v *FakeVM) DialAgent(ctx context.Context) (net.Conn, error) {
+	return nil, fmt.Errorf("fake VM has no agent channel; use the fake agent: %w", errdefs.ErrNotImplemented)
+}
+
+func (v *FakeVM) Quit(ctx context.Context) error {
+	v.kill()
+	return nil
+}
+
+// Crash ends the VM as if the VMM died (an unexpected exit).
+func (v *FakeVM) Crash() { v.kill() }
+
+func (v *FakeVM) kill() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.mem == nil {
+		return
+	}
+	v.mem.Close()
+	v.mem = nil
+	v.f.mu.Lock()
+	delete(v.f.vms, v.proc.PID)
+	v.f.mu.Unlock()
+	close(v.exited)
+}
+
+func (v *FakeVM) Close() error { return nil }
+
+func hashFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%x", h.Sum(nil)), nil
+}

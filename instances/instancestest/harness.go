@@ -1,0 +1,119 @@
+// Package instancestest builds instance managers over drivertest.Fake and
+// FakeAgent for tests of the manager and the API: no VM boots, every
+// state-machine, crash-recovery and ownership rule still runs for real
+// against a real store and real files.
+package instancestest
+
+import (
+	"context"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/zygote/zygote/hypervisor"
+	"github.com/zygote/zygote/hypervisor/drivertest"
+	"github.com/zygote/zygote/instances"
+	"github.com/zygote/zygote/store"
+)
+
+// Harness is a manager on fakes, with a data directory of its own.
+type Harness struct {
+	M       *instances.Manager
+	Fake    *drivertest.Fake
+	Store   *store.Store
+	DataDir string
+	Clone   instances.CloneFunc
+	t       testing.TB
+}
+
+// New starts a manager over a fake driver in dataDir (t.TempDir() if
+// empty). clone copies directories for snapshots and forks.
+func New(t testing.TB, dataDir string, clone instances.CloneFunc) *Harness {
+	t.Helper()
+	if dataDir == "" {
+		dataDir = t.TempDir()
+	}
+	h := &Harness{Fake: drivertest.NewFake(), DataDir: dataDir, Clone: clone, t: t}
+	h.start()
+	t.Cleanup(func() { h.stop() })
+	return h
+}
+
+func (h *Harness) start() {
+	h.t.Helper()
+	st, err := store.Open(filepath.Join(h.DataDir, "db"))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	m, err := instances.New(instances.Config{
+		DataDir: h.DataDir, Store: st, Drivers: []hypervisor.Driver{h.Fake},
+		Assets: func(context.Context) (hypervisor.BootAssets, error) {
+			return hypervisor.BootAssets{Kernel: "fake-kernel", Initramfs: "fake-initramfs"}, nil
+		},
+		DialAgent: DialFakeAgent, Clone: h.Clone,
+		StopTimeout: 2 * time.Second, ReadyTimeout: 5 * time.Second,
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := m.Reconcile(context.Background()); err != nil {
+		h.t.Fatalf("reconcile: %v", err)
+	}
+	h.M, h.Store = m, st
+}
+
+func (h *Harness) stop() {
+	if h.M != nil {
+		h.M.Close()
+		h.Store.Close()
+		h.M = nil
+	}
+}
+
+// Restart simulates a daemon restart: the manager goes away (leaving fake
+// VMs running, as real VMMs outlive a killed daemon), a new one opens the
+// same store and reconciles.
+func (h *Harness) Restart() {
+	h.t.Helper()
+	h.stop()
+	h.start()
+}
+
+// VM returns the live fake VM of an instance, or nil.
+func (h *Harness) VM(id string) *drivertest.FakeVM {
+	for _, v := range h.Fake.Live() {
+		if filepath.Base(v.Spec().Dir) == id {
+			return v
+		}
+	}
+	return nil
+}
+
+// WaitRunning waits until ref is Running.
+func (h *Harness) WaitRunning(ref string) instances.Instance {
+	h.t.Helper()
+	res, err := h.M.Wait(context.Background(), ref, instances.StateRunning, 10*time.Second)
+	if err != nil || res.State != instances.StateRunning {
+		h.t.Fatalf("wait for %s Running: %+v %v", ref, res, err)
+	}
+	v, err := h.M.Get(context.Background(), ref)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return v
+}
+
+// WaitState waits until ref reaches state (or cannot without a request).
+func (h *Harness) WaitState(ref string, state instances.State) instances.Instance {
+	h.t.Helper()
+	if _, err := h.M.Wait(context.Background(), ref, state, 10*time.Second); err != nil {
+		h.t.Fatalf("wait for %s %s: %v", ref, state, err)
+	}
+	v, err := h.M.Get(context.Background(), ref)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return v
+}

@@ -1,0 +1,259 @@
+package instances
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/zygote/zygote/errdefs"
+	"github.com/zygote/zygote/hypervisor"
+	"github.com/zygote/zygote/store"
+)
+
+// Config wires a Manager.
+type Config struct {
+	// DataDir holds instances/<id>/ and snapshots/<id>/.
+	DataDir string
+	Store   *store.Store
+	// Drivers by hypervisor name; DefaultHypervisor picks one for requests
+	// that do not.
+	Drivers           []hypervisor.Driver
+	DefaultHypervisor string
+	// Assets resolves the guest kernel and initramfs for first boots.
+	Assets func(ctx context.Context) (hypervisor.BootAssets, error)
+	// DialAgent connects to a VM's guest agent.
+	DialAgent AgentDialer
+	// Clone copies a directory tree reflink-first (snapshots, forks).
+	Clone CloneFunc
+	// StopTimeout bounds a graceful guest shutdown before the VMM is
+	// killed (default 20 s).
+	StopTimeout time.Duration
+	// ReadyTimeout bounds how long an operation that needs the guest agent
+	// (restore, a fork to Running) waits for it (default 60 s).
+	ReadyTimeout time.Duration
+	Metrics      *Metrics
+	Logger       *slog.Logger
+}
+
+// Manager runs instances. It is safe for concurrent use.
+type Manager struct {
+	cfg     Config
+	store   *store.Store
+	drivers map[string]hypervisor.Driver
+	log     *slog.Logger
+	metrics *Metrics
+
+	mu       sync.Mutex               // guards the fields below; a leaf lock
+	locks    map[string]*instanceLock // by instance id
+	runtimes map[string]*runtime      // by instance id, for instances with a VMM
+	reserved map[string]bool          // names of instances being created
+	changed  chan struct{}            // closed and replaced on every change
+	closed   bool
+
+	watchers sync.WaitGroup // runtime watcher goroutines
+}
+
+// New returns a manager. Call Reconcile before serving requests.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Store == nil || cfg.DataDir == "" || len(cfg.Drivers) == 0 || cfg.DialAgent == nil || cfg.Assets == nil || cfg.Clone == nil {
+		return nil, errors.New("instances: Config needs DataDir, Store, Drivers, Assets, DialAgent and Clone")
+	}
+	if cfg.StopTimeout == 0 {
+		cfg.StopTimeout = 20 * time.Second
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 60 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	m := &Manager{
+		cfg: cfg, store: cfg.Store, log: cfg.Logger, metrics: cfg.Metrics,
+		drivers:  map[string]hypervisor.Driver{},
+		locks:    map[string]*instanceLock{},
+		runtimes: map[string]*runtime{},
+		reserved: map[string]bool{},
+		changed:  make(chan struct{}),
+	}
+	for _, d := range cfg.Drivers {
+		m.drivers[d.Name()] = d
+	}
+	if m.cfg.DefaultHypervisor == "" {
+		m.cfg.DefaultHypervisor = cfg.Drivers[0].Name()
+	}
+	if _, ok := m.drivers[m.cfg.DefaultHypervisor]; !ok {
+		return nil, fmt.Errorf("instances: default hypervisor %q has no driver", m.cfg.DefaultHypervisor)
+	}
+	for _, sub := range []string{"instances", "snapshots"} {
+		if err := os.MkdirAll(filepath.Join(cfg.DataDir, sub), 0o700); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// Close detaches from every VM and leaves them running: a restarted daemon
+// adopts them.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	m.closed = true
+	rts := make([]*runtime, 0, len(m.runtimes))
+	for _, rt := range m.runtimes {
+		rts = append(rts, rt)
+	}
+	m.mu.Unlock()
+	for _, rt := range rts {
+		rt.detach()
+		rt.vm.Close()
+	}
+	m.watchers.Wait()
+	return nil
+}
+
+func (m *Manager) instanceDir(id string) string {
+	return filepath.Join(m.cfg.DataDir, "instances", id)
+}
+
+func (m *Manager) snapshotDir(id string) string {
+	return filepath.Join(m.cfg.DataDir, "snapshots", id)
+}
+
+func (m *Manager) driver(name string) (hypervisor.Driver, error) {
+	d, ok := m.drivers[name]
+	if !ok {
+		return nil, fmt.Errorf("hypervisor %q is not available on this host: %w", name, errdefs.ErrNotImplemented)
+	}
+	return d, nil
+}
+
+// notify wakes everyone waiting for a state change.
+func (m *Manager) notify() {
+	m.mu.Lock()
+	close(m.changed)
+	m.changed = make(chan struct{})
+	m.mu.Unlock()
+}
+
+func (m *Manager) changes() <-chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.changed
+}
+
+// instanceLock is a per-instance mutex whose acquisition a context can
+// abandon (a request whose client left, a watcher being detached).
+type instanceLock struct{ ch chan struct{} }
+
+func (l *instanceLock) lock(ctx context.Context) error {
+	select {
+	case l.ch <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("wait for the instance lock: %w", ctx.Err())
+	}
+}
+
+func (l *instanceLock) unlock() { <-l.ch }
+
+func (m *Manager) lockFor(id string) *instanceLock {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	l, ok := m.locks[id]
+	if !ok {
+		l = &instanceLock{ch: make(chan struct{}, 1)}
+		m.locks[id] = l
+	}
+	return l
+}
+
+// lockInstance resolves ref, takes the instance's lock and re-reads the
+// record under it.
+func (m *Manager) lockInstance(ctx context.Context, ref string) (store.Instance, func(), error) {
+	var inst store.Instance
+	if err := m.store.View(func(tx *store.Tx) (err error) { inst, err = tx.ResolveInstance(ref); return }); err != nil {
+		return inst, nil, err
+	}
+	l := m.lockFor(inst.ID)
+	if err := l.lock(ctx); err != nil {
+		return inst, nil, fmt.Errorf("instance %s: %w", inst.Name, err)
+	}
+	err := m.store.View(func(tx *store.Tx) (err error) { inst, err = tx.Instance(inst.ID); return })
+	if err != nil {
+		l.unlock()
+		return inst, nil, err
+	}
+	return inst, l.unlock, nil
+}
+
+func (m *Manager) runtimeOf(id string) *runtime {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.runtimes[id]
+}
+
+func (m *Manager) setRuntime(id string, rt *runtime) {
+	m.mu.Lock()
+	if rt == nil {
+		delete(m.runtimes, id)
+	} else {
+		m.runtimes[id] = rt
+	}
+	m.mu.Unlock()
+	m.notify()
+}
+
+// putInstance commits a record.
+func (m *Manager) putInstance(inst store.Instance) error {
+	err := m.store.Update(func(tx *store.Tx) error { return tx.PutInstance(inst) })
+	if err == nil {
+		m.notify()
+	}
+	return err
+}
+
+// commit writes the record and removes the intent in one transaction.
+func (m *Manager) commit(inst store.Instance, intentID string) error {
+	err := m.store.Update(func(tx *store.Tx) error {
+		if err := tx.PutInstance(inst); err != nil {
+			return err
+		}
+		return tx.DeleteIntent(intentID)
+	})
+	if err == nil {
+		m.notify()
+	}
+	return err
+}
+
+func (m *Manager) putIntent(in store.Intent) error {
+	if in.CreatedAt.IsZero() {
+		in.CreatedAt = time.Now().UTC()
+	}
+	return m.store.Update(func(tx *store.Tx) error { return tx.PutIntent(in) })
+}
+
+func (m *Manager) dropIntent(id string) {
+	if err := m.store.Update(func(tx *store.Tx) error { return tx.DeleteIntent(id) }); err != nil {
+		m.log.Error("delete intent", "intent", id, "err", err)
+	}
+}
+
+func (m *Manager) specOf(inst store.Instance) hypervisor.Spec {
+	return hypervisor.Spec{
+		ID: inst.ID, Dir: m.instanceDir(inst.ID),
+		VCPUs: inst.Spec.VCPUs, MemoryBytes: inst.Spec.MemoryBytes,
+		KernelArgs: inst.Spec.KernelArgs, DriverState: inst.Spec.DriverState,
+	}
+}
+
+func now() time.Time { return time.Now().UTC() }
+
+func timePtr(t time.Time) *time.Time { return &t }

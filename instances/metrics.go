@@ -1,0 +1,56 @@
+package instances
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the manager's Prometheus metrics.
+type Metrics struct {
+	opDuration        *prometheus.HistogramVec
+	cloneBytes        *prometheus.CounterVec
+	cloneTotal        *prometheus.CounterVec
+	standbyStateBytes prometheus.Histogram
+}
+
+// NewMetrics creates the metrics and registers them with reg (nil: not
+// registered, for tests).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		opDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "zygote", Name: "operation_duration_seconds",
+			Help:    "Duration of instance operations by operation and result.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"op", "result"}),
+		cloneBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "zygote", Name: "clone_bytes_total",
+			Help: "Bytes of instance and snapshot files copied, by clone strategy (reflink, copy_file_range, readwrite).",
+		}, []string{"strategy"}),
+		cloneTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "zygote", Name: "clones_total",
+			Help: "Directory clones (snapshots, forks) by the strategy that served them.",
+		}, []string{"strategy"}),
+		standbyStateBytes: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "zygote", Name: "standby_state_bytes",
+			Help:    "Size of the device state file written at standby (memory is never copied).",
+			Buckets: prometheus.ExponentialBuckets(16<<10, 2, 10),
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.opDuration, m.cloneBytes, m.cloneTotal, m.standbyStateBytes)
+	}
+	return m
+}
+
+// op starts timing an operation; call the returned func with its error.
+func (m *Metrics) op(name string) func(error) {
+	begin := time.Now()
+	return func(err error) {
+		result := "ok"
+		if err != nil {
+			result = "error"
+		}
+		m.opDuration.WithLabelValues(name, result).Observe(time.Since(begin).Seconds())
+	}
+}

@@ -1,0 +1,259 @@
+package instances
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/zygote/zygote/guest/agent"
+	"github.com/zygote/zygote/hypervisor"
+	"github.com/zygote/zygote/internal/ids"
+	"github.com/zygote/zygote/internal/proc"
+	"github.com/zygote/zygote/store"
+)
+
+// Reconcile brings the store and the host into agreement at daemon start,
+// before any request is served. For each intent a crash left behind:
+//
+//	create            roll back: kill its VMM, remove its directory
+//	start             VMM alive: adopt it (Running); else stay Stopped
+//	stop, delete      roll forward
+//	standby           state file published: commit Standby (kill the VMM);
+//	                  else VMM alive: resume it (Running); else Stopped
+//	restore           state file still there: stay Standby (kill any VMM);
+//	                  else VMM alive: adopt it (Running); else Stopped
+//	snapshot, fork    see snapshot.go and fork.go
+//
+// Then every Running record is adopted (pid and start time checked) or
+// marked Stopped; VMMs and directories no record owns are removed.
+func (m *Manager) Reconcile(ctx context.Context) error {
+	var intents []store.Intent
+	if err := m.store.View(func(tx *store.Tx) (err error) { intents, err = tx.Intents(); return }); err != nil {
+		return err
+	}
+	var errs []error
+	for _, in := range intents {
+		m.log.Info("reconcile: finishing interrupted operation", "op", in.Op, "instance", in.InstanceID, "snapshot", in.SnapshotID)
+		if err := m.reconcileIntent(ctx, in); err != nil {
+			errs = append(errs, fmt.Errorf("reconcile %s %s: %w", in.Op, in.ID, err))
+			continue
+		}
+		m.dropIntent(in.ID)
+	}
+	var recs []store.Instance
+	if err := m.store.View(func(tx *store.Tx) (err error) { recs, err = tx.Instances(); return }); err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	for _, inst := range recs {
+		known[inst.ID] = true
+		if m.runtimeOf(inst.ID) != nil {
+			continue // adopted while reconciling its intent
+		}
+		if err := m.reconcileInstance(ctx, inst); err != nil {
+			errs = append(errs, fmt.Errorf("reconcile instance %s: %w", inst.Name, err))
+		}
+	}
+	errs = append(errs, m.removeOrphans(ctx, known))
+	return errors.Join(errs...)
+}
+
+func (m *Manager) reconcileIntent(ctx context.Context, in store.Intent) error {
+	var inst store.Instance
+	err := m.store.View(func(tx *store.Tx) (err error) { inst, err = tx.Instance(in.InstanceID); return })
+	exists := err == nil
+	switch in.Op {
+	case store.OpCreate:
+		if in.Pending != nil {
+			m.killVMMs(ctx, *in.Pending)
+		}
+		return os.RemoveAll(m.instanceDir(in.InstanceID))
+	case store.OpDelete:
+		if exists {
+			m.killVMMs(ctx, inst)
+		}
+		if err := os.RemoveAll(m.instanceDir(in.InstanceID)); err != nil {
+			return err
+		}
+		if exists {
+			return m.store.Update(func(tx *store.Tx) error { return tx.DeleteInstance(inst.ID) })
+		}
+		return nil
+	}
+	if !exists {
+		return nil
+	}
+	d, err := m.driver(inst.Spec.Hypervisor)
+	if err != nil {
+		return err
+	}
+	dir := m.instanceDir(inst.ID)
+	switch in.Op {
+	case store.OpStart:
+		if vm := m.adoptAny(ctx, inst); vm != nil {
+			p := vm.Process()
+			inst.State, inst.VMM, inst.StartedAt = store.Running, &store.Process{PID: p.PID, StartTime: p.StartTime}, timePtr(now())
+			if err := m.putInstance(inst); err != nil {
+				return err
+			}
+			m.attachRuntime(inst, vm, nil)
+		}
+	case store.OpStop:
+		m.killVMMs(ctx, inst)
+		m.markStopped(&inst, "")
+	case store.OpStandby:
+		if d.HasSavedState(dir) {
+			m.killVMMs(ctx, inst)
+			inst.State, inst.VMM, inst.CacheKey = store.Standby, nil, ids.New()
+			return m.putInstance(inst)
+		}
+		if vm := m.adoptAny(ctx, inst); vm != nil {
+			if err := vm.Resume(ctx); err != nil {
+				m.log.Warn("reconcile: resume after interrupted standby", "instance", inst.ID, "err", err)
+			}
+			m.attachRuntime(inst, vm, nil)
+			return nil
+		}
+		m.markStopped(&inst, "the VMM exited during an interrupted standby")
+	case store.OpRestore:
+		if d.HasSavedState(dir) {
+			m.killVMMs(ctx, inst)
+			return nil
+		}
+		if vm := m.adoptAny(ctx, inst); vm != nil {
+			p := vm.Process()
+			inst.State, inst.VMM, inst.CacheKey = store.Running, &store.Process{PID: p.PID, StartTime: p.StartTime}, ""
+			if err := m.putInstance(inst); err != nil {
+				return err
+			}
+			if paused, err := vm.Paused(ctx); err == nil && paused {
+				vm.Resume(ctx)
+			}
+			notice := &agent.RestoreInfo{Entropy: randomBytes(64)}
+			if inst.NewIdentity {
+				notice.Hostname = inst.Hostname
+			}
+			m.attachRuntime(inst, vm, notice)
+			return nil
+		}
+		m.markStopped(&inst, "the VMM exited during an interrupted restore")
+	}
+	return nil
+}
+
+func (m *Manager) reconcileInstance(ctx context.Context, inst store.Instance) error {
+	switch inst.State {
+	case store.Running:
+		vm := m.adoptAny(ctx, inst)
+		if vm == nil {
+			m.log.Warn("reconcile: VMM gone while the daemon was down", "instance", inst.ID, "name", inst.Name)
+			m.markStopped(&inst, "the VMM exited while the daemon was not running")
+			return nil
+		}
+		if paused, err := vm.Paused(ctx); err == nil && paused {
+			if err := vm.Resume(ctx); err != nil {
+				m.log.Warn("reconcile: resume a paused VMM", "instance", inst.ID, "err", err)
+			}
+		}
+		if p := vm.Process(); inst.VMM == nil || inst.VMM.PID != p.PID || inst.VMM.StartTime != p.StartTime {
+			inst.VMM = &store.Process{PID: p.PID, StartTime: p.StartTime}
+			if err := m.putInstance(inst); err != nil {
+				return err
+			}
+		}
+		m.attachRuntime(inst, vm, nil)
+		m.log.Info("reconcile: adopted running VMM", "instance", inst.ID, "name", inst.Name, "pid", vm.Process().PID)
+	default:
+		m.killVMMs(ctx, inst)
+	}
+	return nil
+}
+
+// adoptAny attaches to the instance's live VMM: the recorded one, else any
+// process the driver recognises as running this instance's directory.
+func (m *Manager) adoptAny(ctx context.Context, inst store.Instance) hypervisor.VM {
+	d, err := m.driver(inst.Spec.Hypervisor)
+	if err != nil {
+		return nil
+	}
+	spec := m.specOf(inst)
+	var cands []hypervisor.Process
+	if inst.VMM != nil {
+		cands = append(cands, hypervisor.Process{PID: inst.VMM.PID, StartTime: inst.VMM.StartTime})
+	}
+	found, _ := d.Find(spec)
+	cands = append(cands, found...)
+	for _, p := range cands {
+		vm, err := d.Attach(ctx, spec, p)
+		if err == nil {
+			// Any other VMM for this directory is a leftover.
+			for _, other := range found {
+				if other != p {
+					m.killVMM(ctx, d, spec, other)
+				}
+			}
+			return vm
+		}
+		m.log.Debug("reconcile: cannot attach", "instance", inst.ID, "pid", p.PID, "err", err)
+	}
+	return nil
+}
+
+// killVMMs ends every VMM running inst's directory.
+func (m *Manager) killVMMs(ctx context.Context, inst store.Instance) {
+	spec := m.specOf(inst)
+	for _, d := range m.drivers {
+		found, _ := d.Find(spec)
+		for _, p := range found {
+			m.log.Info("reconcile: killing leftover VMM", "instance", inst.ID, "pid", p.PID)
+			m.killVMM(ctx, d, spec, p)
+		}
+	}
+}
+
+// killVMM ends a VMM through its driver (which may flush and exit
+// cleanly), or with SIGKILL when the driver cannot attach to it.
+func (m *Manager) killVMM(ctx context.Context, d hypervisor.Driver, spec hypervisor.Spec, p hypervisor.Process) {
+	if vm, err := d.Attach(ctx, spec, p); err == nil {
+		vm.Quit(ctx)
+		return
+	}
+	h, err := proc.Open(p.PID, p.StartTime)
+	if err != nil {
+		return
+	}
+	defer h.Close()
+	h.Signal(syscall.SIGKILL)
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	h.Wait(wctx)
+}
+
+// removeOrphans deletes instance directories (and their VMMs) that no
+// record owns.
+func (m *Manager) removeOrphans(ctx context.Context, known map[string]bool) error {
+	entries, err := os.ReadDir(filepath.Join(m.cfg.DataDir, "instances"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		if known[e.Name()] {
+			continue
+		}
+		if !ids.Valid(e.Name()) {
+			m.log.Warn("reconcile: unexpected entry in the instances directory, left alone", "name", e.Name())
+			continue
+		}
+		m.log.Info("reconcile: removing orphan instance directory", "instance", e.Name())
+		m.killVMMs(ctx, store.Instance{ID: e.Name()})
+		if err := os.RemoveAll(m.instanceDir(e.Name())); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,92 @@
+package instances
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+
+	"github.com/zygote/zygote/errdefs"
+	"github.com/zygote/zygote/guest/agent"
+	"github.com/zygote/zygote/store"
+)
+
+// Restore resumes a standby instance where it stopped. It returns once the
+// guest agent has answered and has been told about the restore (clock
+// step, fresh entropy, and a new identity for a fork's first restore).
+func (m *Manager) Restore(ctx context.Context, ref string) (Instance, error) {
+	inst, unlock, err := m.lockInstance(ctx, ref)
+	if err != nil {
+		return Instance{}, err
+	}
+	defer unlock()
+	if v := m.view(inst); v.State != StateStandby {
+		return Instance{}, invalidState("restore", inst, v.State)
+	}
+	done := m.metrics.op("restore")
+	err = m.restore(ctx, &inst)
+	done(err)
+	if err != nil {
+		return m.view(inst), fmt.Errorf("restore %s: %w", inst.Name, err)
+	}
+	return m.view(inst), nil
+}
+
+// restore runs under inst's lock. A failure to load the saved state leaves
+// the instance Standby with every file in place: the user may retry, or
+// stop it to discard the image.
+func (m *Manager) restore(ctx context.Context, inst *store.Instance) error {
+	d, err := m.driver(inst.Spec.Hypervisor)
+	if err != nil {
+		return err
+	}
+	intent := store.Intent{ID: inst.ID, Op: store.OpRestore, InstanceID: inst.ID}
+	if err := m.putIntent(intent); err != nil {
+		return err
+	}
+	vm, err := d.Restore(ctx, m.specOf(*inst))
+	if err != nil {
+		m.dropIntent(intent.ID)
+		return err
+	}
+	p := vm.Process()
+	inst.State, inst.VMM, inst.CacheKey = store.Running, &store.Process{PID: p.PID, StartTime: p.StartTime}, ""
+	if err := m.commit(*inst, intent.ID); err != nil {
+		vm.Quit(ctx)
+		m.dropIntent(intent.ID)
+		return err
+	}
+	notice := &agent.RestoreInfo{Entropy: randomBytes(64)}
+	if inst.NewIdentity {
+		notice.Hostname = inst.Hostname
+	}
+	rt := m.attachRuntime(*inst, vm, notice)
+	return m.awaitRestored(ctx, inst, rt)
+}
+
+// awaitRestored waits until the watcher has delivered the restore notice,
+// then clears a fork's pending new identity.
+func (m *Manager) awaitRestored(ctx context.Context, inst *store.Instance, rt *runtime) error {
+	wctx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
+	defer cancel()
+	if _, err := rt.waitAgent(wctx); err != nil {
+		return fmt.Errorf("restored, but the guest agent did not answer: %w", err)
+	}
+	if inst.NewIdentity {
+		inst.NewIdentity = false
+		if err := m.putInstance(*inst); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// errNotRunnable is returned when exec targets an instance without a VMM.
+func errNotRunnable(inst store.Instance, state State) error {
+	return fmt.Errorf("instance %s is %s, not Running: %w", inst.Name, state, errdefs.ErrInvalidState)
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b) // never fails on Linux
+	return b
+}

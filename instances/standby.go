@@ -1,0 +1,102 @@
+package instances
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/zygote/zygote/hypervisor"
+	"github.com/zygote/zygote/internal/ids"
+	"github.com/zygote/zygote/store"
+)
+
+// Standby parks a running instance: its memory stays in its memory file,
+// its device state is saved beside it, and its VMM exits. The VM then costs
+// no CPU and no RAM, only disk.
+func (m *Manager) Standby(ctx context.Context, ref string) (Instance, error) {
+	inst, unlock, err := m.lockInstance(ctx, ref)
+	if err != nil {
+		return Instance{}, err
+	}
+	defer unlock()
+	if v := m.view(inst); v.State != StateRunning {
+		return Instance{}, invalidState("standby", inst, v.State)
+	}
+	done := m.metrics.op("standby")
+	_, err = m.standby(ctx, &inst)
+	done(err)
+	if err != nil {
+		return Instance{}, fmt.Errorf("standby %s: %w", inst.Name, err)
+	}
+	return m.view(inst), nil
+}
+
+// standby runs under inst's lock. The order matters:
+//  1. detach the watcher and close the agent connection, so exec sessions
+//     end with an error instead of hanging on a VM that stops answering;
+//  2. pause the vCPUs: memory stops changing;
+//  3. save the device state; the driver fsyncs state and memory and only
+//     then publishes the state file (rename), so a crash leaves either a
+//     complete standby image or none;
+//  4. stop the VMM;
+//  5. commit Standby with a fresh cache key: the memory file's content is
+//     final now, and differs from whatever any earlier key named.
+//
+// Until step 3 succeeds a failure resumes the VM and it stays Running.
+func (m *Manager) standby(ctx context.Context, inst *store.Instance) (hypervisor.SaveStats, error) {
+	rt := m.runtimeOf(inst.ID)
+	if rt == nil {
+		return hypervisor.SaveStats{}, invalidState("standby", *inst, StateUnknown)
+	}
+	intent := store.Intent{ID: inst.ID, Op: store.OpStandby, InstanceID: inst.ID}
+	if err := m.putIntent(intent); err != nil {
+		return hypervisor.SaveStats{}, err
+	}
+	rt.detach()
+	rt.setPaused(true)
+	stats, err := m.pauseAndSave(ctx, rt.vm)
+	if err != nil {
+		m.dropIntent(intent.ID)
+		m.recoverRunning(ctx, inst, rt, "standby")
+		return stats, err
+	}
+	if err := rt.vm.Quit(ctx); err != nil {
+		rt.log.Warn("quit VMM after saving state", "err", err)
+	}
+	m.setRuntime(inst.ID, nil)
+	inst.State, inst.VMM, inst.CacheKey = store.Standby, nil, ids.New()
+	if err := m.commit(*inst, intent.ID); err != nil {
+		// The files form a complete standby image; the reconcile's rule for
+		// a standby intent with a state file commits it at next start.
+		return stats, err
+	}
+	m.metrics.standbyStateBytes.Observe(float64(stats.StateBytes))
+	rt.log.Info("instance parked", "state_bytes", stats.StateBytes, "save", stats.Duration)
+	return stats, nil
+}
+
+func (m *Manager) pauseAndSave(ctx context.Context, vm hypervisor.VM) (hypervisor.SaveStats, error) {
+	if err := vm.Pause(ctx); err != nil {
+		return hypervisor.SaveStats{}, fmt.Errorf("pause: %w", err)
+	}
+	stats, err := vm.SaveState(ctx)
+	if err != nil {
+		return stats, fmt.Errorf("save state: %w", err)
+	}
+	return stats, nil
+}
+
+// recoverRunning puts a VM whose standby (or snapshot) failed back in
+// service, or records it Stopped if its VMM died meanwhile.
+func (m *Manager) recoverRunning(ctx context.Context, inst *store.Instance, rt *runtime, op string) {
+	select {
+	case <-rt.vm.Exited():
+		m.setRuntime(inst.ID, nil)
+		m.markStopped(inst, fmt.Sprintf("the VMM exited during %s", op))
+		return
+	default:
+	}
+	if err := rt.vm.Resume(context.WithoutCancel(ctx)); err != nil {
+		rt.log.Error("resume after failed "+op, "err", err)
+	}
+	m.attachRuntime(*inst, rt.vm, nil)
+}

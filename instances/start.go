@@ -1,0 +1,65 @@
+package instances
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/zygote/zygote/hypervisor"
+	"github.com/zygote/zygote/store"
+)
+
+// boot starts a VMM that boots inst from scratch and fills in what the
+// boot decided (driver state, process identity, timestamps).
+func (m *Manager) boot(ctx context.Context, inst *store.Instance) (hypervisor.VM, error) {
+	d, err := m.driver(inst.Spec.Hypervisor)
+	if err != nil {
+		return nil, err
+	}
+	assets, err := m.cfg.Assets(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("guest assets: %w", err)
+	}
+	vm, driverState, err := d.Boot(ctx, m.specOf(*inst), assets)
+	if err != nil {
+		return nil, err
+	}
+	p := vm.Process()
+	inst.Spec.DriverState = driverState
+	inst.State, inst.VMM = store.Running, &store.Process{PID: p.PID, StartTime: p.StartTime}
+	inst.StartedAt, inst.StoppedAt = timePtr(now()), nil
+	inst.CacheKey, inst.BootID, inst.ExitCode, inst.ExitMessage = "", "", nil, ""
+	return vm, nil
+}
+
+// Start boots a stopped instance.
+func (m *Manager) Start(ctx context.Context, ref string) (Instance, error) {
+	inst, unlock, err := m.lockInstance(ctx, ref)
+	if err != nil {
+		return Instance{}, err
+	}
+	defer unlock()
+	if v := m.view(inst); v.State != StateStopped {
+		return Instance{}, invalidState("start", inst, v.State)
+	}
+	done := m.metrics.op("start")
+	intent := store.Intent{ID: inst.ID, Op: store.OpStart, InstanceID: inst.ID}
+	if err := m.putIntent(intent); err != nil {
+		done(err)
+		return Instance{}, err
+	}
+	vm, err := m.boot(ctx, &inst)
+	if err != nil {
+		m.dropIntent(intent.ID)
+		done(err)
+		return Instance{}, fmt.Errorf("start %s: %w", inst.Name, err)
+	}
+	if err := m.commit(inst, intent.ID); err != nil {
+		vm.Quit(ctx)
+		m.dropIntent(intent.ID)
+		done(err)
+		return Instance{}, fmt.Errorf("start %s: %w", inst.Name, err)
+	}
+	done(nil)
+	m.attachRuntime(inst, vm, nil)
+	return m.view(inst), nil
+}

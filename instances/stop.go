@@ -1,0 +1,75 @@
+package instances
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/zygote/zygote/store"
+)
+
+// Stop shuts a running instance down (gracefully through the guest agent,
+// then hard after Config.StopTimeout), or discards a standby instance's
+// saved memory. Either way it ends Stopped.
+func (m *Manager) Stop(ctx context.Context, ref string) (Instance, error) {
+	inst, unlock, err := m.lockInstance(ctx, ref)
+	if err != nil {
+		return Instance{}, err
+	}
+	defer unlock()
+	v := m.view(inst)
+	switch v.State {
+	case StateStopped:
+		return Instance{}, invalidState("stop", inst, v.State)
+	}
+	done := m.metrics.op("stop")
+	err = m.stop(ctx, &inst, true)
+	done(err)
+	if err != nil {
+		return Instance{}, fmt.Errorf("stop %s: %w", inst.Name, err)
+	}
+	return m.view(inst), nil
+}
+
+// stop brings inst to Stopped under its lock. graceful asks the guest to
+// power off first.
+func (m *Manager) stop(ctx context.Context, inst *store.Instance, graceful bool) error {
+	intent := store.Intent{ID: inst.ID, Op: store.OpStop, InstanceID: inst.ID}
+	if err := m.putIntent(intent); err != nil {
+		return err
+	}
+	defer m.dropIntent(intent.ID)
+	if rt := m.runtimeOf(inst.ID); rt != nil {
+		m.haltVM(ctx, rt, graceful)
+		m.setRuntime(inst.ID, nil)
+	}
+	m.markStopped(inst, "")
+	return nil
+}
+
+// haltVM ends a runtime's VMM: a guest poweroff through the agent when
+// graceful (bounded by StopTimeout), then Quit.
+func (m *Manager) haltVM(ctx context.Context, rt *runtime, graceful bool) {
+	rt.mu.Lock()
+	ag := rt.agent
+	rt.mu.Unlock()
+	if graceful && ag != nil {
+		sctx, cancel := context.WithTimeout(ctx, m.cfg.StopTimeout)
+		if err := ag.Shutdown(sctx); err != nil {
+			rt.log.Warn("graceful shutdown failed; stopping the VMM", "err", err)
+		} else {
+			select {
+			case <-rt.vm.Exited():
+			case <-sctx.Done():
+				rt.log.Warn("guest did not power off in time; stopping the VMM", "timeout", m.cfg.StopTimeout)
+			}
+		}
+		cancel()
+	}
+	rt.detach()
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := rt.vm.Quit(qctx); err != nil {
+		rt.log.Error("quit VMM", "err", err)
+	}
+}
