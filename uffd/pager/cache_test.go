@@ -48,7 +48,7 @@ func TestCacheHitMissAndKeys(t *testing.T) {
 		want    byte
 	}{
 		{"a", 0, 1, false, 1},
-		{"a", 0, 2, true, 1}, // same (key, offset): the cached copy
+		{"a", 0, 2, true, 1},  // same (key, offset): the cached copy
 		{"b", 0, 3, false, 3}, // another key never sees a's bytes
 		{"a", testChunk, 4, false, 4},
 	} {

@@ -179,6 +179,7 @@ var codes = []struct {
 	{"not_found", errdefs.ErrNotFound, http.StatusNotFound},
 	{"already_exists", errdefs.ErrAlreadyExists, http.StatusConflict},
 	{"invalid_state", errdefs.ErrInvalidState, http.StatusConflict},
+	{"conflict", errdefs.ErrConflict, http.StatusConflict},
 	{"not_implemented", errdefs.ErrNotImplemented, http.StatusNotImplemented},
 	{"unavailable", errdefs.ErrUnavailable, http.StatusServiceUnavailable},
 	{"resource_exhausted", errdefs.ErrResourceExhausted, http.StatusInsufficientStorage},
@@ -210,5 +211,5 @@ type wireError struct {
 	class error
 }
 
-func (w *wireError) Error() string { return "pager: " + w.msg }
+func (w *wireError) Error() string { return w.msg }
 func (w *wireError) Unwrap() error { return w.class }
