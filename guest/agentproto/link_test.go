@@ -228,3 +228,37 @@ func TestSessionConnSplitsAndDelivers(t *testing.T) {
 		t.Errorf("Write after Close: %v", err)
 	}
 }
+
+// A yamux data header and its body leave as one link frame.
+func TestSessionConnCoalescesYamuxHeader(t *testing.T) {
+	var wire bytes.Buffer
+	c := NewSessionConn(NewLinkWriter(&wire), 9)
+	hdr := []byte{0, yamuxTypeData, 0, 0, 0, 0, 0, 1, 0, 0, 0, 5}
+	if n, err := c.Write(hdr); n != len(hdr) || err != nil {
+		t.Fatalf("header Write: %d %v", n, err)
+	}
+	if wire.Len() != 0 {
+		t.Fatal("data header sent before its body")
+	}
+	if n, err := c.Write([]byte("hello")); n != 5 || err != nil {
+		t.Fatalf("body Write: %d %v", n, err)
+	}
+	// A window update (type 1) has no body: it goes at once.
+	upd := []byte{0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0}
+	c.Write(upd)
+	frames, _ := readAll(t, &wire)
+	if len(frames) != 2 || !bytes.Equal(frames[0].Payload, append(append([]byte(nil), hdr...), "hello"...)) || !bytes.Equal(frames[1].Payload, upd) {
+		t.Fatalf("frames = %+v", frames)
+	}
+	// A body larger than what fits with the header spills into more frames.
+	big := bytes.Repeat([]byte("z"), MaxPayload)
+	hdr[8], hdr[9], hdr[10], hdr[11] = 0, 0, 0x7f, 0xe8
+	c.Write(hdr)
+	if n, err := c.Write(big); n != len(big) || err != nil {
+		t.Fatalf("big body Write: %d %v", n, err)
+	}
+	frames, _ = readAll(t, &wire)
+	if len(frames) != 2 || len(frames[0].Payload) != MaxPayload || len(frames[1].Payload) != yamuxHeaderSize {
+		t.Fatalf("big: %d frames", len(frames))
+	}
+}

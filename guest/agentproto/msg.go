@@ -55,8 +55,9 @@ const (
 	msgHeaderSize = 5
 	// MaxMsg bounds one message; stdio is sent in chunks of MaxChunk.
 	MaxMsg = 1 << 20
-	// MaxChunk is the largest stdio payload per message.
-	MaxChunk = 32 * 1024
+	// MaxChunk is the largest stdio payload per message: with the message
+	// header and yamux's, one chunk fills one link frame.
+	MaxChunk = MaxPayload - yamuxHeaderSize - msgHeaderSize
 )
 
 // WriteMsg writes one message in a single Write call.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,14 +16,17 @@ import (
 // VirtioPort is a virtio-serial port inside the guest, opened once for both
 // directions (the driver allows one open at a time).
 //
-// The fd is blocking: Read blocks while a host is connected and no data is
-// queued, and returns 0 (io.EOF) at once while no host is connected; Write
-// blocks while no host is connected. The driver reports the host's state
-// as POLLHUP and wakes its wait queue when the host connects, so WaitHost
-// sleeps on an edge-triggered epoll instance and rechecks POLLHUP after
-// each wakeup; it never spins.
+// The fd is non-blocking and lives in Go's poller, so Close interrupts a
+// pending Read or Write. The driver's semantics: Read returns 0 (io.EOF)
+// at once while no host is connected; Write cannot proceed (EAGAIN, the
+// poller waits) while no host is connected or the queue is full. The
+// driver reports the host's absence as POLLHUP, permanently, and wakes its
+// wait queue when the host connects, so WaitHost sleeps on its own
+// edge-triggered epoll instance and rechecks POLLHUP after each wakeup; it
+// never spins.
 type VirtioPort struct {
 	path      string
+	f         *os.File // non-blocking, in Go's poller
 	fd, ep    int
 	closeOnce sync.Once
 }
@@ -53,7 +55,7 @@ func FindVirtioPort(ctx context.Context, name string) (string, error) {
 
 // OpenVirtioPort opens the port device.
 func OpenVirtioPort(path string) (*VirtioPort, error) {
-	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -68,42 +70,15 @@ func OpenVirtioPort(path string) (*VirtioPort, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("epoll_ctl %s: %w", path, err)
 	}
-	return &VirtioPort{path: path, fd: fd, ep: ep}, nil
+	return &VirtioPort{path: path, f: os.NewFile(uintptr(fd), path), fd: fd, ep: ep}, nil
 }
 
 // Path returns the device path.
 func (p *VirtioPort) Path() string { return p.path }
 
-func (p *VirtioPort) Read(b []byte) (int, error) {
-	for {
-		n, err := unix.Read(p.fd, b)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return 0, &os.PathError{Op: "read", Path: p.path, Err: err}
-		}
-		if n == 0 && len(b) > 0 {
-			return 0, io.EOF
-		}
-		return n, nil
-	}
-}
+func (p *VirtioPort) Read(b []byte) (int, error) { return p.f.Read(b) }
 
-func (p *VirtioPort) Write(b []byte) (int, error) {
-	written := 0
-	for written < len(b) {
-		n, err := unix.Write(p.fd, b[written:])
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return written, &os.PathError{Op: "write", Path: p.path, Err: err}
-		}
-		written += n
-	}
-	return written, nil
-}
+func (p *VirtioPort) Write(b []byte) (int, error) { return p.f.Write(b) }
 
 // hostConnected reports whether a host is connected (no POLLHUP).
 func (p *VirtioPort) hostConnected() bool {
@@ -129,12 +104,11 @@ func (p *VirtioPort) WaitHost(ctx context.Context) error {
 	return nil
 }
 
-// Close closes the port. A Read or Write blocked in the kernel is not
-// interrupted; as PID 1 the port is never closed.
+// Close closes the port; a pending Read or Write returns an error.
 func (p *VirtioPort) Close() error {
 	p.closeOnce.Do(func() {
 		unix.Close(p.ep)
-		unix.Close(p.fd)
+		p.f.Close()
 	})
 	return nil
 }
