@@ -218,6 +218,29 @@ func (c *Cache) Acquire(ctx context.Context, key string, off, length int64, fill
 	return &Chunk{c: c, e: e, Off: off}, false, nil
 }
 
+// Peek returns the chunk of key at off, pinned, only if it is cached and
+// loaded; it never reads or waits.
+func (c *Cache) Peek(key string, off int64) (*Chunk, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.entries[chunkID{key, off}]
+	if e == nil {
+		return nil, false
+	}
+	select {
+	case <-e.ready:
+	default:
+		return nil, false // still loading
+	}
+	if e.err != nil {
+		return nil, false
+	}
+	e.pins++
+	e.ref = true
+	c.hits.Add(1)
+	return &Chunk{c: c, e: e, Off: off}, true
+}
+
 // makeRoomLocked evicts unpinned chunks, CLOCK order, until need more bytes
 // fit the budget; false if they cannot.
 func (c *Cache) makeRoomLocked(need int64) bool {

@@ -85,7 +85,8 @@ type faultLoop struct {
 	msgs     []uffd.Msg
 	plan     prefetchPlan
 	rec      *recorder
-	populate bool // populate-all still wanted (false after an unregister failure)
+	populate bool   // populate-all still wanted (false after an unregister failure)
+	staging  []byte // placePages' buffer for pages of uncached chunks
 	started  time.Time
 }
 
@@ -132,6 +133,9 @@ func newFaultLoop(s *session, hs uffd.Handshake) (*faultLoop, error) {
 
 func (fl *faultLoop) close() {
 	fl.stopRecording()
+	if fl.staging != nil {
+		unix.Munmap(fl.staging)
+	}
 	fl.u.Close()
 	if fl.pidfd >= 0 {
 		unix.Close(fl.pidfd)
@@ -280,10 +284,14 @@ func (fl *faultLoop) remove(start, end uint64) {
 
 // serve answers faults: every faulting page first (so every waiting vCPU
 // resumes as early as possible), then the 2 MiB neighbourhood of each.
+// While the recorded working set's pages are being streamed, a fault gets
+// its page only: the guest is about to touch the recorded pages, not the
+// neighbourhood, and loading a whole chunk would hold up both.
 func (fl *faultLoop) serve(ctx context.Context, faults []pendingFault) error {
 	if len(faults) == 0 {
 		return nil
 	}
+	light := fl.plan.inRecordedPages()
 	// The chunks of the faulting pages stay pinned for the neighbourhood pass.
 	var around []*Chunk
 	defer func() {
@@ -293,7 +301,7 @@ func (fl *faultLoop) serve(ctx context.Context, faults []pendingFault) error {
 	}()
 	seen := map[int64]bool{}
 	for _, f := range faults {
-		ch, err := fl.servePage(ctx, f)
+		ch, err := fl.servePage(ctx, f, light)
 		if errors.Is(err, errMapChanging) {
 			fl.pending = append(fl.pending, f)
 			fl.s.add(cRequeues, 1)
@@ -322,9 +330,10 @@ func (fl *faultLoop) serve(ctx context.Context, faults []pendingFault) error {
 // servePage places the faulting page: zeros if it was removed, else the
 // file's bytes through the cache. On a cache miss the faulting page is read
 // and placed before the rest of its chunk is read. It returns the chunk,
-// pinned, for the neighbourhood pass (nil for a zero page or on a cache
-// error).
-func (fl *faultLoop) servePage(ctx context.Context, f pendingFault) (*Chunk, error) {
+// pinned, for the neighbourhood pass (nil for a zero page, on a cache
+// error, or when light). light serves the page alone: from the cache if it
+// holds the chunk, else read by itself into the staging buffer.
+func (fl *faultLoop) servePage(ctx context.Context, f pendingFault, light bool) (*Chunk, error) {
 	r, idx := f.r, f.idx
 	if r.state[idx] == pageRemoved {
 		return nil, fl.zero(r, idx)
@@ -336,6 +345,21 @@ func (fl *faultLoop) servePage(ctx context.Context, f pendingFault) (*Chunk, err
 	chunkOff := fo / fl.chunk * fl.chunk
 	pos := fo - chunkOff
 	ps := int64(r.PageSize)
+	if light {
+		if ch, ok := fl.s.srv.cache.Peek(fl.s.req.CacheKey, chunkOff); ok {
+			defer ch.Release()
+			fl.s.add(cCacheHits, 1)
+			return nil, fl.place(r, idx, ch.Bytes()[pos:pos+ps], kindFault)
+		}
+		stage, err := fl.stage()
+		if err != nil {
+			return nil, err
+		}
+		if err := fl.readAt(stage[pos:pos+ps], fo); err != nil {
+			return nil, err
+		}
+		return nil, fl.place(r, idx, stage[pos:pos+ps], kindFault)
+	}
 	var (
 		placedEarly bool
 		earlyErr    error
@@ -518,22 +542,111 @@ func (fl *faultLoop) readAt(b []byte, off int64) error {
 	return nil
 }
 
-// prefetchStep places the next chunk of the plan. Chunk granularity keeps a
-// fault that arrives meanwhile waiting at most one chunk copy.
+// prefetchStep takes one step of the plan.
 func (fl *faultLoop) prefetchStep(ctx context.Context) error {
-	off, ok := fl.plan.next()
+	st, ok := fl.plan.nextStep()
 	if !ok {
 		return nil
 	}
-	err := fl.fillChunk(ctx, off, nil, kindPrefetch)
+	var err error
+	if st.pages != nil {
+		err = fl.placePages(ctx, st.off, st.pages)
+	} else {
+		err = fl.fillChunk(ctx, st.off, nil, kindPrefetch)
+	}
 	if errors.Is(err, errMapChanging) {
 		fl.plan.unread()
 		return nil
 	}
+	if err == nil && fl.plan.next == len(fl.plan.steps) && st.pages == nil && fl.plan.lastStep {
+		took := sinceMS(fl.started)
+		fl.s.mu.Lock()
+		fl.s.workingMS = took
+		fl.s.mu.Unlock()
+		fl.s.log.Info("recorded working set placed", "pages", fl.plan.wsPages, "chunks", fl.plan.wsChunks, "ms", took)
+	}
 	if err == nil && !fl.plan.active() && fl.populate && fl.missing > 0 {
-		fl.plan.rewind() // pages skipped by EAGAIN or EEXIST races: another pass
+		fl.plan.rewind() // pages skipped by EAGAIN: another pass
 	}
 	return err
+}
+
+// placePages places the listed missing pages of the chunk at off (file
+// offsets, ascending), coalescing consecutive pages into one copy. From the
+// cache if it holds the chunk; otherwise the pages alone are read into the
+// session's staging buffer, because loading whole chunks (fresh memory for
+// each) would delay the working set by the chunks' size. The chunk step
+// that follows in the plan loads the chunk into the cache.
+func (fl *faultLoop) placePages(ctx context.Context, off int64, pages []int64) error {
+	ch, cached := fl.s.srv.cache.Peek(fl.s.req.CacheKey, off)
+	if cached {
+		defer ch.Release()
+		fl.s.add(cCacheHits, 1)
+	}
+	var (
+		run      *region
+		from, to uint64 // page indices [from, to) of run
+	)
+	flush := func() error {
+		if run == nil || from == to {
+			return nil
+		}
+		pos, n := run.fileOff(from)-off, int64((to-from)*run.PageSize)
+		var src []byte
+		if cached {
+			src = ch.Bytes()[pos : pos+n]
+		} else {
+			stage, err := fl.stage()
+			if err != nil {
+				return err
+			}
+			src = stage[pos : pos+n]
+			if err := fl.readAt(src, run.fileOff(from)); err != nil {
+				return err
+			}
+		}
+		return fl.place(run, from, src, kindPrefetch)
+	}
+	for _, fo := range pages {
+		r := fl.regionAtFile(fo)
+		if r == nil {
+			continue
+		}
+		idx := uint64(fo-int64(r.Offset)) / r.PageSize
+		if r.state[idx] != pageMissing {
+			continue
+		}
+		if r == run && idx == to {
+			to++
+			continue
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+		run, from, to = r, idx, idx+1
+	}
+	return flush()
+}
+
+// stage returns the session's staging buffer (one chunk, allocated once).
+func (fl *faultLoop) stage() ([]byte, error) {
+	if fl.staging == nil {
+		b, err := unix.Mmap(-1, 0, int(fl.chunk), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			return nil, fmt.Errorf("staging buffer: %w", err)
+		}
+		fl.staging = b
+	}
+	return fl.staging, nil
+}
+
+func (fl *faultLoop) regionAtFile(fo int64) *region {
+	for _, r := range fl.regions {
+		if fo >= int64(r.Offset) && fo < int64(r.Offset+r.Size) {
+			return r
+		}
+	}
+	return nil
 }
 
 // detach unregisters every region once all pages are placed: the VMM's
@@ -562,53 +675,4 @@ func (fl *faultLoop) stopRecording() {
 type recorder struct {
 	offs  []int64
 	until time.Time
-}
-
-// prefetchPlan is the order prefetch streams chunks in: the recorded
-// working set first, then (populate-all) every chunk in file order.
-type prefetchPlan struct {
-	ws      []int64 // chunk offsets, first-touch order
-	wsPages int
-	wsNext  int
-	all     bool
-	allNext int64
-	allEnd  int64
-	chunk   int64
-	passes  int
-	lastWS  bool // the last next() came from ws
-}
-
-const maxPopulatePasses = 64
-
-func (p *prefetchPlan) active() bool {
-	return p.wsNext < len(p.ws) || (p.all && p.allNext < p.allEnd)
-}
-
-func (p *prefetchPlan) next() (int64, bool) {
-	if p.wsNext < len(p.ws) {
-		p.wsNext++
-		p.lastWS = true
-		return p.ws[p.wsNext-1], true
-	}
-	if p.all && p.allNext < p.allEnd {
-		p.lastWS = false
-		p.allNext += p.chunk
-		return p.allNext - p.chunk, true
-	}
-	return 0, false
-}
-
-// unread gives the last chunk back, to be retried after a drain.
-func (p *prefetchPlan) unread() {
-	if p.lastWS {
-		p.wsNext--
-	} else {
-		p.allNext -= p.chunk
-	}
-}
-
-func (p *prefetchPlan) rewind() {
-	if p.passes++; p.passes < maxPopulatePasses {
-		p.allNext = 0
-	}
 }

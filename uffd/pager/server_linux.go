@@ -408,32 +408,20 @@ func (s *Server) reap() {
 // planPrefetch builds a session's prefetch plan: the recorded working set
 // of its key (unless NoPrefetch), then every chunk (PopulateAll).
 func (s *Server) planPrefetch(ss *session, fl *faultLoop) prefetchPlan {
-	p := prefetchPlan{chunk: fl.chunk}
+	var end int64
 	if ss.req.PopulateAll {
-		p.all = true
 		for _, r := range fl.regions {
-			p.allEnd = max(p.allEnd, int64(r.Offset+r.Size))
+			end = max(end, int64(r.Offset+r.Size))
 		}
 	}
-	if ss.req.NoPrefetch {
-		return p
-	}
-	offs, err := s.ws.Load(ss.req.CacheKey)
-	if err != nil {
-		ss.log.Warn("recorded working set unusable; restoring without it", "err", err)
-		return p
-	}
-	seen := map[int64]bool{}
-	for _, o := range offs {
-		c := o / fl.chunk * fl.chunk
-		if seen[c] || o < 0 || o >= ss.fileSize {
-			continue
+	var recorded []int64
+	if !ss.req.NoPrefetch {
+		var err error
+		if recorded, err = s.ws.Load(ss.req.CacheKey); err != nil {
+			ss.log.Warn("recorded working set unusable; restoring without it", "err", err)
 		}
-		seen[c] = true
-		p.ws = append(p.ws, c)
 	}
-	p.wsPages = len(offs)
-	return p
+	return newPrefetchPlan(recorded, ss.fileSize, fl.chunk, end)
 }
 
 // Handler is the control API (see package pagerapi).

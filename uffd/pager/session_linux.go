@@ -46,6 +46,7 @@ type session struct {
 	regions     []pagerapi.Region     // +checklocks:mu
 	wsPages     int                   // +checklocks:mu
 	populatedMS float64               // +checklocks:mu
+	workingMS   float64               // +checklocks:mu
 	ended       time.Time             // +checklocks:mu; when it became terminal
 }
 
@@ -66,12 +67,15 @@ func (s *session) setState(st pagerapi.SessionState, err error) {
 	}
 }
 
+func sinceMS(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
+
 func (s *session) info() pagerapi.Session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := sessionStats(&s.st)
 	st.WorkingSetPages = s.wsPages
 	st.PopulatedMS = s.populatedMS
+	st.WorkingSetMS = s.workingMS
 	return pagerapi.Session{
 		ID:         s.req.ID,
 		CacheKey:   s.req.CacheKey,
@@ -140,14 +144,14 @@ func (s *session) run(ctx context.Context) {
 	s.mu.Unlock()
 	s.setState(pagerapi.StateServing, nil)
 	s.log.Info("serving", "peer_pid", hs.Peer.Pid, "regions", len(fl.regions),
-		"working_set_chunks", len(fl.plan.ws), "populate_all", s.req.PopulateAll, "recording", fl.rec != nil)
+		"working_set_pages", fl.plan.wsPages, "working_set_chunks", fl.plan.wsChunks, "populate_all", s.req.PopulateAll, "recording", fl.rec != nil)
 
 	end, err := fl.run(ctx)
 	fl.close()
 	switch end {
 	case endDetached:
 		s.mu.Lock()
-		s.populatedMS = float64(time.Since(fl.started).Microseconds()) / 1000
+		s.populatedMS = sinceMS(fl.started)
 		s.mu.Unlock()
 		s.setState(pagerapi.StateDetached, nil)
 		s.log.Info("every page placed, ranges unregistered: the VM no longer needs the pager")

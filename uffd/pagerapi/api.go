@@ -131,6 +131,9 @@ type SessionStats struct {
 	CacheMisses     uint64 `json:"cache_misses"`      // chunk lookups read from the file
 	BytesCopied     uint64 `json:"bytes_copied"`      // bytes placed with UFFDIO_COPY
 	WorkingSetPages int    `json:"working_set_pages"` // pages in the replayed working set
+	// WorkingSetMS is the time from handshake until the recorded working
+	// set (its pages, then their chunks) was placed.
+	WorkingSetMS float64 `json:"working_set_ms,omitempty"`
 	// PopulatedMS is the time from handshake to detach (populate-all).
 	PopulatedMS float64 `json:"populated_ms,omitempty"`
 }
