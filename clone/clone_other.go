@@ -28,7 +28,7 @@ func Probe(dir string) (ProbeResult, error) {
 	return ProbeResult{Dir: dir, Err: notLinux("reflink")}, nil
 }
 
-func Extents(path string) (int, error) { return 0, notLinux("Extents") }
+func FileLayout(path string) (Layout, error) { return Layout{}, notLinux("FileLayout") }
 
 func Densify(ctx context.Context, path string, opts Options) (DensifyStats, error) {
 	return DensifyStats{}, notLinux("Densify")

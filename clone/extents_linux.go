@@ -27,17 +27,31 @@ type fiemap struct {
 	extentCount, reserved uint32
 }
 
-// Extents returns the number of data extents of the file at path (FIEMAP,
-// after flushing dirty pages). A reflink copy costs time in proportion to
-// this number, not to the file's size; see Densify. Filesystems without
-// FIEMAP (tmpfs) give an error matching errdefs.ErrNotImplemented.
-func Extents(path string) (int, error) {
+// FileLayout returns the Layout of the file at path (after flushing its
+// dirty pages). Filesystems without FIEMAP (tmpfs) give an error matching
+// errdefs.ErrNotImplemented.
+func FileLayout(path string) (Layout, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, fmt.Errorf("clone: extents %s: %w", path, notFound(err))
+		return Layout{}, fmt.Errorf("clone: layout %s: %w", path, notFound(err))
 	}
 	defer f.Close()
-	return extentsOf(f)
+	return layoutOf(f)
+}
+
+func layoutOf(f *os.File) (Layout, error) {
+	var l Layout
+	n, err := extentsOf(f)
+	if err != nil {
+		return l, err
+	}
+	l.Extents = n
+	fi, err := f.Stat()
+	if err != nil {
+		return l, fsErr("stat", f.Name(), err)
+	}
+	err = forEachData(f, fi.Size(), func(int64, int64) error { l.DataSegments++; return nil })
+	return l, err
 }
 
 func extentsOf(f *os.File) (int, error) {
@@ -83,7 +97,7 @@ func Densify(ctx context.Context, path string, opts Options) (ds DensifyStats, e
 	if !fi.Mode().IsRegular() {
 		return ds, fmt.Errorf("clone: densify %s: not a regular file: %w", path, errdefs.ErrInvalidArgument)
 	}
-	if ds.ExtentsBefore, err = extentsOf(f); err != nil {
+	if ds.Before, err = layoutOf(f); err != nil {
 		return ds, err
 	}
 
@@ -124,12 +138,12 @@ func Densify(ctx context.Context, path string, opts Options) (ds DensifyStats, e
 			return ds, fsErr("fsync", path, err)
 		}
 	}
-	if ds.ExtentsAfter, err = extentsOf(f); err != nil {
+	if ds.After, err = layoutOf(f); err != nil {
 		return ds, err
 	}
 	ds.CopiedBytes = res.copied
 	ds.Duration = time.Since(start)
-	r.log.Info("clone densify", "path", path, "extents_before", ds.ExtentsBefore, "extents_after", ds.ExtentsAfter,
+	r.log.Info("clone densify", "path", path, "extents_before", ds.Before.Extents, "extents_after", ds.After.Extents,
 		"copied_bytes", ds.CopiedBytes, "duration", ds.Duration)
 	return ds, nil
 }
