@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/zygote/zygote/uffd"
 	"github.com/zygote/zygote/uffd/internal/harness"
 	"github.com/zygote/zygote/uffd/pagerapi"
 )
@@ -22,17 +21,7 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// requireUFFD skips unless this process can create a userfaultfd (the
-// harness must); with ZYGOTE_REQUIRE_PRIVILEGED=1 it fails instead.
-func requireUFFD(tb testing.TB) {
-	tb.Helper()
-	if s := uffd.Probe(); !s.Available() {
-		if os.Getenv("ZYGOTE_REQUIRE_PRIVILEGED") == "1" {
-			tb.Fatalf("uffd: needs root or /dev/userfaultfd: %v", s.Err())
-		}
-		tb.Skipf("uffd: needs root or /dev/userfaultfd: %v", s.Err())
-	}
-}
+func requireUFFD(tb testing.TB) { tb.Helper(); harness.Require(tb) }
 
 // pattern is the content of test memory files: every 8-byte word encodes
 // its offset and a seed, so no page equals another, none is zero, and a

@@ -411,3 +411,39 @@ func TestPopulateAll(t *testing.T) {
 		t.Fatalf("%+v", res)
 	}
 }
+
+// TestCacheBudget: a cache far smaller than the guest still serves every
+// byte, evicts, and stays within budget; a disabled cache shares nothing.
+func TestCacheBudget(t *testing.T) {
+	requireUFFD(t)
+	const size = 16 << 20
+	mem := newMemFile(t, size, 12)
+	for _, tc := range []struct {
+		name       string
+		budget     int64
+		wantShared bool
+	}{
+		{"two chunks", 2 * DefaultChunkBytes, false},
+		{"disabled", -1, false},
+		{"whole file", size, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newServer(t, Config{CacheBytes: tc.budget})
+			for _, id := range []string{"a", "b"} {
+				runHarness(t, createSession(t, s, pagerapi.CreateSessionRequest{ID: id, MemoryPath: mem, CacheKey: "k", NoRecord: true}),
+					harness.Config{Threads: 3, Order: "random", Seed: int64(len(tc.name)), Write: true})
+			}
+			st := s.Stats().Cache
+			if st.UsedBytes > max(st.BudgetBytes, 0) {
+				t.Fatalf("cache over budget: %+v", st)
+			}
+			if shared := st.DiskReadBytes == size; shared != tc.wantShared {
+				t.Fatalf("read %d bytes from disk for two sessions of a %d-byte file (shared=%v, want %v): %+v",
+					st.DiskReadBytes, size, shared, tc.wantShared, st)
+			}
+			if tc.budget == 2*DefaultChunkBytes && st.Evictions == 0 {
+				t.Fatalf("no evictions under a two-chunk budget: %+v", st)
+			}
+		})
+	}
+}

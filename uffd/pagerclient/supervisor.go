@@ -52,7 +52,12 @@ type Config struct {
 	// hang on their next missing page: the daemon kills them. It must not
 	// block for long; the restart waits for it.
 	OnLost func(Lost)
-	Logger *slog.Logger
+	// OnFailed is called, from the supervisor's goroutine, for each
+	// tracked session the pager reports failed (bad handshake, or a fault
+	// loop error while serving). Its VM, if its VMM connected, will hang on
+	// its next missing page: the daemon kills it. Optional.
+	OnFailed func(pagerapi.Session)
+	Logger   *slog.Logger
 }
 
 // Lost reports a pager that ended.
@@ -390,23 +395,33 @@ func (s *Supervisor) refresh(ctx context.Context, gen int) error {
 	if err != nil {
 		return err
 	}
-	state := make(map[string]pagerapi.SessionState, len(list))
+	byID := make(map[string]pagerapi.Session, len(list))
 	for _, ss := range list {
-		state[ss.ID] = ss.State
+		byID[ss.ID] = ss
 	}
+	var failed []pagerapi.Session
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for id, t := range s.tracked {
 		if t.gen != gen || t.creating {
 			continue
 		}
-		st, ok := state[id]
-		if !ok || !st.NeedsPager() {
+		ss, ok := byID[id]
+		if ss.State == pagerapi.StateFailed {
+			failed = append(failed, ss)
+		}
+		if !ok || !ss.State.NeedsPager() {
 			delete(s.tracked, id) // ended or forgotten: its VM does not need this pager
 			continue
 		}
-		t.state = st
+		t.state = ss.State
 		s.tracked[id] = t
+	}
+	s.mu.Unlock()
+	for _, ss := range failed {
+		s.log.Error("pager session failed", "session", ss.ID, "err", ss.Error)
+		if s.cfg.OnFailed != nil {
+			s.cfg.OnFailed(ss)
+		}
 	}
 	return nil
 }

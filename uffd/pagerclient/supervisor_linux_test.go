@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/zygote/zygote/errdefs"
-	"github.com/zygote/zygote/uffd"
 	"github.com/zygote/zygote/uffd/internal/harness"
 	"github.com/zygote/zygote/uffd/pager"
 	"github.com/zygote/zygote/uffd/pagerapi"
@@ -60,15 +59,7 @@ func pagerChild(args []string) int {
 	return 0
 }
 
-func requireUFFD(t *testing.T) {
-	t.Helper()
-	if s := uffd.Probe(); !s.Available() {
-		if os.Getenv("ZYGOTE_REQUIRE_PRIVILEGED") == "1" {
-			t.Fatalf("uffd: needs root or /dev/userfaultfd: %v", s.Err())
-		}
-		t.Skipf("uffd: needs root or /dev/userfaultfd: %v", s.Err())
-	}
-}
+func requireUFFD(tb testing.TB) { tb.Helper(); harness.Require(tb) }
 
 func memFile(t *testing.T, size int) string {
 	path := filepath.Join(t.TempDir(), "memory")
@@ -284,6 +275,43 @@ func TestUnresponsivePagerKilled(t *testing.T) {
 		t.Fatalf("lost report %+v", l)
 	}
 	waitNewPager(t, s, old)
+}
+
+// TestFailedSessionReported: a session whose handshake fails is reported
+// through OnFailed once, and is no longer tracked as needing the pager.
+func TestFailedSessionReported(t *testing.T) {
+	requireUFFD(t)
+	cfg, lost := testSupervisor(t)
+	failed := make(chan pagerapi.Session, 4)
+	cfg.OnFailed = func(ss pagerapi.Session) { failed <- ss }
+	s := start(t, cfg)
+	ctx := ctxFor(t, 30*time.Second)
+	mem := memFile(t, 1<<20)
+	info, err := s.CreateSession(ctx, pagerapi.CreateSessionRequest{ID: "bad", MemoryPath: mem, CacheKey: "k", HandshakeTimeoutMS: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Client().WaitHandshake(ctx, "bad"); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "no VMM connected") {
+		t.Fatalf("WaitHandshake = %v", err)
+	}
+	select {
+	case ss := <-failed:
+		if ss.ID != "bad" || ss.SocketPath != info.SocketPath || ss.Error == "" {
+			t.Fatalf("OnFailed got %+v", ss)
+		}
+	case <-ctx.Done():
+		t.Fatal("no OnFailed report")
+	}
+	old := s.PID()
+	syscall.Kill(old, syscall.SIGKILL)
+	if l := nextLost(t, lost); len(l.Sessions) != 0 {
+		t.Fatalf("a failed session was reported lost: %+v", l)
+	}
+	select {
+	case ss := <-failed:
+		t.Fatalf("failure reported twice: %+v", ss)
+	default:
+	}
 }
 
 // TestAdoptRunningPager: a daemon restart (Close, new Supervisor) adopts

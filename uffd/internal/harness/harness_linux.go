@@ -1,11 +1,5 @@
 //go:build linux
 
-// Package harness is the VMM side of the pager's tests and benchmarks, as a
-// real process: it mmaps anonymous memory, creates a userfaultfd, registers
-// the memory, does Firecracker's handshake with a pager session socket,
-// then touches pages from several threads and checks every byte against the
-// memory file. It is the test binary re-executed: each test package's
-// TestMain calls Main first, and Start launches it.
 package harness
 
 import (
