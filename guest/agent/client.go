@@ -116,8 +116,8 @@ func DialOptions(ctx context.Context, socketPath string, opts Options) (*Client,
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, fmt.Errorf("agent: dial %s: no hello from the guest agent after %d attempts (last: %v): %w",
-				socketPath, attempt, last, ctx.Err())
+			return nil, fmt.Errorf("agent: dial %s: no hello from the guest agent after %d attempts (guest not up yet, "+
+				"or another client holds the channel; last: %v): %w", socketPath, attempt, last, ctx.Err())
 		case <-t.C:
 		}
 		backoff = min(2*backoff, 250*time.Millisecond)

@@ -1,10 +1,13 @@
 package agent_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +26,7 @@ import (
 // channel wired the way the QEMU driver wires it.
 type testVM struct {
 	dir, sock, console string
+	qmp                string
 	cmd                *exec.Cmd
 	exited             chan struct{}
 	waitErr            error
@@ -34,9 +38,9 @@ type testVM struct {
 // bootVM starts QEMU (TCG: /dev/kvm is not trusted on the dev machines)
 // and stops it (killing it by its pid if still running) when the test
 // ends, dumping the console if the test failed.
-func bootVM(t testing.TB) *testVM {
+func bootVM(t testing.TB, extra ...string) *testVM {
 	t.Helper()
-	vm := startVM(t)
+	vm := startVM(t, extra...)
 	t.Cleanup(func() {
 		vm.stop()
 		if t.Failed() {
@@ -47,8 +51,9 @@ func bootVM(t testing.TB) *testVM {
 	return vm
 }
 
-// startVM starts QEMU; the caller must call stop and remove vm.dir.
-func startVM(tb testing.TB) *testVM {
+// startVM starts QEMU; the caller must call stop and remove vm.dir. extra
+// is appended to the command line (-incoming for a restore).
+func startVM(tb testing.TB, extra ...string) *testVM {
 	tb.Helper()
 	assets := guesttest.Assets(tb)
 	qemu := guesttest.QEMU(tb)
@@ -57,8 +62,8 @@ func startVM(tb testing.TB) *testVM {
 		tb.Fatal(err)
 	}
 	vm := &testVM{dir: dir, sock: filepath.Join(dir, "agent.sock"), console: filepath.Join(dir, "console.log"),
-		exited: make(chan struct{}), kernelVersion: assets.KernelVersion}
-	vm.cmd = exec.Command(qemu,
+		qmp: filepath.Join(dir, "qmp.sock"), exited: make(chan struct{}), kernelVersion: assets.KernelVersion}
+	args := []string{
 		"-accel", "tcg", "-M", "q35", "-m", "256", "-smp", "1",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", assets.Kernel, "-initrd", assets.Initramfs,
@@ -70,7 +75,9 @@ func startVM(tb testing.TB) *testVM {
 		"-device", "virtserialport,bus=vser0.0,chardev=agent,name="+agentproto.AgentPortName,
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", "virtio-rng-pci,rng=rng0",
-	)
+		"-qmp", "unix:" + vm.qmp + ",server=on,wait=off",
+	}
+	vm.cmd = exec.Command(qemu, append(args, extra...)...)
 	vm.cmd.Stderr = &vm.stderr
 	vm.started = time.Now()
 	if err := vm.cmd.Start(); err != nil {
@@ -271,6 +278,80 @@ func TestVM(t *testing.T) {
 		}
 	})
 
+	// Save the running VM to a file, quit it, start a new QEMU from the
+	// file: the guest resumes in the middle of the old connection, with
+	// an exec of that connection still running. The new host must be
+	// served cleanly and the old exec must die.
+	t.Run("SaveAndRestore", func(t *testing.T) {
+		if r := run(ctx, c, nil, "sh", "-c", "echo kept > /dev/shm/note"); r.code != 0 {
+			t.Fatalf("write note: %+v", r)
+		}
+		// Configured is part of the saved state (even when this subtest
+		// runs alone).
+		if err := c.Configure(ctx, agent.Config{}); err != nil && !errors.Is(err, agent.ErrAlreadyConfigured) {
+			t.Fatal(err)
+		}
+		bootID := c.Hello().BootID
+		pids := make(chan int, 1)
+		done := make(chan result, 1)
+		go func() {
+			code, err := c.Exec(ctx, agent.ExecRequest{Command: []string{"sleep", "1000"}, Started: func(_ uint64, pid int) { pids <- pid }})
+			done <- result{code: code, err: err}
+		}()
+		pid := <-pids
+
+		state := filepath.Join(vm.dir, "state")
+		q := dialQMP(t, vm.qmp)
+		q.do(t, "migrate", map[string]any{"uri": "exec:cat > " + state})
+		for {
+			var st struct {
+				Status string `json:"status"`
+			}
+			q.doInto(t, "query-migrate", nil, &st)
+			if st.Status == "completed" {
+				break
+			}
+			if st.Status == "failed" || st.Status == "cancelled" {
+				t.Fatalf("migration %s", st.Status)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		q.do(t, "quit", nil)
+		<-vm.exited
+		if r := <-done; !errors.Is(r.err, agent.ErrConnectionLost) {
+			t.Fatalf("exec in flight when the VMM quit = %d, %v; want ErrConnectionLost", r.code, r.err)
+		}
+
+		begin := time.Now()
+		restored := bootVM(parent, "-incoming", "exec:cat "+state)
+		c = vmDial(parent, restored)
+		t.Logf("restore to hello: %v", time.Since(begin).Round(time.Millisecond))
+		vm = restored
+		if h := c.Hello(); !h.Configured || h.BootID != bootID {
+			t.Errorf("hello after restore = %+v (boot id before: %s)", h, bootID)
+		}
+		if err := c.Restored(ctx, agent.RestoreInfo{Hostname: "restored-1"}); err != nil {
+			t.Fatalf("Restored: %v", err)
+		}
+		if r := run(ctx, c, nil, "sh", "-c", "cat /dev/shm/note; hostname"); r.stdout != "kept\nrestored-1\n" {
+			t.Errorf("after restore: %+v", r)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			r := run(ctx, c, nil, "test", "-e", fmt.Sprintf("/proc/%d", pid))
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			if r.code != 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the old connection's exec (pid %d) survived the restore", pid)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+
 	t.Run("Shutdown", func(t *testing.T) {
 		if err := c.Shutdown(ctx); err != nil {
 			t.Fatalf("Shutdown: %v", err)
@@ -292,6 +373,69 @@ func TestVM(t *testing.T) {
 			t.Errorf("guest panicked:\n%s", con)
 		}
 	})
+}
+
+// qmpConn is a minimal QMP client for the save/restore test.
+type qmpConn struct {
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func dialQMP(t *testing.T, sock string) *qmpConn {
+	t.Helper()
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatalf("qmp: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	q := &qmpConn{conn: conn, r: bufio.NewReader(conn)}
+	if _, err := q.r.ReadString('\n'); err != nil { // greeting
+		t.Fatalf("qmp greeting: %v", err)
+	}
+	q.do(t, "qmp_capabilities", nil)
+	return q
+}
+
+func (q *qmpConn) do(t *testing.T, cmd string, args map[string]any) {
+	t.Helper()
+	q.doInto(t, cmd, args, nil)
+}
+
+func (q *qmpConn) doInto(t *testing.T, cmd string, args map[string]any, out any) {
+	t.Helper()
+	req := map[string]any{"execute": cmd}
+	if args != nil {
+		req["arguments"] = args
+	}
+	b, _ := json.Marshal(req)
+	if _, err := q.conn.Write(append(b, '\n')); err != nil {
+		t.Fatalf("qmp %s: %v", cmd, err)
+	}
+	for {
+		line, err := q.r.ReadString('\n')
+		if err != nil {
+			if cmd == "quit" {
+				return
+			}
+			t.Fatalf("qmp %s: %v", cmd, err)
+		}
+		var resp struct {
+			Return json.RawMessage `json:"return"`
+			Error  *struct {
+				Desc string `json:"desc"`
+			} `json:"error"`
+		}
+		if json.Unmarshal([]byte(line), &resp) != nil || (resp.Return == nil && resp.Error == nil) {
+			continue // an event
+		}
+		if resp.Error != nil {
+			t.Fatalf("qmp %s: %s", cmd, resp.Error.Desc)
+		}
+		if out != nil {
+			json.Unmarshal(resp.Return, out)
+		}
+		return
+	}
 }
 
 var (

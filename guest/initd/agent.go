@@ -133,7 +133,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if a.procs.reapAll {
-		a.wg.Go(func() { a.procs.reapLoop(ctx) })
+		// The reaper outlives everything else: goroutines waiting for a
+		// process to exit need it until the very end.
+		reapCtx, stopReaper := context.WithCancel(context.Background())
+		var reaper sync.WaitGroup
+		reaper.Go(func() { a.procs.reapLoop(reapCtx) })
+		defer reaper.Wait()
+		defer stopReaper()
 	}
 	stop := context.AfterFunc(ctx, func() { a.cfg.Port.Close() })
 	defer stop()
