@@ -1,0 +1,129 @@
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/zygote/zygote/guest/agent"
+)
+
+var upgrader = websocket.Upgrader{
+	ReadBufferSize:  32 << 10,
+	WriteBufferSize: 32 << 10,
+	// Access is controlled by the socket's file mode or the bearer token;
+	// browsers are not clients of this API.
+	CheckOrigin: func(*http.Request) bool { return true },
+}
+
+// defaultWaitForAgent is how long exec waits for a booting guest's agent
+// when the request does not say.
+const defaultWaitForAgent = 30 * time.Second
+
+// exec serves hypeman's exec WebSocket protocol (see openapi.yaml).
+func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
+	ref := r.PathValue("id")
+	if _, err := s.m.ExecTarget(r.Context(), ref); err != nil {
+		writeError(w, err) // before the upgrade: a plain 404/409
+		return
+	}
+	conn, err := upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader has answered
+	}
+	defer conn.Close()
+	out := &wsWriter{conn: conn}
+
+	var req ExecRequest
+	if mt, raw, err := conn.ReadMessage(); err != nil || mt != websocket.TextMessage || json.Unmarshal(raw, &req) != nil {
+		out.text(map[string]string{"error": "the first message must be a JSON text frame {command, env, cwd, ...}"})
+		return
+	}
+	if len(req.Command) == 0 {
+		req.Command = []string{"/bin/sh"}
+	}
+	out.tags = req.StreamTags
+
+	ctx := r.Context()
+	stdinR, stdinW := io.Pipe()
+	readerDone := make(chan struct{})
+	go func() { // owner: this handler; ends when the connection closes
+		defer close(readerDone)
+		for {
+			mt, raw, err := conn.ReadMessage()
+			if err != nil {
+				stdinW.CloseWithError(fmt.Errorf("exec client went away: %w", err))
+				return
+			}
+			if mt == websocket.TextMessage && req.StreamTags {
+				var ctl ExecControl
+				if json.Unmarshal(raw, &ctl) == nil && ctl.StdinEOF {
+					stdinW.Close()
+				}
+				continue
+			}
+			if _, err := stdinW.Write(raw); err != nil {
+				continue // stdin closed: drain until the client leaves
+			}
+		}
+	}()
+	wait := defaultWaitForAgent
+	if req.WaitForAgent > 0 {
+		wait = time.Duration(req.WaitForAgent) * time.Second
+	}
+	code, err := s.m.Exec(ctx, ref, agent.ExecRequest{
+		Command: req.Command, Env: req.Env, Cwd: req.Cwd, TTY: req.TTY,
+		Timeout: time.Duration(req.Timeout) * time.Second,
+		Stdin:   stdinR, Stdout: out.stream(StreamStdout), Stderr: out.stream(StreamStderr),
+	}, wait)
+	stdinR.Close()
+	if err != nil {
+		s.log.Info("exec failed", "instance", ref, "err", err)
+		out.stream(StreamStderr).Write([]byte("Error: " + err.Error() + "\r\n"))
+		code = 127
+	}
+	out.text(ExecExit{ExitCode: code})
+	conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+	conn.Close()
+	<-readerDone
+}
+
+// wsWriter serialises frames onto one WebSocket (gorilla allows one
+// concurrent writer).
+type wsWriter struct {
+	mu   sync.Mutex
+	conn *websocket.Conn
+	tags bool
+}
+
+func (w *wsWriter) text(v any) {
+	raw, _ := json.Marshal(v)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.conn.WriteMessage(websocket.TextMessage, raw)
+}
+
+type wsStream struct {
+	w   *wsWriter
+	tag byte
+}
+
+func (w *wsWriter) stream(tag byte) io.Writer { return wsStream{w: w, tag: tag} }
+
+func (s wsStream) Write(p []byte) (int, error) {
+	frame := p
+	if s.w.tags {
+		frame = append([]byte{s.tag}, p...)
+	}
+	s.w.mu.Lock()
+	defer s.w.mu.Unlock()
+	if err := s.w.conn.WriteMessage(websocket.BinaryMessage, frame); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}

@@ -1,0 +1,341 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/gorillamux"
+
+	"github.com/zygote/zygote/api"
+	"github.com/zygote/zygote/api/client"
+	"github.com/zygote/zygote/errdefs"
+	"github.com/zygote/zygote/instances"
+	"github.com/zygote/zygote/instances/instancestest"
+)
+
+var ctx = context.Background()
+
+// specChecker validates every request and response that crosses the test
+// server against openapi.yaml, so the document and the code cannot drift.
+type specChecker struct {
+	t      *testing.T
+	router routers.Router
+	mu     sync.Mutex
+	seen   map[string]bool
+}
+
+func newSpecChecker(t *testing.T) *specChecker {
+	loader := openapi3.NewLoader()
+	doc, err := loader.LoadFromData(api.Spec())
+	if err != nil {
+		t.Fatalf("load openapi.yaml: %v", err)
+	}
+	if err := doc.Validate(loader.Context); err != nil {
+		t.Fatalf("openapi.yaml is invalid: %v", err)
+	}
+	doc.Servers = nil // match any host
+	r, err := gorillamux.NewRouter(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &specChecker{t: t, router: r, seen: map[string]bool{}}
+}
+
+type capture struct {
+	http.ResponseWriter
+	status int
+	body   bytes.Buffer
+}
+
+func (c *capture) WriteHeader(s int)           { c.status = s; c.ResponseWriter.WriteHeader(s) }
+func (c *capture) Write(p []byte) (int, error) { c.body.Write(p); return c.ResponseWriter.Write(p) }
+func (c *capture) Flush()                      { c.ResponseWriter.(http.Flusher).Flush() }
+
+func (sc *specChecker) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		route, params, err := sc.router.FindRoute(r)
+		if err != nil || r.Header.Get("Upgrade") != "" {
+			next.ServeHTTP(w, r) // exec (outside the document) and unknown routes
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		in := &openapi3filter.RequestValidationInput{Request: r, PathParams: params, Route: route,
+			Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}}
+		reqErr := openapi3filter.ValidateRequest(r.Context(), in)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		c := &capture{ResponseWriter: w, status: 200}
+		next.ServeHTTP(c, r)
+		if reqErr != nil && c.status < 400 {
+			sc.t.Errorf("%s %s: the spec rejects a request the server accepted: %v", r.Method, r.URL, reqErr)
+		}
+		out := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: c.status, Header: c.Header(),
+			Options: &openapi3filter.Options{IncludeResponseStatus: true}}
+		out.SetBodyBytes(c.body.Bytes())
+		if strings.HasPrefix(c.Header().Get("Content-Type"), "application/json") {
+			if err := openapi3filter.ValidateResponse(r.Context(), out); err != nil {
+				sc.t.Errorf("%s %s -> %d: response does not match the spec: %v", r.Method, r.URL, c.status, err)
+			}
+		}
+		sc.mu.Lock()
+		sc.seen[route.Method+" "+route.Path] = true
+		sc.mu.Unlock()
+	})
+}
+
+type env struct {
+	h   *instancestest.Harness
+	c   *client.Client
+	url string
+}
+
+func noClone(context.Context, string, string) (instances.CloneStats, error) {
+	return instances.CloneStats{}, errors.New("no clone in this test")
+}
+
+func newEnv(t *testing.T) *env {
+	h := instancestest.New(t, "", noClone)
+	srv := api.NewServer(api.ServerConfig{Manager: h.M, Token: "s3cret"})
+	sc := newSpecChecker(t)
+	ts := httptest.NewServer(sc.wrap(srv.Handler()))
+	t.Cleanup(ts.Close)
+	c, err := client.New(ts.URL, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{h: h, c: c, url: ts.URL}
+}
+
+func (e *env) run(t *testing.T, name string) api.Instance {
+	t.Helper()
+	in, err := e.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: name, Size: "64MB"})
+	if err != nil {
+		t.Fatalf("create %s: %v", name, err)
+	}
+	res, err := e.c.WaitForState(ctx, in.ID, "Running", 10*time.Second)
+	if err != nil || res.State != "Running" {
+		t.Fatalf("wait Running: %+v %v", res, err)
+	}
+	in, _ = e.c.GetInstance(ctx, name)
+	return in
+}
+
+func rawDo(t *testing.T, method, url, body string, hdr map[string]string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	return resp, string(raw)
+}
+
+func TestInstanceLifecycleOverHTTP(t *testing.T) {
+	e := newEnv(t)
+	if err := e.c.Health(ctx); err != nil {
+		t.Fatal(err)
+	}
+	in := e.run(t, "web")
+	if in.State != "Running" || in.Size != "64.0 MB" || in.MemoryBytes != 64<<20 || in.Hypervisor != "qemu" {
+		t.Fatalf("instance: %+v", in)
+	}
+	list, err := e.c.ListInstances(ctx, client.ListOptions{State: "Running"})
+	if err != nil || len(list) != 1 {
+		t.Fatalf("list: %v %v", list, err)
+	}
+	if in, err = e.c.StandbyInstance(ctx, "web"); err != nil || in.State != "Standby" || !in.HasSnapshot {
+		t.Fatalf("standby: %+v %v", in, err)
+	}
+	if in, err = e.c.RestoreInstance(ctx, "web"); err != nil || in.State != "Running" {
+		t.Fatalf("restore: %+v %v", in, err)
+	}
+	if in, err = e.c.StopInstance(ctx, "web"); err != nil || in.State != "Stopped" {
+		t.Fatalf("stop: %+v %v", in, err)
+	}
+	if in, err = e.c.StartInstance(ctx, in.ID[:8]); err != nil {
+		t.Fatalf("start by id prefix: %+v %v", in, err)
+	}
+	if err := e.c.DeleteInstance(ctx, "web", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.GetInstance(ctx, "web"); !errdefs.IsNotFound(err) {
+		t.Fatalf("get after delete: %v", err)
+	}
+}
+
+func TestErrorStatusesAndCodes(t *testing.T) {
+	e := newEnv(t)
+	web := e.run(t, "web")
+	// Two ids sharing a first letter make an ambiguous one-letter prefix.
+	other := e.run(t, "other")
+	ambiguous := ""
+	if web.ID[0] == other.ID[0] {
+		ambiguous = web.ID[:1]
+	}
+	for _, tc := range []struct {
+		name, method, path, body string
+		status                   int
+		code                     string
+	}{
+		{"bad name", "POST", "/instances", `{"name":"Bad_Name"}`, 400, "invalid_request"},
+		{"bad size", "POST", "/instances", `{"name":"x","size":"1.5GB"}`, 400, "invalid_request"},
+		{"unknown field", "POST", "/instances", `{"name":"x","bogus":1}`, 400, "invalid_request"},
+		{"not json", "POST", "/instances", `{`, 400, "invalid_request"},
+		{"duplicate name", "POST", "/instances", `{"name":"web","size":"64MB"}`, 409, "name_conflict"},
+		{"unknown hypervisor", "POST", "/instances", `{"name":"x","hypervisor":"vz"}`, 501, "not_supported"},
+		{"unknown id", "GET", "/instances/nope", "", 404, "not_found"},
+		{"illegal transition", "POST", "/instances/web/restore", "", 409, "invalid_state"},
+		{"start running", "POST", "/instances/web/start", "{}", 409, "invalid_state"},
+		{"bad wait state", "GET", "/instances/web/wait?state=Bogus", "", 400, "invalid_request"},
+		{"bad wait timeout", "GET", "/instances/web/wait?state=Running&timeout=soon", "", 400, "invalid_request"},
+		{"bad force", "DELETE", "/instances/web?force=maybe", "", 400, "invalid_request"},
+		{"bad log source", "GET", "/instances/web/logs?source=kernel", "", 400, "invalid_request"},
+		{"no route", "GET", "/nope", "", 404, "not_found"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body := rawDo(t, tc.method, e.url+tc.path, tc.body, nil)
+			if resp.StatusCode != tc.status || !strings.Contains(body, `"code":"`+tc.code+`"`) {
+				t.Fatalf("%s %s = %d %s, want %d %s", tc.method, tc.path, resp.StatusCode, body, tc.status, tc.code)
+			}
+			if tc.status == 409 && resp.Header.Get("x-should-retry") != "false" {
+				t.Fatal("a 409 lacks x-should-retry: false (hypeman's SDK would retry it)")
+			}
+		})
+	}
+	if ambiguous != "" {
+		resp, body := rawDo(t, "GET", e.url+"/instances/"+ambiguous, "", nil)
+		if resp.StatusCode != 409 || !strings.Contains(body, "ambiguous") {
+			t.Fatalf("ambiguous prefix: %d %s", resp.StatusCode, body)
+		}
+	}
+	if list, _ := e.c.ListInstances(ctx, client.ListOptions{}); len(list) != 2 {
+		t.Fatalf("rejected requests changed the instance list: %d", len(list))
+	}
+}
+
+func TestTokenHandler(t *testing.T) {
+	h := instancestest.New(t, "", noClone)
+	srv := api.NewServer(api.ServerConfig{Manager: h.M, Token: "s3cret"})
+	ts := httptest.NewServer(srv.TokenHandler())
+	defer ts.Close()
+	if resp, _ := rawDo(t, "GET", ts.URL+"/health", "", nil); resp.StatusCode != 200 {
+		t.Fatalf("/health without a token: %d", resp.StatusCode)
+	}
+	for _, hdr := range []map[string]string{nil, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}} {
+		if resp, body := rawDo(t, "GET", ts.URL+"/instances", "", hdr); resp.StatusCode != 401 || !strings.Contains(body, "Unauthorized") {
+			t.Fatalf("/instances with %v: %d %s", hdr, resp.StatusCode, body)
+		}
+	}
+	c, _ := client.New(ts.URL, "s3cret")
+	if _, err := c.ListInstances(ctx, client.ListOptions{}); err != nil {
+		t.Fatalf("with the token: %v", err)
+	}
+}
+
+func TestExecOverWebSocket(t *testing.T) {
+	e := newEnv(t)
+	e.run(t, "web")
+	var out, errb bytes.Buffer
+	code, err := e.c.Exec(ctx, "web", client.ExecOptions{Command: []string{"echo", "hello"}, Stdout: &out, Stderr: &errb})
+	if err != nil || code != 0 || out.String() != "hello\n" {
+		t.Fatalf("echo: %d %v %q", code, err, out.String())
+	}
+	if code, err := e.c.Exec(ctx, "web", client.ExecOptions{Command: []string{"exit", "3"}}); err != nil || code != 3 {
+		t.Fatalf("exit 3: %d %v", code, err)
+	}
+	out.Reset()
+	code, err = e.c.Exec(ctx, "web", client.ExecOptions{Command: []string{"cat"}, Stdin: strings.NewReader("piped\n"), Stdout: &out})
+	if err != nil || code != 0 || out.String() != "piped\n" {
+		t.Fatalf("cat: %d %v %q", code, err, out.String())
+	}
+	errb.Reset()
+	if code, _ := e.c.Exec(ctx, "web", client.ExecOptions{Command: []string{"no-such-command"}, Stderr: &errb}); code != 127 || !strings.Contains(errb.String(), "unknown command") {
+		t.Fatalf("unknown command: %d %q", code, errb.String())
+	}
+	if _, err := e.c.StandbyInstance(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.Exec(ctx, "web", client.ExecOptions{Command: []string{"true"}}); !errdefs.IsInvalidState(err) {
+		t.Fatalf("exec into a standby instance: %v, want invalid_state", err)
+	}
+	if _, err := e.c.Exec(ctx, "nope", client.ExecOptions{Command: []string{"true"}}); !errdefs.IsNotFound(err) {
+		t.Fatalf("exec into an unknown instance: %v, want not_found", err)
+	}
+}
+
+func TestLogsSSE(t *testing.T) {
+	e := newEnv(t)
+	in := e.run(t, "web")
+	logPath := filepath.Join(e.h.DataDir, "instances", in.ID, "console.log")
+	var lines []string
+	for i := 0; i < 150; i++ {
+		lines = append(lines, "line "+string(rune('a'+i%26))+" \"quoted\"\r")
+	}
+	os.WriteFile(logPath, []byte(strings.Join(lines, "\n")+"\n"), 0o644)
+	var out bytes.Buffer
+	if err := e.c.Logs(ctx, "web", client.LogOptions{Tail: 3}, &out); err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(got) != 3 || got[0] != strings.TrimSuffix(lines[147], "\r") {
+		t.Fatalf("tail 3: %q", got)
+	}
+	// Raw wire format: each line a JSON string in data:.
+	resp, body := rawDo(t, "GET", e.url+"/instances/web/logs?tail=1", "", nil)
+	if resp.Header.Get("Content-Type") != "text/event-stream" || body != "data: \"line t \\\"quoted\\\"\"\n\n" {
+		t.Fatalf("wire format: %q %q", resp.Header.Get("Content-Type"), body)
+	}
+	// Follow sees lines appended later.
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr, pw := io.Pipe()
+	go func() { e.c.Logs(fctx, "web", client.LogOptions{Follow: true, Tail: 0}, pw); pw.Close() }()
+	// The stream's start races with the writer: append until a line shows.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		f, _ := os.OpenFile(logPath, os.O_APPEND|os.O_WRONLY, 0)
+		defer f.Close()
+		for {
+			f.WriteString("appended later\n")
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	buf := make([]byte, 15)
+	if _, err := io.ReadFull(pr, buf); err != nil || string(buf) != "appended later\n" {
+		t.Fatalf("follow: %q %v", buf, err)
+	}
+}
+
+func TestSpecServed(t *testing.T) {
+	e := newEnv(t)
+	raw, err := e.c.Spec(ctx)
+	if err != nil || !bytes.Equal(raw, api.Spec()) {
+		t.Fatalf("/spec: %v", err)
+	}
+}

@@ -1,0 +1,106 @@
+package api
+
+import "time"
+
+// Wire types. openapi.yaml is the source of truth; spec_test.go validates
+// every request and response the tests exchange against it, so these
+// types cannot drift from the document unnoticed.
+
+// Health is GET /health.
+type Health struct {
+	Status string `json:"status"`
+}
+
+// Error is every error body.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// CreateInstanceRequest is POST /instances.
+type CreateInstanceRequest struct {
+	Name        string            `json:"name"`
+	Image       string            `json:"image,omitempty"`
+	Size        string            `json:"size,omitempty"`
+	HotplugSize string            `json:"hotplug_size,omitempty"`
+	OverlaySize string            `json:"overlay_size,omitempty"`
+	VCPUs       int               `json:"vcpus,omitempty"`
+	Hypervisor  string            `json:"hypervisor,omitempty"`
+	Env         map[string]string `json:"env,omitempty"`
+	Tags        map[string]string `json:"tags,omitempty"`
+	Entrypoint  []string          `json:"entrypoint,omitempty"`
+	Cmd         []string          `json:"cmd,omitempty"`
+	KernelArgs  string            `json:"kernel_args,omitempty"`
+}
+
+// Origin says where a fork came from.
+type Origin struct {
+	InstanceID   string `json:"instance_id,omitempty"`
+	InstanceName string `json:"instance_name,omitempty"`
+	SnapshotID   string `json:"snapshot_id,omitempty"`
+}
+
+// Instance is the instance resource.
+type Instance struct {
+	ID          string            `json:"id"`
+	Name        string            `json:"name"`
+	Image       string            `json:"image"`
+	State       string            `json:"state"`
+	StateError  *string           `json:"state_error,omitempty"`
+	Size        string            `json:"size"`
+	MemoryBytes int64             `json:"memory_bytes"`
+	VCPUs       int               `json:"vcpus"`
+	Hypervisor  string            `json:"hypervisor"`
+	Accelerator string            `json:"accelerator,omitempty"`
+	Hostname    string            `json:"hostname,omitempty"`
+	Env         map[string]string `json:"env,omitempty"`
+	Tags        map[string]string `json:"tags,omitempty"`
+	Entrypoint  []string          `json:"entrypoint,omitempty"`
+	Cmd         []string          `json:"cmd,omitempty"`
+	KernelArgs  string            `json:"kernel_args,omitempty"`
+	CreatedAt   time.Time         `json:"created_at"`
+	StartedAt   *time.Time        `json:"started_at,omitempty"`
+	StoppedAt   *time.Time        `json:"stopped_at,omitempty"`
+	ExitCode    *int              `json:"exit_code,omitempty"`
+	ExitMessage string            `json:"exit_message,omitempty"`
+	HasSnapshot bool              `json:"has_snapshot"`
+	ForkedFrom  *Origin           `json:"forked_from,omitempty"`
+}
+
+// WaitForStateResponse is GET /instances/{id}/wait.
+type WaitForStateResponse struct {
+	State      string  `json:"state"`
+	StateError *string `json:"state_error,omitempty"`
+	TimedOut   bool    `json:"timed_out"`
+}
+
+// ExecRequest is the first (text) frame of an exec WebSocket.
+type ExecRequest struct {
+	Command      []string          `json:"command"`
+	TTY          bool              `json:"tty,omitempty"`
+	Env          map[string]string `json:"env,omitempty"`
+	Cwd          string            `json:"cwd,omitempty"`
+	Timeout      int32             `json:"timeout,omitempty"`
+	WaitForAgent int32             `json:"wait_for_agent,omitempty"`
+	Rows         uint32            `json:"rows,omitempty"`
+	Cols         uint32            `json:"cols,omitempty"`
+	// StreamTags (zygote extension): prefix output frames with 1 (stdout)
+	// or 2 (stderr), and accept {"stdin_eof": true} to close stdin.
+	StreamTags bool `json:"stream_tags,omitempty"`
+}
+
+// ExecControl is a client text frame in stream_tags mode.
+type ExecControl struct {
+	StdinEOF bool `json:"stdin_eof,omitempty"`
+}
+
+// ExecExit is the last server frame of an exec.
+type ExecExit struct {
+	ExitCode int `json:"exitCode"`
+}
+
+// Exec output stream tags (stream_tags mode).
+const (
+	StreamStdout byte = 1
+	StreamStderr byte = 2
+)
