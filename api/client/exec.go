@@ -21,8 +21,8 @@ type ExecOptions struct {
 	Env          map[string]string
 	Cwd          string
 	TTY          bool
-	Timeout      int32 // seconds, 0 = none
-	WaitForAgent int32 // seconds
+	Timeout      int32     // seconds, 0 = none
+	WaitForAgent int32     // seconds
 	Stdin        io.Reader // nil: no stdin (EOF at once)
 	Stdout       io.Writer
 	Stderr       io.Writer

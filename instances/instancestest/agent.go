@@ -229,4 +229,3 @@ func orDiscard(w io.Writer) io.Writer {
 	}
 	return w
 }
-
