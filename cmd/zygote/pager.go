@@ -8,7 +8,6 @@ import (
 	"os/signal"
 	"strconv"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -65,7 +64,7 @@ the same cache key. The daemon starts and supervises it; see docs/pager.md.`,
 	f.Int64Var(&cfg.CacheBytes, "cache-bytes", cacheDefault, "shared page cache budget in bytes; negative disables sharing (env ZYGOTE_PAGER_CACHE_BYTES)")
 	f.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", pager.DefaultHandshakeTimeout, "how long a session waits for its VMM")
 	f.DurationVar(&cfg.RecordWindow, "record-window", pager.DefaultRecordWindow, "how long after a first restore's handshake its fault order is recorded")
-	f.DurationVar(&cfg.TerminalTTL, "ended-session-ttl", time.Hour, "how long ended sessions stay listed")
+	f.DurationVar(&cfg.TerminalTTL, "ended-session-ttl", pager.DefaultTerminalTTL, "how long ended sessions stay listed")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "json", "json or text")
 	return cmd

@@ -443,8 +443,12 @@ func (s *Supervisor) reportEnd(p *proc) {
 	s.mu.Unlock()
 	sort.Strings(lost)
 	err := p.endErr()
-	s.log.Error("pager ended; its sessions' VMs will hang on their next missing page",
-		"pid", p.pid, "err", err, "lost_sessions", lost)
+	if len(lost) > 0 {
+		s.log.Error("pager ended; its sessions' VMs will hang on their next missing page",
+			"pid", p.pid, "err", err, "lost_sessions", lost)
+	} else {
+		s.log.Warn("pager ended; no session needed it", "pid", p.pid, "err", err)
+	}
 	if s.cfg.OnLost != nil {
 		s.cfg.OnLost(Lost{PID: p.pid, Err: err, Sessions: lost})
 	}
