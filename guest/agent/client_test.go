@@ -74,6 +74,18 @@ func pidGone(t *testing.T, pid int) {
 	t.Fatalf("process %d still alive", pid)
 }
 
+// startSleep starts `sleep 1000` in the guest and returns its pid and where
+// Exec's outcome will arrive.
+func startSleep(ctx context.Context, c *agent.Client) (int, <-chan result) {
+	pids := make(chan int, 1)
+	done := make(chan result, 1)
+	go func() {
+		code, err := c.Exec(ctx, agent.ExecRequest{Command: []string{"sleep", "1000"}, Started: func(_ uint64, pid int) { pids <- pid }})
+		done <- result{code: code, err: err}
+	}()
+	return <-pids, done
+}
+
 func TestDialWaitsForAgent(t *testing.T) {
 	dir, err := os.MkdirTemp("", "agenttest")
 	if err != nil {
@@ -379,13 +391,7 @@ func TestDisconnectKillsExecAndRedialWorks(t *testing.T) {
 			a := initdtest.Start(t, initdtest.Options{HideDisconnects: hide})
 			c := dial(t, a.Socket)
 			ctx := testCtx(t)
-			pids := make(chan int, 1)
-			done := make(chan result, 1)
-			go func() {
-				code, err := c.Exec(ctx, agent.ExecRequest{Command: []string{"sleep", "1000"}, Started: func(_ uint64, pid int) { pids <- pid }})
-				done <- result{code: code, err: err}
-			}()
-			pid := <-pids
+			pid, done := startSleep(ctx, c)
 			// The daemon dies: its socket closes.
 			c.CloseWithoutBye()
 			r := <-done

@@ -68,11 +68,11 @@ func startVM(tb testing.TB, extra ...string) *testVM {
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", assets.Kernel, "-initrd", assets.Initramfs,
 		"-append", "console=ttyS0 quiet panic=-1",
-		"-chardev", "file,id=con0,path="+vm.console,
+		"-chardev", "file,id=con0,path=" + vm.console,
 		"-serial", "chardev:con0",
 		"-device", "virtio-serial-pci,id=vser0",
-		"-chardev", "socket,id=agent,path="+vm.sock+",server=on,wait=off",
-		"-device", "virtserialport,bus=vser0.0,chardev=agent,name="+agentproto.AgentPortName,
+		"-chardev", "socket,id=agent,path=" + vm.sock + ",server=on,wait=off",
+		"-device", "virtserialport,bus=vser0.0,chardev=agent,name=" + agentproto.AgentPortName,
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", "virtio-rng-pci,rng=rng0",
 		"-qmp", "unix:" + vm.qmp + ",server=on,wait=off",
@@ -114,6 +114,25 @@ func (vm *testVM) waitConsole(t *testing.T, want string) {
 	for !strings.Contains(vm.consoleText(), want) {
 		if time.Now().After(deadline) {
 			t.Fatalf("guest console never showed %q", want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// guestPidGone waits until pid no longer exists in the guest.
+func guestPidGone(t *testing.T, ctx context.Context, c *agent.Client, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r := run(ctx, c, nil, "test", "-e", fmt.Sprintf("/proc/%d", pid))
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if r.code != 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("guest process %d survived its session", pid)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -218,13 +237,7 @@ func TestVM(t *testing.T) {
 
 	parent := t
 	t.Run("DisconnectAndRedial", func(t *testing.T) {
-		pids := make(chan int, 1)
-		done := make(chan result, 1)
-		go func() {
-			code, err := c.Exec(ctx, agent.ExecRequest{Command: []string{"sleep", "1000"}, Started: func(_ uint64, pid int) { pids <- pid }})
-			done <- result{code: code, err: err}
-		}()
-		pid := <-pids
+		pid, done := startSleep(ctx, c)
 		c.CloseWithoutBye() // the daemon dies
 		if r := <-done; !errors.Is(r.err, agent.ErrConnectionLost) {
 			t.Fatalf("exec in flight = %d, %v; want ErrConnectionLost", r.code, r.err)
@@ -234,20 +247,7 @@ func TestVM(t *testing.T) {
 			t.Errorf("hello after redial = %+v", h)
 		}
 		// The old session's sleep is killed by the guest.
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			r := run(ctx, c, nil, "test", "-e", fmt.Sprintf("/proc/%d", pid))
-			if r.err != nil {
-				t.Fatal(r.err)
-			}
-			if r.code != 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("guest process %d survived its session", pid)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		guestPidGone(t, ctx, c, pid)
 		if r := run(ctx, c, nil, "echo", "back"); r.err != nil || r.stdout != "back\n" {
 			t.Fatalf("exec after redial: %+v", r)
 		}
@@ -292,13 +292,7 @@ func TestVM(t *testing.T) {
 			t.Fatal(err)
 		}
 		bootID := c.Hello().BootID
-		pids := make(chan int, 1)
-		done := make(chan result, 1)
-		go func() {
-			code, err := c.Exec(ctx, agent.ExecRequest{Command: []string{"sleep", "1000"}, Started: func(_ uint64, pid int) { pids <- pid }})
-			done <- result{code: code, err: err}
-		}()
-		pid := <-pids
+		pid, done := startSleep(ctx, c)
 
 		state := filepath.Join(vm.dir, "state")
 		q := dialQMP(t, vm.qmp)
@@ -336,20 +330,8 @@ func TestVM(t *testing.T) {
 		if r := run(ctx, c, nil, "sh", "-c", "cat /dev/shm/note; hostname"); r.stdout != "kept\nrestored-1\n" {
 			t.Errorf("after restore: %+v", r)
 		}
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			r := run(ctx, c, nil, "test", "-e", fmt.Sprintf("/proc/%d", pid))
-			if r.err != nil {
-				t.Fatal(r.err)
-			}
-			if r.code != 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the old connection's exec (pid %d) survived the restore", pid)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		// The old connection's exec is killed by the guest.
+		guestPidGone(t, ctx, c, pid)
 	})
 
 	t.Run("Shutdown", func(t *testing.T) {
