@@ -94,6 +94,20 @@ func Dial(ctx context.Context, socketPath string) (*Client, error) {
 
 // DialOptions is Dial with options.
 func DialOptions(ctx context.Context, socketPath string, opts Options) (*Client, error) {
+	return dialLoop(ctx, socketPath, func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socketPath)
+	}, opts)
+}
+
+// DialFunc is Dial over connections made by dial (for example a
+// hypervisor driver's DialAgent). Every error of dial is retried until ctx
+// ends: cancel ctx when the VMM is known to be gone.
+func DialFunc(ctx context.Context, dial func(context.Context) (net.Conn, error), opts Options) (*Client, error) {
+	return dialLoop(ctx, "agent channel", dial, opts)
+}
+
+func dialLoop(ctx context.Context, socketPath string, dial func(context.Context) (net.Conn, error), opts Options) (*Client, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -103,7 +117,7 @@ func DialOptions(ctx context.Context, socketPath string, opts Options) (*Client,
 	backoff := 10 * time.Millisecond
 	var last error
 	for attempt := 1; ; attempt++ {
-		c, err := dialOnce(ctx, socketPath, opts)
+		c, err := dialOnce(ctx, socketPath, dial, opts)
 		if err == nil {
 			c.log.Debug("agent connected", "attempts", attempt, "boot_id", c.hello.BootID)
 			return c, nil
@@ -125,9 +139,8 @@ func DialOptions(ctx context.Context, socketPath string, opts Options) (*Client,
 }
 
 // dialOnce makes one connection attempt: connect, Hello until Welcome.
-func dialOnce(ctx context.Context, path string, opts Options) (*Client, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", path)
+func dialOnce(ctx context.Context, path string, dial func(context.Context) (net.Conn, error), opts Options) (*Client, error) {
+	conn, err := dial(ctx)
 	if err != nil {
 		return nil, err
 	}

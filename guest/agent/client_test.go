@@ -130,6 +130,26 @@ func TestDialWaitsForAgent(t *testing.T) {
 	}
 }
 
+func TestDialFunc(t *testing.T) {
+	a := initdtest.Start(t, initdtest.Options{BootID: "via-func"})
+	calls := 0
+	c, err := agent.DialFunc(testCtx(t), func(ctx context.Context) (net.Conn, error) {
+		calls++
+		if calls < 3 {
+			return nil, errors.New("VMM not ready")
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", a.Socket)
+	}, agent.Options{})
+	if err != nil {
+		t.Fatalf("DialFunc: %v", err)
+	}
+	defer c.Close()
+	if c.Hello().BootID != "via-func" || calls != 3 {
+		t.Fatalf("hello %+v after %d dials", c.Hello(), calls)
+	}
+}
+
 func TestDialGivesUpWithContext(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
