@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/zygote/zygote/clone"
 	"github.com/zygote/zygote/guest/agent"
 	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/internal/ids"
@@ -59,6 +61,44 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		}
 	}
 	errs = append(errs, m.removeOrphans(ctx, known))
+	errs = append(errs, m.removeOrphanSnapshots())
+	return errors.Join(errs...)
+}
+
+// swapLeftover recognises "<id>.new" and "<id>.old".
+func swapLeftover(name string) (string, bool) {
+	for _, suffix := range []string{".new", ".old"} {
+		if base, ok := strings.CutSuffix(name, suffix); ok && ids.Valid(base) {
+			return base, true
+		}
+	}
+	return "", false
+}
+
+// removeOrphanSnapshots deletes snapshot directories no record owns.
+func (m *Manager) removeOrphanSnapshots() error {
+	var snaps []store.Snapshot
+	if err := m.store.View(func(tx *store.Tx) (err error) { snaps, err = tx.Snapshots(); return }); err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	for _, s := range snaps {
+		known[s.ID] = true
+	}
+	entries, err := os.ReadDir(filepath.Join(m.cfg.DataDir, "snapshots"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		if known[e.Name()] {
+			continue
+		}
+		m.log.Info("reconcile: removing orphan snapshot directory", "dir", e.Name())
+		if err := os.RemoveAll(m.snapshotDir(e.Name())); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -72,6 +112,8 @@ func (m *Manager) reconcileIntent(ctx context.Context, in store.Intent) error {
 			m.killVMMs(ctx, *in.Pending)
 		}
 		return os.RemoveAll(m.instanceDir(in.InstanceID))
+	case store.OpSnapshot, store.OpSnapshotDelete, store.OpSnapshotRestore:
+		return m.reconcileSnapshotIntent(ctx, in)
 	case store.OpDelete:
 		if exists {
 			m.killVMMs(ctx, inst)
@@ -243,6 +285,21 @@ func (m *Manager) removeOrphans(ctx context.Context, known map[string]bool) erro
 	var errs []error
 	for _, e := range entries {
 		if known[e.Name()] {
+			continue
+		}
+		if base, ok := swapLeftover(e.Name()); ok && known[base] {
+			// A snapshot restore committed, then crashed before cleanup.
+			m.log.Info("reconcile: removing leftover of a snapshot restore", "dir", e.Name())
+			if err := os.RemoveAll(filepath.Join(filepath.Join(m.cfg.DataDir, "instances"), e.Name())); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if clone.IsTempName(e.Name()) {
+			m.log.Info("reconcile: removing an interrupted copy", "dir", e.Name())
+			if err := os.RemoveAll(filepath.Join(filepath.Join(m.cfg.DataDir, "instances"), e.Name())); err != nil {
+				errs = append(errs, err)
+			}
 			continue
 		}
 		if !ids.Valid(e.Name()) {

@@ -42,24 +42,30 @@ func (m *Manager) Start(ctx context.Context, ref string) (Instance, error) {
 		return Instance{}, invalidState("start", inst, v.State)
 	}
 	done := m.metrics.op("start")
+	err = m.startLocked(ctx, &inst)
+	done(err)
+	if err != nil {
+		return Instance{}, fmt.Errorf("start %s: %w", inst.Name, err)
+	}
+	return m.view(inst), nil
+}
+
+// startLocked boots a stopped instance under its lock.
+func (m *Manager) startLocked(ctx context.Context, inst *store.Instance) error {
 	intent := store.Intent{ID: inst.ID, Op: store.OpStart, InstanceID: inst.ID}
 	if err := m.putIntent(intent); err != nil {
-		done(err)
-		return Instance{}, err
+		return err
 	}
-	vm, err := m.boot(ctx, &inst)
+	vm, err := m.boot(ctx, inst)
 	if err != nil {
 		m.dropIntent(intent.ID)
-		done(err)
-		return Instance{}, fmt.Errorf("start %s: %w", inst.Name, err)
+		return err
 	}
-	if err := m.commit(inst, intent.ID); err != nil {
+	if err := m.commit(*inst, intent.ID); err != nil {
 		vm.Quit(ctx)
 		m.dropIntent(intent.ID)
-		done(err)
-		return Instance{}, fmt.Errorf("start %s: %w", inst.Name, err)
+		return err
 	}
-	done(nil)
-	m.attachRuntime(inst, vm, nil)
-	return m.view(inst), nil
+	m.attachRuntime(*inst, vm, nil)
+	return nil
 }
