@@ -107,7 +107,7 @@ func noClone(context.Context, string, string) (instances.CloneStats, error) {
 }
 
 func newEnv(t *testing.T) *env {
-	h := instancestest.New(t, "", noClone)
+	h := instancestest.New(t, "", instancestest.Clone)
 	srv := api.NewServer(api.ServerConfig{Manager: h.M, Token: "s3cret"})
 	sc := newSpecChecker(t)
 	ts := httptest.NewServer(sc.wrap(srv.Handler()))
@@ -337,5 +337,67 @@ func TestSpecServed(t *testing.T) {
 	raw, err := e.c.Spec(ctx)
 	if err != nil || !bytes.Equal(raw, api.Spec()) {
 		t.Fatalf("/spec: %v", err)
+	}
+}
+
+func TestSnapshotsOverHTTP(t *testing.T) {
+	e := newEnv(t)
+	web := e.run(t, "web")
+	sn, err := e.c.CreateSnapshot(ctx, "web", api.CreateSnapshotRequest{Kind: "Standby", Name: "base", Tags: map[string]string{"env": "ci"}})
+	if err != nil || sn.Kind != "Standby" || sn.Name == nil || *sn.Name != "base" || sn.SourceInstanceID != web.ID || sn.SourceHypervisor != "qemu" {
+		t.Fatalf("create snapshot: %+v %v", sn, err)
+	}
+	if in, _ := e.c.GetInstance(ctx, "web"); in.State != "Running" {
+		t.Fatalf("source after a Standby snapshot: %s", in.State)
+	}
+	unnamed, err := e.c.CreateSnapshot(ctx, "web", api.CreateSnapshotRequest{Kind: "Standby"})
+	if err != nil || unnamed.Name != nil {
+		t.Fatalf("unnamed snapshot: %+v %v", unnamed, err)
+	}
+	list, err := e.c.ListSnapshots(ctx, client.SnapshotListOptions{Tags: map[string]string{"env": "ci"}})
+	if err != nil || len(list) != 1 || list[0].ID != sn.ID {
+		t.Fatalf("list by tag: %v %v", list, err)
+	}
+	list, _ = e.c.ListSnapshots(ctx, client.SnapshotListOptions{SourceInstanceID: web.ID})
+	if len(list) != 2 {
+		t.Fatalf("list by source: %d", len(list))
+	}
+	if got, err := e.c.GetSnapshot(ctx, sn.ID[:10]); err != nil || got.ID != sn.ID {
+		t.Fatalf("get by prefix: %v", err)
+	}
+	for _, tc := range []struct {
+		name, method, path, body string
+		status                   int
+		code                     string
+	}{
+		{"duplicate name", "POST", "/instances/web/snapshots", `{"kind":"Standby","name":"base"}`, 409, "name_conflict"},
+		{"bad kind", "POST", "/instances/web/snapshots", `{"kind":"Full"}`, 400, "invalid_request"},
+		{"bad name", "POST", "/instances/web/snapshots", `{"kind":"Standby","name":"-x"}`, 400, "invalid_request"},
+		{"compression", "POST", "/instances/web/snapshots", `{"kind":"Standby","compression":{"enabled":true}}`, 501, "not_supported"},
+		{"stopped kind of running", "POST", "/instances/web/snapshots", `{"kind":"Stopped"}`, 409, "invalid_state"},
+		{"unknown instance", "POST", "/instances/nope/snapshots", `{"kind":"Standby"}`, 404, "not_found"},
+		{"unknown snapshot", "GET", "/snapshots/nope", "", 404, "not_found"},
+		{"restore into running", "POST", "/instances/web/snapshots/" + sn.ID + "/restore", "{}", 409, "invalid_state"},
+		{"bad target", "POST", "/instances/web/snapshots/" + sn.ID + "/restore", `{"target_state":"Paused"}`, 400, "invalid_request"},
+		{"other hypervisor", "POST", "/instances/web/snapshots/" + sn.ID + "/restore", `{"target_hypervisor":"firecracker"}`, 501, "not_supported"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body := rawDo(t, tc.method, e.url+tc.path, tc.body, nil)
+			if resp.StatusCode != tc.status || !strings.Contains(body, `"code":"`+tc.code+`"`) {
+				t.Fatalf("%s %s = %d %s, want %d %s", tc.method, tc.path, resp.StatusCode, body, tc.status, tc.code)
+			}
+		})
+	}
+	if _, err := e.c.StandbyInstance(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if in, err := e.c.RestoreSnapshot(ctx, "web", sn.ID, api.RestoreSnapshotRequest{}); err != nil || in.State != "Running" {
+		t.Fatalf("restore snapshot: %+v %v", in, err)
+	}
+	if err := e.c.DeleteSnapshot(ctx, sn.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.GetSnapshot(ctx, sn.ID); !errdefs.IsNotFound(err) {
+		t.Fatalf("get deleted snapshot: %v", err)
 	}
 }

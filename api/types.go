@@ -104,3 +104,41 @@ const (
 	StreamStdout byte = 1
 	StreamStderr byte = 2
 )
+
+// SnapshotCompressionConfig is accepted for hypeman clients; only
+// Enabled=false is supported.
+type SnapshotCompressionConfig struct {
+	Enabled   bool   `json:"enabled"`
+	Algorithm string `json:"algorithm,omitempty"`
+	Level     *int   `json:"level,omitempty"`
+}
+
+// CreateSnapshotRequest is POST /instances/{id}/snapshots.
+type CreateSnapshotRequest struct {
+	Kind        string                     `json:"kind"`
+	Name        string                     `json:"name,omitempty"`
+	Tags        map[string]string          `json:"tags,omitempty"`
+	Compression *SnapshotCompressionConfig `json:"compression,omitempty"`
+}
+
+// RestoreSnapshotRequest is POST /instances/{id}/snapshots/{sid}/restore.
+type RestoreSnapshotRequest struct {
+	TargetState      string `json:"target_state,omitempty"`
+	TargetHypervisor string `json:"target_hypervisor,omitempty"`
+}
+
+// Snapshot is the snapshot resource.
+type Snapshot struct {
+	ID                 string            `json:"id"`
+	Name               *string           `json:"name"`
+	Kind               string            `json:"kind"`
+	Tags               map[string]string `json:"tags,omitempty"`
+	SourceInstanceID   string            `json:"source_instance_id"`
+	SourceInstanceName string            `json:"source_instance_name"`
+	SourceHypervisor   string            `json:"source_hypervisor"`
+	CreatedAt          time.Time         `json:"created_at"`
+	SizeBytes          int64             `json:"size_bytes"`
+	MemoryBytes        int64             `json:"memory_bytes,omitempty"`
+	CompressionState   string            `json:"compression_state"`
+	CacheKey           string            `json:"cache_key,omitempty"`
+}

@@ -252,3 +252,47 @@ func (c *Client) Spec(ctx context.Context) ([]byte, error) {
 	defer resp.Body.Close()
 	return io.ReadAll(resp.Body)
 }
+
+// CreateSnapshot snapshots an instance.
+func (c *Client) CreateSnapshot(ctx context.Context, ref string, req api.CreateSnapshotRequest) (api.Snapshot, error) {
+	var out api.Snapshot
+	return out, c.do(ctx, "POST", "/instances/"+esc(ref)+"/snapshots", req, &out)
+}
+
+// SnapshotListOptions filter ListSnapshots.
+type SnapshotListOptions struct {
+	SourceInstanceID, Kind, Name string
+	Tags                         map[string]string
+}
+
+// ListSnapshots lists snapshots.
+func (c *Client) ListSnapshots(ctx context.Context, opt SnapshotListOptions) ([]api.Snapshot, error) {
+	q := url.Values{}
+	for k, v := range map[string]string{"source_instance_id": opt.SourceInstanceID, "kind": opt.Kind, "name": opt.Name} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	for k, v := range opt.Tags {
+		q.Set("tags["+k+"]", v)
+	}
+	var out []api.Snapshot
+	return out, c.do(ctx, "GET", "/snapshots?"+q.Encode(), nil, &out)
+}
+
+// GetSnapshot gets a snapshot by id or unique id prefix.
+func (c *Client) GetSnapshot(ctx context.Context, id string) (api.Snapshot, error) {
+	var out api.Snapshot
+	return out, c.do(ctx, "GET", "/snapshots/"+esc(id), nil, &out)
+}
+
+// DeleteSnapshot deletes a snapshot.
+func (c *Client) DeleteSnapshot(ctx context.Context, id string) error {
+	return c.do(ctx, "DELETE", "/snapshots/"+esc(id), nil, nil)
+}
+
+// RestoreSnapshot restores an instance in place from one of its snapshots.
+func (c *Client) RestoreSnapshot(ctx context.Context, ref, snapshotID string, req api.RestoreSnapshotRequest) (api.Instance, error) {
+	var out api.Instance
+	return out, c.do(ctx, "POST", "/instances/"+esc(ref)+"/snapshots/"+esc(snapshotID)+"/restore", req, &out)
+}
