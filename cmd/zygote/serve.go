@@ -1,0 +1,243 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/zygote/zygote/api"
+	"github.com/zygote/zygote/clone"
+	"github.com/zygote/zygote/guest"
+	"github.com/zygote/zygote/guest/agent"
+	"github.com/zygote/zygote/hypervisor"
+	"github.com/zygote/zygote/hypervisor/qemu"
+	"github.com/zygote/zygote/instances"
+	"github.com/zygote/zygote/store"
+)
+
+func init() { subcommands = append(subcommands, newServeCmd) }
+
+type serveConfig struct {
+	dataDir, socket, listen, tokenFile string
+	cacheDir, initBinary, accel        string
+	hypervisor, logLevel               string
+	reflinkStrict                      bool
+}
+
+func newServeCmd() *cobra.Command {
+	var cfg serveConfig
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the zygote daemon",
+		Long: `Run the zygote daemon: the REST API on a unix socket (mode 0600) and,
+with --listen, on TCP behind a bearer token. VMs outlive the daemon: a
+restarted daemon adopts them.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := signalContext()
+			defer cancel()
+			return serve(ctx, cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.dataDir, "data-dir", envOr("ZYGOTE_DATA_DIR", defaultDataDir), "data directory: instances, snapshots, the store (env ZYGOTE_DATA_DIR); put it on XFS or btrfs for reflink copies")
+	f.StringVar(&cfg.socket, "socket", envOr("ZYGOTE_SOCKET", defaultSocket), "API unix socket (env ZYGOTE_SOCKET)")
+	f.StringVar(&cfg.listen, "listen", "", "also serve the API on this TCP address (needs --token-file)")
+	f.StringVar(&cfg.tokenFile, "token-file", "", "file holding the bearer token TCP clients must send")
+	f.StringVar(&cfg.cacheDir, "cache-dir", guest.CacheDir(), "guest kernel and initramfs cache (env ZYGOTE_CACHE_DIR)")
+	f.StringVar(&cfg.initBinary, "init-binary", "", "zygote-init to put in the initramfs (default: next to this binary, then "+guest.InstalledInitBinary+")")
+	f.StringVar(&cfg.accel, "accel", envOr("ZYGOTE_ACCEL", "auto"), "QEMU accelerator: auto (KVM if a guest really boots under it), kvm or tcg (env ZYGOTE_ACCEL)")
+	f.StringVar(&cfg.hypervisor, "default-hypervisor", "qemu", "hypervisor for instances that do not name one: qemu or qemu-microvm")
+	f.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.BoolVar(&cfg.reflinkStrict, "reflink-strict", false, "refuse the sparse-copy fallback: snapshots and forks fail unless reflink works (also env "+clone.EnvStrict+"=1)")
+	return cmd
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+func serve(ctx context.Context, cfg serveConfig) error {
+	log, err := newLogger(cfg.logLevel)
+	if err != nil {
+		return err
+	}
+	slog.SetDefault(log)
+	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	envStrict, err := clone.StrictFromEnv()
+	if err != nil {
+		return err
+	}
+	strict := cfg.reflinkStrict || envStrict
+	probe, err := clone.Probe(cfg.dataDir)
+	if err != nil {
+		return fmt.Errorf("probe reflink in %s: %w", cfg.dataDir, err)
+	}
+	log.Info(probe.String(), "reflink", probe.Reflink, "filesystem", probe.Filesystem, "strict", strict)
+	if strict && !probe.Reflink {
+		return fmt.Errorf("--reflink-strict: %s", probe)
+	}
+
+	st, err := store.Open(filepath.Join(cfg.dataDir, "db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	cloneOpts := clone.Options{Strict: strict, Logger: log}
+	copyFile := func(ctx context.Context, src, dst string) error {
+		_, err := clone.File(ctx, src, dst, cloneOpts)
+		return err
+	}
+	var drivers []hypervisor.Driver
+	for _, machine := range []string{"q35", "microvm"} {
+		d, err := qemu.New(qemu.Config{Machine: machine, Accel: cfg.accel, ProbeCacheDir: cfg.cacheDir, CopyFile: copyFile, Logger: log})
+		if err != nil {
+			return err
+		}
+		drivers = append(drivers, d)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m, err := instances.New(instances.Config{
+		DataDir: cfg.dataDir, Store: st, Drivers: drivers, DefaultHypervisor: cfg.hypervisor,
+		Assets:    assetResolver(cfg),
+		DialAgent: dialAgent(log),
+		Clone: func(ctx context.Context, src, dst string) (instances.CloneStats, error) {
+			s, err := clone.Dir(ctx, src, dst, cloneOpts)
+			return instances.CloneStats{Strategy: string(s.Strategy), Bytes: s.Bytes, Duration: s.Duration}, err
+		},
+		Metrics: instances.NewMetrics(reg),
+		Logger:  log,
+	})
+	if err != nil {
+		return err
+	}
+	if err := m.Reconcile(ctx); err != nil {
+		log.Error("startup reconcile finished with errors", "err", err)
+	}
+	defer m.Close()
+
+	srv := api.NewServer(api.ServerConfig{Manager: m, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Logger: log})
+	var servers []*http.Server
+	errc := make(chan error, 2)
+
+	unixLn, err := listenUnix(cfg.socket)
+	if err != nil {
+		return err
+	}
+	servers = append(servers, &http.Server{Handler: srv.Handler()})
+	go func() { errc <- servers[0].Serve(unixLn) }()
+	log.Info("zygote serving", "socket", cfg.socket, "data_dir", cfg.dataDir)
+
+	if cfg.listen != "" {
+		token, err := readToken(cfg.tokenFile)
+		if err != nil {
+			return err
+		}
+		tcpLn, err := net.Listen("tcp", cfg.listen)
+		if err != nil {
+			return err
+		}
+		tsrv := api.NewServer(api.ServerConfig{Manager: m, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Token: token, Logger: log})
+		servers = append(servers, &http.Server{Handler: tsrv.TokenHandler()})
+		go func() { errc <- servers[1].Serve(tcpLn) }()
+		log.Info("zygote serving on TCP (bearer token required)", "addr", tcpLn.Addr().String())
+	}
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down; VMs keep running and are adopted by the next daemon")
+	case err := <-errc:
+		log.Error("server failed", "err", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, s := range servers {
+		s.Shutdown(sctx)
+	}
+	os.Remove(cfg.socket)
+	return nil
+}
+
+// assetResolver resolves the guest kernel and initramfs on first use and
+// caches the answer; an error (no kernel fetched yet) is retried on the
+// next boot, so `zygote kernel fetch` fixes a running daemon.
+func assetResolver(cfg serveConfig) func(context.Context) (hypervisor.BootAssets, error) {
+	var mu sync.Mutex
+	var cached *hypervisor.BootAssets
+	return func(ctx context.Context) (hypervisor.BootAssets, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if cached != nil {
+			return *cached, nil
+		}
+		a, err := guest.ResolveAssets(ctx, guest.AssetOptions{CacheDir: cfg.cacheDir, InitBinary: cfg.initBinary})
+		if err != nil {
+			return hypervisor.BootAssets{}, err
+		}
+		cached = &hypervisor.BootAssets{Kernel: a.Kernel, Initramfs: a.Initramfs}
+		return *cached, nil
+	}
+}
+
+func dialAgent(log *slog.Logger) instances.AgentDialer {
+	return func(ctx context.Context, vm hypervisor.VM) (instances.Agent, error) {
+		return agent.DialFunc(ctx, vm.DialAgent, agent.Options{Logger: log})
+	}
+}
+
+// listenUnix listens on path with mode 0600, replacing a stale socket but
+// refusing to take over one a live daemon answers on.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another daemon is serving on %s", path)
+	}
+	os.Remove(path)
+	old := umask(0o177)
+	ln, err := net.Listen("unix", path)
+	umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	return ln, os.Chmod(path, 0o600)
+}
+
+func readToken(path string) (string, error) {
+	if path == "" {
+		return "", errors.New("--listen needs --token-file: TCP clients must authenticate")
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	token := strings.TrimSpace(string(raw))
+	if len(token) < 16 {
+		return "", fmt.Errorf("token in %s is %d characters; use at least 16", path, len(token))
+	}
+	return token, nil
+}
