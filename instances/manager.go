@@ -54,6 +54,9 @@ type Manager struct {
 	reserved map[string]bool          // names of instances being created
 	changed  chan struct{}            // closed and replaced on every change
 	closed   bool
+	// resumeQueue holds sources to restore once Reconcile has settled
+	// everything else.
+	resumeQueue []string
 
 	watchers sync.WaitGroup // runtime watcher goroutines
 }

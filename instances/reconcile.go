@@ -60,8 +60,16 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("reconcile instance %s: %w", inst.Name, err))
 		}
 	}
-	errs = append(errs, m.removeOrphans(ctx, known))
-	errs = append(errs, m.removeOrphanSnapshots())
+	errs = append(errs, m.removeOrphans(ctx, known), m.removeOrphanSnapshots())
+	// Last, when every record and VMM is settled: sources parked by an
+	// interrupted fork or snapshot go back to Running.
+	m.mu.Lock()
+	queue := m.resumeQueue
+	m.resumeQueue = nil
+	m.mu.Unlock()
+	for _, id := range queue {
+		m.resumeAfterReconcile(id)
+	}
 	return errors.Join(errs...)
 }
 
@@ -114,6 +122,13 @@ func (m *Manager) reconcileIntent(ctx context.Context, in store.Intent) error {
 		return os.RemoveAll(m.instanceDir(in.InstanceID))
 	case store.OpSnapshot, store.OpSnapshotDelete, store.OpSnapshotRestore:
 		return m.reconcileSnapshotIntent(ctx, in)
+	case store.OpFork:
+		return m.reconcileForkIntent(ctx, in)
+	case store.OpResume:
+		m.mu.Lock()
+		m.resumeQueue = append(m.resumeQueue, in.InstanceID)
+		m.mu.Unlock()
+		return nil
 	case store.OpDelete:
 		if exists {
 			m.killVMMs(ctx, inst)
@@ -313,4 +328,31 @@ func (m *Manager) removeOrphans(ctx context.Context, known map[string]bool) erro
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// resumeAfterReconcile restores, in the background once the reconcile is
+// done, a source that a fork or snapshot parked when a crash hit: it was
+// Running before the operation and must be again.
+func (m *Manager) resumeAfterReconcile(id string) {
+	m.watchers.Add(1)
+	go func() { // owner: the manager (Close waits for it)
+		defer m.watchers.Done()
+		ctx := context.Background()
+		l := m.lockFor(id)
+		if err := l.lock(ctx); err != nil {
+			return
+		}
+		defer l.unlock()
+		var inst store.Instance
+		if err := m.store.View(func(tx *store.Tx) (err error) { inst, err = tx.Instance(id); return }); err != nil {
+			return
+		}
+		if m.view(inst).State != StateStandby {
+			return
+		}
+		m.log.Info("reconcile: restoring a source parked by an interrupted fork or snapshot", "instance", id, "name", inst.Name)
+		if err := m.restore(ctx, &inst); err != nil {
+			m.log.Error("reconcile: restore the parked source", "instance", id, "err", err)
+		}
+	}()
 }

@@ -85,19 +85,17 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref string, req SnapshotRe
 }
 
 // snapshotLocked runs under inst's lock. Parking a running source reuses
-// standby and restore, each with its own intent, so a crash in between
-// leaves the source Standby (restorable), never half-parked; the snapshot's
-// own intent only covers its directory.
+// standby and restore, each with its own intent, inside an OpResume intent
+// (park), so a crash in between leaves the source restorable and the
+// reconcile restores it; the snapshot's own intent only covers its
+// directory.
 func (m *Manager) snapshotLocked(ctx context.Context, inst *store.Instance, req SnapshotRequest, running bool) (snap store.Snapshot, err error) {
 	if running {
-		if _, err := m.standby(ctx, inst); err != nil {
-			return snap, fmt.Errorf("park: %w", err)
+		resume, err := m.park(ctx, inst)
+		if err != nil {
+			return snap, err
 		}
-		defer func() {
-			if rerr := m.restore(context.WithoutCancel(ctx), inst); rerr != nil {
-				err = errors.Join(err, fmt.Errorf("restore the source after the snapshot: %w", rerr))
-			}
-		}()
+		defer func() { err = errors.Join(err, resume()) }()
 	}
 	return m.copyToSnapshot(ctx, *inst, req)
 }

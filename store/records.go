@@ -122,6 +122,9 @@ const (
 	OpSnapshot        Op = "snapshot"
 	OpSnapshotRestore Op = "snapshot_restore"
 	OpSnapshotDelete  Op = "snapshot_delete"
+	// OpResume marks a source parked for a fork or a snapshot of a running
+	// instance: whatever else a crash interrupted, the source is restored.
+	OpResume Op = "resume"
 )
 
 // Intent is an operation in flight. It is written before the operation

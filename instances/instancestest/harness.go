@@ -7,6 +7,7 @@ package instancestest
 import (
 	"context"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -53,7 +54,7 @@ func (h *Harness) start() {
 		},
 		DialAgent: DialFakeAgent, Clone: h.Clone,
 		StopTimeout: 2 * time.Second, ReadyTimeout: 5 * time.Second,
-		Logger: slog.New(slog.DiscardHandler),
+		Logger: testLogger(),
 	})
 	if err != nil {
 		h.t.Fatal(err)
@@ -116,4 +117,12 @@ func (h *Harness) WaitState(ref string, state instances.State) instances.Instanc
 		h.t.Fatal(err)
 	}
 	return v
+}
+
+// testLogger discards logs unless ZYGOTE_TEST_LOG=1.
+func testLogger() *slog.Logger {
+	if os.Getenv("ZYGOTE_TEST_LOG") == "1" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
 }

@@ -1,0 +1,345 @@
+package instances
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/zygote/zygote/errdefs"
+	"github.com/zygote/zygote/internal/cleanup"
+	"github.com/zygote/zygote/internal/ids"
+	"github.com/zygote/zygote/internal/names"
+	"github.com/zygote/zygote/snapshots"
+	"github.com/zygote/zygote/store"
+)
+
+// ForkRequest describes one fork, or a batch of forks of one source.
+type ForkRequest struct {
+	// Name of the fork; or, for a batch, NamePrefix and Count make
+	// <prefix>-1 … <prefix>-<count>.
+	Name       string
+	NamePrefix string
+	Count      int
+	// FromRunning allows forking a Running source: it is parked once,
+	// forked, and restored (Running again even if the fork fails).
+	FromRunning bool
+	// TargetState defaults to the source's state (for a snapshot: Running
+	// for a Standby snapshot, Stopped for a Stopped one).
+	TargetState State
+}
+
+// MaxBatch bounds a batch fork.
+const MaxBatch = 64
+
+// forkNames validates the request's names.
+func forkNames(req ForkRequest) ([]string, error) {
+	if req.Count == 0 && req.NamePrefix == "" {
+		if err := names.Validate("fork name", req.Name); err != nil {
+			return nil, err
+		}
+		return []string{req.Name}, nil
+	}
+	if req.Name != "" {
+		return nil, fmt.Errorf("give either name, or name_prefix and count: %w", errdefs.ErrInvalidArgument)
+	}
+	if req.Count < 1 || req.Count > MaxBatch {
+		return nil, fmt.Errorf("count must be between 1 and %d, got %d: %w", MaxBatch, req.Count, errdefs.ErrInvalidArgument)
+	}
+	out := make([]string, req.Count)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s-%d", req.NamePrefix, i+1)
+		if err := names.Validate("fork name", out[i]); err != nil {
+			return nil, fmt.Errorf("name_prefix %q: %w", req.NamePrefix, err)
+		}
+	}
+	return out, nil
+}
+
+// forkSource is what a fork copies: a parked or stopped instance's
+// directory, or a snapshot's.
+type forkSource struct {
+	dir       string
+	spec      store.Spec
+	cacheKey  string
+	bootID    string
+	hasMemory bool
+	origin    store.Origin
+	// manifest: the copy carries a snapshot manifest to drop.
+	manifest bool
+}
+
+// Fork makes new instances from an instance. Each fork owns its files from
+// the moment it exists: its memory file is a copy (reflink-first), never a
+// reference into the source, so nothing later done to the source can
+// touch it (DESIGN invariants 1–3).
+//
+// Phases (each below in this file):
+//
+//	validate → lock the source → park it if running → copy → commit
+//	→ bring the forks to their target state → restore the source
+func (m *Manager) Fork(ctx context.Context, ref string, req ForkRequest) ([]Instance, error) {
+	forkNames, err := forkNames(req)
+	if err != nil {
+		return nil, err
+	}
+	src, unlock, err := m.lockInstance(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	state := m.view(src).State
+	switch state {
+	case StateStandby, StateStopped:
+	case StateRunning:
+		if !req.FromRunning {
+			return nil, fmt.Errorf("instance %s is Running: fork it with from_running (it is parked for the copy and restored after): %w", src.Name, errdefs.ErrInvalidState)
+		}
+	default:
+		return nil, invalidState("fork", src, state)
+	}
+	target := req.TargetState
+	if target == "" {
+		target = state
+	}
+	if err := checkTarget(target, state != StateStopped); err != nil {
+		return nil, err
+	}
+	done := m.metrics.op("fork")
+	out, err := m.forkInstance(ctx, &src, state, forkNames, target)
+	done(err)
+	if err != nil {
+		return nil, fmt.Errorf("fork %s: %w", src.Name, err)
+	}
+	return out, nil
+}
+
+func checkTarget(target State, hasMemory bool) error {
+	switch target {
+	case StateRunning, StateStopped:
+		return nil
+	case StateStandby:
+		if hasMemory {
+			return nil
+		}
+		return fmt.Errorf("the source holds no memory (it is Stopped): a fork cannot be Standby: %w", errdefs.ErrInvalidArgument)
+	}
+	return fmt.Errorf("target state %q: want Running, Standby or Stopped: %w", target, errdefs.ErrInvalidArgument)
+}
+
+// forkInstance runs under the source's lock.
+func (m *Manager) forkInstance(ctx context.Context, src *store.Instance, state State, forkNames []string, target State) (out []Instance, err error) {
+	if state == StateRunning {
+		resume, perr := m.park(ctx, src)
+		if perr != nil {
+			return nil, perr
+		}
+		defer func() { err = errors.Join(err, resume()) }()
+	}
+	fs := forkSource{
+		dir: m.instanceDir(src.ID), spec: src.Spec, cacheKey: src.CacheKey, bootID: src.BootID,
+		hasMemory: src.State == store.Standby,
+		origin:    store.Origin{InstanceID: src.ID, InstanceName: src.Name},
+	}
+	return m.forkFrom(ctx, fs, forkNames, target)
+}
+
+// park puts a running instance in standby for a copy and returns the
+// function that restores it. An OpResume intent covers the time between:
+// after a crash the reconcile restores the source.
+func (m *Manager) park(ctx context.Context, inst *store.Instance) (func() error, error) {
+	intent := store.Intent{ID: ids.New(), Op: store.OpResume, InstanceID: inst.ID}
+	if err := m.putIntent(intent); err != nil {
+		return nil, err
+	}
+	if _, err := m.standby(ctx, inst); err != nil {
+		m.dropIntent(intent.ID)
+		return nil, fmt.Errorf("park the source: %w", err)
+	}
+	return func() error {
+		defer m.dropIntent(intent.ID)
+		if err := m.restore(context.WithoutCancel(ctx), inst); err != nil {
+			return fmt.Errorf("restore the source after the copy: %w", err)
+		}
+		return nil
+	}, nil
+}
+
+// ForkSnapshot makes new instances from a snapshot.
+func (m *Manager) ForkSnapshot(ctx context.Context, snapRef string, req ForkRequest) ([]Instance, error) {
+	if req.FromRunning {
+		return nil, fmt.Errorf("from_running applies to instances, not snapshots: %w", errdefs.ErrInvalidArgument)
+	}
+	forkNames, err := forkNames(req)
+	if err != nil {
+		return nil, err
+	}
+	snap, unlock, err := m.lockSnapshot(ctx, snapRef)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	target, err := targetFor(snap.Kind, req.TargetState)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.verifiedSnapshot(snap); err != nil {
+		return nil, err
+	}
+	done := m.metrics.op("fork")
+	out, err := m.forkFrom(ctx, forkSource{
+		dir: m.snapshotDir(snap.ID), spec: snap.Spec, cacheKey: snap.CacheKey, bootID: snap.BootID,
+		hasMemory: snap.Kind == store.SnapshotStandby, manifest: true,
+		origin: store.Origin{SnapshotID: snap.ID, InstanceID: snap.SourceInstanceID, InstanceName: snap.SourceInstanceName},
+	}, forkNames, target)
+	done(err)
+	if err != nil {
+		return nil, fmt.Errorf("fork snapshot %s: %w", snap.ID, err)
+	}
+	return out, nil
+}
+
+// forkFrom makes one fork per name from src, all or nothing: a failure
+// deletes every fork this call made.
+func (m *Manager) forkFrom(ctx context.Context, src forkSource, forkNames []string, target State) ([]Instance, error) {
+	for i, name := range forkNames {
+		if err := m.reserveName(name); err != nil {
+			for _, n := range forkNames[:i] {
+				m.releaseName(n)
+			}
+			return nil, err
+		}
+	}
+	defer func() {
+		for _, n := range forkNames {
+			m.releaseName(n)
+		}
+	}()
+	undo := cleanup.New()
+	defer func() {
+		if err := undo.Run(ctx); err != nil {
+			m.log.Error("roll back fork", "err", err)
+		}
+	}()
+	begin := time.Now()
+	forks := make([]store.Instance, len(forkNames))
+	for i, name := range forkNames {
+		f, err := m.copyFork(ctx, src, name)
+		if err != nil {
+			return nil, err
+		}
+		forks[i] = f
+		undo.Add("delete fork "+name, func(ctx context.Context) error {
+			return m.deleteFork(ctx, f.ID)
+		})
+	}
+	copied := time.Since(begin)
+	if err := m.bringAll(ctx, forks, target); err != nil {
+		return nil, err
+	}
+	undo.Release()
+	out := make([]Instance, len(forks))
+	for i, f := range forks {
+		out[i] = m.view(f)
+		m.log.Info("instance forked", "instance", f.ID, "name", f.Name, "from", src.origin.InstanceName,
+			"snapshot", src.origin.SnapshotID, "target", target, "copy", copied, "total", time.Since(begin))
+	}
+	return out, nil
+}
+
+// copyFork creates one fork in the state of its source's files (Standby
+// with memory, else Stopped): intent, copy, commit. Its cache key is the
+// source's: the copy is byte-identical.
+func (m *Manager) copyFork(ctx context.Context, src forkSource, name string) (store.Instance, error) {
+	f := store.Instance{
+		ID: ids.New(), Name: name, Spec: src.spec, CreatedAt: now(), Hostname: name,
+		BootID: src.bootID, ForkedFrom: &src.origin, State: store.Stopped,
+	}
+	if src.hasMemory {
+		f.State, f.CacheKey, f.NewIdentity = store.Standby, src.cacheKey, true
+	}
+	intent := store.Intent{ID: f.ID, Op: store.OpFork, InstanceID: f.ID, SourceID: src.origin.InstanceID, Pending: &f}
+	if err := m.putIntent(intent); err != nil {
+		return f, err
+	}
+	dir := m.instanceDir(f.ID)
+	fail := func(err error) (store.Instance, error) {
+		os.RemoveAll(dir)
+		m.dropIntent(intent.ID)
+		return f, err
+	}
+	if _, err := m.clone(ctx, src.dir, dir); err != nil {
+		return fail(fmt.Errorf("copy %s: %w", filepath.Base(src.dir), err))
+	}
+	if src.manifest {
+		if err := os.Remove(filepath.Join(dir, snapshots.ManifestName)); err != nil {
+			return fail(err)
+		}
+	}
+	if !src.hasMemory {
+		if d, err := m.driver(f.Spec.Hypervisor); err == nil {
+			d.DiscardSavedState(dir)
+		}
+	}
+	if err := m.commit(f, intent.ID); err != nil {
+		return fail(err)
+	}
+	return f, nil
+}
+
+// bringAll brings fresh forks to target, several at a time: restores of
+// forks are independent, and a batch is only as fast as its slowest.
+func (m *Manager) bringAll(ctx context.Context, forks []store.Instance, target State) error {
+	const parallel = 8
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	errs := make([]error, len(forks))
+	for i := range forks {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() { // owner: bringAll, which waits for it
+			defer wg.Done()
+			defer func() { <-sem }()
+			l := m.lockFor(forks[i].ID)
+			if err := l.lock(ctx); err != nil {
+				errs[i] = err
+				return
+			}
+			defer l.unlock()
+			if err := m.bringTo(ctx, &forks[i], target); err != nil {
+				errs[i] = fmt.Errorf("bring fork %s to %s: %w", forks[i].Name, target, err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// deleteFork removes a fork made by a failed call.
+func (m *Manager) deleteFork(ctx context.Context, id string) error {
+	l := m.lockFor(id)
+	if err := l.lock(ctx); err != nil {
+		return err
+	}
+	defer l.unlock()
+	var inst store.Instance
+	if err := m.store.View(func(tx *store.Tx) (err error) { inst, err = tx.Instance(id); return }); err != nil {
+		return err
+	}
+	return m.delete(ctx, inst, true)
+}
+
+// reconcileForkIntent rolls back a fork a crash interrupted before its
+// commit.
+func (m *Manager) reconcileForkIntent(ctx context.Context, in store.Intent) error {
+	var exists bool
+	m.store.View(func(tx *store.Tx) error { _, err := tx.Instance(in.InstanceID); exists = err == nil; return nil })
+	if exists {
+		return nil
+	}
+	m.killVMMs(ctx, store.Instance{ID: in.InstanceID})
+	return os.RemoveAll(m.instanceDir(in.InstanceID))
+}
