@@ -76,6 +76,7 @@ func (s *Server) routes() {
 	h("GET /instances/{id}/logs", s.logs)
 	h("GET /instances/{id}/exec", s.exec)
 	s.snapshotRoutes()
+	s.forkRoutes()
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("no route for %s %s: %w", r.Method, r.URL.Path, errdefs.ErrNotFound))
 	})

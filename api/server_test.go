@@ -401,3 +401,48 @@ func TestSnapshotsOverHTTP(t *testing.T) {
 		t.Fatalf("get deleted snapshot: %v", err)
 	}
 }
+
+func TestForkOverHTTP(t *testing.T) {
+	e := newEnv(t)
+	e.run(t, "src")
+	resp, body := rawDo(t, "POST", e.url+"/instances/src/fork", `{"name":"child"}`, nil)
+	if resp.StatusCode != 409 || !strings.Contains(body, "invalid_state") || !strings.Contains(body, "from_running") {
+		t.Fatalf("fork a running source without from_running: %d %s", resp.StatusCode, body)
+	}
+	f, err := e.c.ForkInstance(ctx, "src", api.ForkInstanceRequest{Name: "child", FromRunning: true, TargetState: "Standby"})
+	if err != nil || f.State != "Standby" || f.ForkedFrom == nil || f.ForkedFrom.InstanceName != "src" {
+		t.Fatalf("fork: %+v %v", f, err)
+	}
+	batch, err := e.c.ForkInstanceBatch(ctx, "child", api.ForkInstanceRequest{NamePrefix: "w", Count: 2})
+	if err != nil || len(batch) != 2 || batch[1].Name != "w-2" || batch[0].State != "Standby" {
+		t.Fatalf("batch fork: %+v %v", batch, err)
+	}
+	sn, err := e.c.CreateSnapshot(ctx, "child", api.CreateSnapshotRequest{Kind: "Standby"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sf, err := e.c.ForkSnapshot(ctx, sn.ID, api.ForkSnapshotRequest{Name: "from-snap"})
+	if err != nil || sf.ForkedFrom == nil || sf.ForkedFrom.SnapshotID != sn.ID {
+		t.Fatalf("snapshot fork: %+v %v", sf, err)
+	}
+	for _, tc := range []struct {
+		name, path, body string
+		status           int
+		code             string
+	}{
+		{"no name", "/instances/child/fork", `{}`, 400, "invalid_request"},
+		{"bad name", "/instances/child/fork", `{"name":"UP"}`, 400, "invalid_request"},
+		{"taken name", "/instances/child/fork", `{"name":"src"}`, 409, "name_conflict"},
+		{"bad target", "/instances/child/fork", `{"name":"x","target_state":"Paused"}`, 400, "invalid_request"},
+		{"unknown source", "/instances/nope/fork", `{"name":"x"}`, 404, "not_found"},
+		{"unknown snapshot", "/snapshots/nope/fork", `{"name":"x"}`, 404, "not_found"},
+		{"other hypervisor", "/snapshots/" + sn.ID + "/fork", `{"name":"x","target_hypervisor":"firecracker"}`, 501, "not_supported"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body := rawDo(t, "POST", e.url+tc.path, tc.body, nil)
+			if resp.StatusCode != tc.status || !strings.Contains(body, `"code":"`+tc.code+`"`) {
+				t.Fatalf("POST %s %s = %d %s, want %d %s", tc.path, tc.body, resp.StatusCode, body, tc.status, tc.code)
+			}
+		})
+	}
+}

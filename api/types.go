@@ -142,3 +142,21 @@ type Snapshot struct {
 	CompressionState   string            `json:"compression_state"`
 	CacheKey           string            `json:"cache_key,omitempty"`
 }
+
+// ForkInstanceRequest is POST /instances/{id}/fork.
+type ForkInstanceRequest struct {
+	Name        string `json:"name,omitempty"`
+	FromRunning bool   `json:"from_running,omitempty"`
+	TargetState string `json:"target_state,omitempty"`
+	Count       int    `json:"count,omitempty"`
+	NamePrefix  string `json:"name_prefix,omitempty"`
+}
+
+// ForkSnapshotRequest is POST /snapshots/{id}/fork.
+type ForkSnapshotRequest struct {
+	Name             string `json:"name,omitempty"`
+	TargetState      string `json:"target_state,omitempty"`
+	TargetHypervisor string `json:"target_hypervisor,omitempty"`
+	Count            int    `json:"count,omitempty"`
+	NamePrefix       string `json:"name_prefix,omitempty"`
+}

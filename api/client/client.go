@@ -296,3 +296,27 @@ func (c *Client) RestoreSnapshot(ctx context.Context, ref, snapshotID string, re
 	var out api.Instance
 	return out, c.do(ctx, "POST", "/instances/"+esc(ref)+"/snapshots/"+esc(snapshotID)+"/restore", req, &out)
 }
+
+// ForkInstance forks an instance (one fork; see ForkInstanceBatch).
+func (c *Client) ForkInstance(ctx context.Context, ref string, req api.ForkInstanceRequest) (api.Instance, error) {
+	var out api.Instance
+	return out, c.do(ctx, "POST", "/instances/"+esc(ref)+"/fork", req, &out)
+}
+
+// ForkInstanceBatch makes req.Count forks named <NamePrefix>-<i>.
+func (c *Client) ForkInstanceBatch(ctx context.Context, ref string, req api.ForkInstanceRequest) ([]api.Instance, error) {
+	var out []api.Instance
+	return out, c.do(ctx, "POST", "/instances/"+esc(ref)+"/fork", req, &out)
+}
+
+// ForkSnapshot forks a snapshot (one fork).
+func (c *Client) ForkSnapshot(ctx context.Context, id string, req api.ForkSnapshotRequest) (api.Instance, error) {
+	var out api.Instance
+	return out, c.do(ctx, "POST", "/snapshots/"+esc(id)+"/fork", req, &out)
+}
+
+// ForkSnapshotBatch makes req.Count forks of a snapshot.
+func (c *Client) ForkSnapshotBatch(ctx context.Context, id string, req api.ForkSnapshotRequest) ([]api.Instance, error) {
+	var out []api.Instance
+	return out, c.do(ctx, "POST", "/snapshots/"+esc(id)+"/fork", req, &out)
+}
