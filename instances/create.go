@@ -9,6 +9,7 @@ import (
 
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/internal/cleanup"
+	"github.com/zygote/zygote/internal/crashpoint"
 	"github.com/zygote/zygote/internal/ids"
 	"github.com/zygote/zygote/internal/names"
 	"github.com/zygote/zygote/store"
@@ -168,6 +169,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest) (store.Instance
 		return inst, err
 	}
 	undo.Add("stop VMM", func(ctx context.Context) error { return vm.Quit(ctx) })
+	crashpoint.Hit(crashpoint.CreateBooted)
 
 	if err := m.commit(inst, intent.ID); err != nil {
 		return inst, err

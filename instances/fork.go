@@ -11,6 +11,7 @@ import (
 
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/internal/cleanup"
+	"github.com/zygote/zygote/internal/crashpoint"
 	"github.com/zygote/zygote/internal/ids"
 	"github.com/zygote/zygote/internal/names"
 	"github.com/zygote/zygote/snapshots"
@@ -137,6 +138,7 @@ func (m *Manager) forkInstance(ctx context.Context, src *store.Instance, state S
 		if perr != nil {
 			return nil, perr
 		}
+		crashpoint.Hit(crashpoint.ForkParked)
 		defer func() { err = errors.Join(err, resume()) }()
 	}
 	fs := forkSource{
@@ -284,6 +286,7 @@ func (m *Manager) copyFork(ctx context.Context, src forkSource, name string) (st
 			d.DiscardSavedState(dir)
 		}
 	}
+	crashpoint.Hit(crashpoint.ForkCopied)
 	if err := m.commit(f, intent.ID); err != nil {
 		return fail(err)
 	}

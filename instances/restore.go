@@ -7,6 +7,7 @@ import (
 
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/guest/agent"
+	"github.com/zygote/zygote/internal/crashpoint"
 	"github.com/zygote/zygote/store"
 )
 
@@ -48,6 +49,7 @@ func (m *Manager) restore(ctx context.Context, inst *store.Instance) error {
 		m.dropIntent(intent.ID)
 		return err
 	}
+	crashpoint.Hit(crashpoint.RestoreLoaded)
 	p := vm.Process()
 	inst.State, inst.VMM, inst.CacheKey = store.Running, &store.Process{PID: p.PID, StartTime: p.StartTime}, ""
 	if err := m.commit(*inst, intent.ID); err != nil {

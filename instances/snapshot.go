@@ -10,6 +10,7 @@ import (
 
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/internal/cleanup"
+	"github.com/zygote/zygote/internal/crashpoint"
 	"github.com/zygote/zygote/internal/ids"
 	"github.com/zygote/zygote/internal/names"
 	"github.com/zygote/zygote/snapshots"
@@ -136,6 +137,7 @@ func (m *Manager) copyToSnapshot(ctx context.Context, inst store.Instance, req S
 	if err != nil {
 		return snap, err
 	}
+	crashpoint.Hit(crashpoint.SnapshotCopied)
 	snap.SizeBytes = size
 	err = m.store.Update(func(tx *store.Tx) error {
 		if err := tx.PutSnapshot(snap); err != nil {
@@ -332,6 +334,7 @@ func (m *Manager) restoreSnapshot(ctx context.Context, inst *store.Instance, sna
 		m.dropIntent(intent.ID)
 		return err
 	}
+	crashpoint.Hit(crashpoint.SwapMovedAside)
 	if err := os.Rename(stagingDir(dir), dir); err != nil {
 		return err // the reconcile rolls forward
 	}

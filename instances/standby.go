@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/zygote/zygote/hypervisor"
+	"github.com/zygote/zygote/internal/crashpoint"
 	"github.com/zygote/zygote/internal/ids"
 	"github.com/zygote/zygote/store"
 )
@@ -59,6 +60,7 @@ func (m *Manager) standby(ctx context.Context, inst *store.Instance) (hypervisor
 		m.recoverRunning(ctx, inst, rt, "standby")
 		return stats, err
 	}
+	crashpoint.Hit(crashpoint.StandbySaved)
 	if err := rt.vm.Quit(ctx); err != nil {
 		rt.log.Warn("quit VMM after saving state", "err", err)
 	}

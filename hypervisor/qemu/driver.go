@@ -113,7 +113,13 @@ func (d *Driver) Boot(ctx context.Context, spec hypervisor.Spec, assets hypervis
 			return nil, nil, err
 		}
 	} else {
-		accel, err := d.chooseAccel(ctx, filepath.Join(spec.Dir, kernelFile))
+		// Probe with the shared asset's path, not the instance's copy, so the
+		// cached verdict serves every instance.
+		probeKernel := assets.Kernel
+		if probeKernel == "" {
+			probeKernel = filepath.Join(spec.Dir, kernelFile)
+		}
+		accel, err := d.chooseAccel(ctx, probeKernel)
 		if err != nil {
 			return nil, nil, err
 		}
