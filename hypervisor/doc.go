@@ -19,25 +19,25 @@
 //
 // # Lifecycle
 //
-//	Boot ─────────────► running ──Pause──► paused ──SaveState──► saved
-//	                      ▲   ◄──Resume───┘                        │
-//	Restore(saved dir) ───┘                              Quit ◄────┘
-//	Attach(live process) ─► running or paused
+//		Boot ─────────────► running ──Pause──► paused ──SaveState──► saved
+//		                      ▲   ◄──Resume───┘                        │
+//		Restore(saved dir) ───┘                              Quit ◄────┘
+//		Attach(live process) ─► running or paused
 //
-//   - Boot starts a VMM that boots the guest from the kernel and initramfs.
-//   - Pause stops the vCPUs; guest memory stops changing.
-//   - SaveState is legal only on a paused VM. It writes the device state
-//     into the instance directory and returns only when the state file and
-//     the memory file are durable (fsynced). It never copies guest memory:
-//     the memory file is the guest's RAM.
-//   - Restore starts a VMM from a saved directory and returns it running.
-//     Once the guest runs, the saved state no longer matches the memory
-//     file, so Restore consumes the state file before resuming: a crash
-//     after that point leaves a running VM or a stopped instance, never a
-//     stale standby image. A missing or corrupt state file is a clear error
-//     and leaves every file in place.
-//   - Quit ends the VMM (the guest is not asked to shut down; the manager
-//     does that through the guest agent first) and waits for it to exit.
+//	  - Boot starts a VMM that boots the guest from the kernel and initramfs.
+//	  - Pause stops the vCPUs; guest memory stops changing.
+//	  - SaveState is legal only on a paused VM. It writes the device state
+//	    into the instance directory and returns only when the state file and
+//	    the memory file are durable (fsynced). It never copies guest memory:
+//	    the memory file is the guest's RAM.
+//	  - Restore starts a VMM from a saved directory and returns it running.
+//	    Once the guest runs, the saved state no longer matches the memory
+//	    file, so Restore consumes the state file before resuming: a crash
+//	    after that point leaves a running VM or a stopped instance, never a
+//	    stale standby image. A missing or corrupt state file is a clear error
+//	    and leaves every file in place.
+//	  - Quit ends the VMM (the guest is not asked to shut down; the manager
+//	    does that through the guest agent first) and waits for it to exit.
 //
 // Optional capabilities are separate interfaces checked by type assertion;
 // a driver without them makes the operation fail with
