@@ -73,6 +73,9 @@ func (h *Harness) stop() {
 	}
 }
 
+// Close stops the manager (VMs of the fake keep "running") and the store.
+func (h *Harness) Close() { h.stop() }
+
 // Restart simulates a daemon restart: the manager goes away (leaving fake
 // VMs running, as real VMMs outlive a killed daemon), a new one opens the
 // same store and reconciles.
