@@ -23,6 +23,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/hypervisor"
 )
@@ -339,15 +341,35 @@ func (v *FakeVM) kill() {
 
 func (v *FakeVM) Close() error { return nil }
 
+// hashFile hashes a file's size and its data segments with their offsets
+// (SEEK_DATA/SEEK_HOLE): equal for equal content, and fast for the mostly
+// sparse memory files fake VMs have.
 func hashFile(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
+	fi, err := f.Stat()
+	if err != nil {
 		return "", err
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "size %d\n", fi.Size())
+	for off := int64(0); off < fi.Size(); {
+		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if err != nil {
+			break // ENXIO: only a hole remains
+		}
+		hole, err := unix.Seek(int(f.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "data %d %d\n", data, hole-data)
+		if _, err := io.Copy(h, io.NewSectionReader(f, data, hole-data)); err != nil {
+			return "", err
+		}
+		off = hole
 	}
 	return fmt.Sprintf("%x", h.Sum(nil)), nil
 }

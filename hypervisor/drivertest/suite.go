@@ -1,0 +1,195 @@
+package drivertest
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/zygote/zygote/errdefs"
+	"github.com/zygote/zygote/hypervisor"
+)
+
+// Harness adapts a driver to the conformance suite.
+type Harness struct {
+	Driver hypervisor.Driver
+	Assets hypervisor.BootAssets
+	// MemoryBytes of the test VM (default 256 MiB).
+	MemoryBytes int64
+	// Dir returns a fresh, empty instance directory.
+	Dir func(t *testing.T) string
+	// Ready waits until the guest can be poked (its agent answers).
+	Ready func(t *testing.T, vm hypervisor.VM)
+	// Poke makes the running guest remember value in its memory; Peek
+	// reads it back.
+	Poke func(t *testing.T, vm hypervisor.VM, value string)
+	Peek func(t *testing.T, vm hypervisor.VM) string
+	// MemoryFile and StateFile name the driver's files in the instance
+	// directory.
+	MemoryFile, StateFile string
+}
+
+// Suite checks the lifecycle contract of hypervisor's package doc on one
+// VM, step by step: boot, the save-state preconditions, park, restore
+// (state consumed, memory intact), adoption by identity, refused restores
+// of missing and corrupt state, and discard. Every driver passes it; the
+// fake passes it too, which is what makes it a faithful double.
+func Suite(t *testing.T, h Harness) {
+	ctx := context.Background()
+	if h.MemoryBytes == 0 {
+		h.MemoryBytes = 256 << 20
+	}
+	dir := h.Dir(t)
+	spec := hypervisor.Spec{ID: "conformancetestinstance0", Dir: dir, VCPUs: 1, MemoryBytes: h.MemoryBytes}
+	d := h.Driver
+
+	vm, state, err := d.Boot(ctx, spec, h.Assets)
+	if err != nil {
+		t.Fatalf("Boot: %v", err)
+	}
+	t.Cleanup(func() { vm.Quit(context.Background()) })
+	if len(state) == 0 {
+		t.Fatal("Boot returned no driver state")
+	}
+	spec.DriverState = state
+
+	t.Run("boot", func(t *testing.T) {
+		found, err := d.Find(spec)
+		if err != nil || len(found) != 1 || found[0] != vm.Process() {
+			t.Fatalf("Find = %v, %v; want [%v]", found, err, vm.Process())
+		}
+		h.Ready(t, vm)
+		h.Poke(t, vm, "conformance-1")
+	})
+
+	t.Run("save state needs a paused VM", func(t *testing.T) {
+		if _, err := vm.SaveState(ctx); !errdefs.IsInvalidState(err) {
+			t.Fatalf("SaveState of a running VM: %v, want InvalidState", err)
+		}
+		if d.HasSavedState(dir) {
+			t.Fatal("a refused SaveState left a state file")
+		}
+	})
+
+	t.Run("park", func(t *testing.T) {
+		if err := vm.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if paused, err := vm.Paused(ctx); err != nil || !paused {
+			t.Fatalf("Paused = %v, %v after Pause", paused, err)
+		}
+		if _, err := vm.SaveState(ctx); err != nil {
+			t.Fatalf("SaveState: %v", err)
+		}
+		if !d.HasSavedState(dir) {
+			t.Fatal("HasSavedState = false after SaveState")
+		}
+		if err := vm.Quit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-vm.Exited():
+		case <-time.After(30 * time.Second):
+			t.Fatal("Exited not closed after Quit")
+		}
+		if found, _ := d.Find(spec); len(found) != 0 {
+			t.Fatalf("Find after Quit = %v", found)
+		}
+	})
+
+	t.Run("restore consumes the state and keeps memory", func(t *testing.T) {
+		if vm, err = d.Restore(ctx, spec); err != nil {
+			t.Fatalf("Restore: %v", err)
+		}
+		if d.HasSavedState(dir) {
+			t.Fatal("the state file survived a restore: a crash now would leave a stale standby image")
+		}
+		if paused, err := vm.Paused(ctx); err != nil || paused {
+			t.Fatalf("restored VM paused=%v err=%v", paused, err)
+		}
+		h.Ready(t, vm)
+		if got := h.Peek(t, vm); got != "conformance-1" {
+			t.Fatalf("after restore the guest remembers %q", got)
+		}
+	})
+
+	t.Run("attach by identity", func(t *testing.T) {
+		p := vm.Process()
+		if _, err := d.Attach(ctx, spec, hypervisor.Process{PID: p.PID, StartTime: p.StartTime + 1}); !errdefs.IsNotFound(err) {
+			t.Fatalf("Attach with the wrong start time (a reused pid): %v, want NotFound", err)
+		}
+		other := spec
+		other.ID, other.Dir = "someotherinstanceidxxxxx", h.Dir(t)
+		if _, err := d.Attach(ctx, other, p); !errdefs.IsNotFound(err) {
+			t.Fatalf("Attach as another instance: %v, want NotFound", err)
+		}
+		// A restarted daemon: the old handles are gone (QEMU serves one
+		// monitor client at a time), the VM runs on.
+		vm.Close()
+		adopted, err := d.Attach(ctx, spec, p)
+		if err != nil {
+			t.Fatalf("Attach: %v", err)
+		}
+		if paused, err := adopted.Paused(ctx); err != nil || paused {
+			t.Fatalf("adopted VM paused=%v err=%v", paused, err)
+		}
+		vm = adopted
+		if got := h.Peek(t, vm); got != "conformance-1" {
+			t.Fatalf("the adopted VM is not the same guest: %q", got)
+		}
+	})
+
+	t.Run("restore refuses missing and corrupt state", func(t *testing.T) {
+		h.Poke(t, vm, "conformance-2")
+		if err := vm.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := vm.SaveState(ctx); err != nil {
+			t.Fatal(err)
+		}
+		vm.Quit(ctx)
+		statePath := filepath.Join(dir, h.StateFile)
+		good, _ := os.ReadFile(statePath)
+		for name, spoil := range map[string]func() error{
+			"missing": func() error { return os.Remove(statePath) },
+			"corrupt": func() error { return os.WriteFile(statePath, []byte("not a state file"), 0o600) },
+		} {
+			if err := spoil(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.Restore(ctx, spec); !errdefs.IsInvalidState(err) {
+				t.Fatalf("Restore with a %s state file: %v, want InvalidState", name, err)
+			}
+			if _, err := os.Stat(filepath.Join(dir, h.MemoryFile)); err != nil {
+				t.Fatalf("a refused restore (%s state) lost the memory file: %v", name, err)
+			}
+			if found, _ := d.Find(spec); len(found) != 0 {
+				t.Fatalf("a refused restore left a VMM: %v", found)
+			}
+		}
+		if err := os.WriteFile(statePath, good, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if vm, err = d.Restore(ctx, spec); err != nil {
+			t.Fatalf("Restore once the state is back: %v", err)
+		}
+		h.Ready(t, vm)
+		if got := h.Peek(t, vm); got != "conformance-2" {
+			t.Fatalf("after the second restore the guest remembers %q", got)
+		}
+	})
+
+	t.Run("discard", func(t *testing.T) {
+		vm.Quit(ctx)
+		if err := d.DiscardSavedState(dir); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{h.MemoryFile, h.StateFile} {
+			if _, err := os.Stat(filepath.Join(dir, name)); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("%s survived DiscardSavedState: %v", name, err)
+			}
+		}
+	})
+}
