@@ -10,8 +10,8 @@ import (
 func TestFakeConformance(t *testing.T) {
 	Suite(t, Harness{
 		Driver: NewFake(), MemoryBytes: 64 << 20,
-		Dir:    func(t *testing.T) string { return t.TempDir() },
-		Ready:  func(*testing.T, hypervisor.VM) {},
+		Dir:   func(t *testing.T) string { return t.TempDir() },
+		Ready: func(*testing.T, hypervisor.VM) {},
 		Poke: func(t *testing.T, vm hypervisor.VM, v string) {
 			if err := vm.(*FakeVM).GuestWrite(4096, []byte(v)); err != nil {
 				t.Fatal(err)
