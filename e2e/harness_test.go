@@ -205,6 +205,10 @@ func (d *daemon) cleanup() {
 		d.c.DeleteSnapshot(ctx, s.ID)
 	}
 	d.stop()
+	// The pager, like the VMs, outlives the daemon by design; a test ends it.
+	for _, pid := range d.pids("--socket", filepath.Join(d.dataDir, "pager", "pager.sock")) {
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
 	if pids := d.vmmPIDs(); len(pids) > 0 {
 		t.Errorf("VMM processes left after deleting every instance: %v", pids)
 		for _, pid := range pids {
@@ -219,6 +223,23 @@ func (d *daemon) cleanup() {
 	if _, err := os.Stat(d.socket); !os.IsNotExist(err) {
 		t.Errorf("daemon socket left behind: %v", err)
 	}
+}
+
+// pids lists processes whose argv contains args in order.
+func (d *daemon) pids(args ...string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscan(e.Name(), &pid); err != nil {
+			continue
+		}
+		argv, err := proc.Cmdline(pid)
+		if err == nil && strings.Contains(strings.Join(argv, "\x00"), strings.Join(args, "\x00")) {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // vmmPIDs lists QEMU processes running an instance of this data directory.

@@ -428,3 +428,17 @@ func TestReconcileIntents(t *testing.T) {
 		}
 	})
 }
+
+func TestKillRecordsReason(t *testing.T) {
+	h := newHarness(t)
+	web := create(t, h, "web")
+	create(t, h, "other")
+	h.M.Kill(ctx, []string{web.ID, "not-an-instance"}, "its pager died")
+	got := mustGet(t, h, "web")
+	if got.State != instances.StateStopped || !strings.Contains(got.ExitMessage, "pager died") || h.VM(web.ID) != nil {
+		t.Fatalf("killed instance: %s %q", got.State, got.ExitMessage)
+	}
+	if mustGet(t, h, "other").State != instances.StateRunning {
+		t.Fatal("Kill touched another instance")
+	}
+}

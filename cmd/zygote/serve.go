@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -26,6 +27,8 @@ import (
 	"github.com/zygote/zygote/hypervisor/qemu"
 	"github.com/zygote/zygote/instances"
 	"github.com/zygote/zygote/store"
+	"github.com/zygote/zygote/uffd/pagerapi"
+	"github.com/zygote/zygote/uffd/pagerclient"
 )
 
 func init() { subcommands = append(subcommands, newServeCmd) }
@@ -34,7 +37,7 @@ type serveConfig struct {
 	dataDir, socket, listen, tokenFile string
 	cacheDir, initBinary, accel        string
 	hypervisor, logLevel               string
-	reflinkStrict                      bool
+	reflinkStrict, pager               bool
 }
 
 func newServeCmd() *cobra.Command {
@@ -62,6 +65,7 @@ restarted daemon adopts them.`,
 	f.StringVar(&cfg.accel, "accel", envOr("ZYGOTE_ACCEL", "auto"), "QEMU accelerator: auto (KVM if a guest really boots under it), kvm or tcg (env ZYGOTE_ACCEL)")
 	f.StringVar(&cfg.hypervisor, "default-hypervisor", "qemu", "hypervisor for instances that do not name one: qemu or qemu-microvm")
 	f.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.BoolVar(&cfg.pager, "pager", true, "start and supervise the userfaultfd pager (zygote pager) for lazy restores; state in <data-dir>/pager")
 	f.BoolVar(&cfg.reflinkStrict, "reflink-strict", false, "refuse the sparse-copy fallback: snapshots and forks fail unless reflink works (also env "+clone.EnvStrict+"=1)")
 	return cmd
 }
@@ -138,7 +142,17 @@ func serve(ctx context.Context, cfg serveConfig) error {
 	}
 	defer m.Close()
 
-	srv := api.NewServer(api.ServerConfig{Manager: m, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Logger: log})
+	// Uncompressed: the pager's metrics are appended to the body.
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{DisableCompression: true})
+	if cfg.pager {
+		sup, err := startPager(ctx, cfg, m, log)
+		if err != nil {
+			return err
+		}
+		defer sup.Close() // the pager, like the VMs, outlives a daemon restart
+		metrics = withPagerMetrics(metrics, sup.Client())
+	}
+	srv := api.NewServer(api.ServerConfig{Manager: m, Metrics: metrics, Logger: log})
 	var servers []*http.Server
 	errc := make(chan error, 2)
 
@@ -159,7 +173,7 @@ func serve(ctx context.Context, cfg serveConfig) error {
 		if err != nil {
 			return err
 		}
-		tsrv := api.NewServer(api.ServerConfig{Manager: m, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Token: token, Logger: log})
+		tsrv := api.NewServer(api.ServerConfig{Manager: m, Metrics: metrics, Token: token, Logger: log})
 		servers = append(servers, &http.Server{Handler: tsrv.TokenHandler()})
 		go func() { errc <- servers[1].Serve(tcpLn) }()
 		log.Info("zygote serving on TCP (bearer token required)", "addr", tcpLn.Addr().String())
@@ -240,4 +254,44 @@ func readToken(path string) (string, error) {
 		return "", fmt.Errorf("token in %s is %d characters; use at least 16", path, len(token))
 	}
 	return token, nil
+}
+
+// startPager starts (or adopts) the pager under supervision. When a pager
+// dies, the VMs it was serving would hang on their next missing page: the
+// daemon kills them and says why.
+func startPager(ctx context.Context, cfg serveConfig, m *instances.Manager, log *slog.Logger) (*pagerclient.Supervisor, error) {
+	dir := filepath.Join(cfg.dataDir, "pager")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	sup, err := pagerclient.NewSupervisor(pagerclient.Config{
+		SocketPath: filepath.Join(dir, "pager.sock"), StateDir: dir, Logger: log,
+		OnLost: func(l pagerclient.Lost) {
+			log.Error("the pager died; killing the VMs it served", "pid", l.PID, "err", l.Err, "sessions", l.Sessions)
+			m.Kill(context.Background(), l.Sessions, "the pager serving its memory died")
+		},
+		OnFailed: func(s pagerapi.Session) {
+			m.Kill(context.Background(), []string{s.ID}, "its pager session failed: "+s.Error)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := sup.Start(ctx); err != nil {
+		return nil, fmt.Errorf("start the pager: %w", err)
+	}
+	log.Info("pager supervised", "pid", sup.PID(), "socket", filepath.Join(dir, "pager.sock"))
+	return sup, nil
+}
+
+// withPagerMetrics appends the pager's metrics to the daemon's.
+func withPagerMetrics(next http.Handler, pc *pagerclient.Client) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(w, r)
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if text, err := pc.Metrics(ctx); err == nil {
+			io.WriteString(w, text)
+		}
+	})
 }
