@@ -6,7 +6,6 @@ import (
 
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/instances"
-	"github.com/zygote/zygote/store"
 )
 
 func (s *Server) snapshotRoutes() {
@@ -18,7 +17,7 @@ func (s *Server) snapshotRoutes() {
 	h("DELETE /snapshots/{snapshotId}", s.deleteSnapshot)
 }
 
-func toSnapshot(sn store.Snapshot) Snapshot {
+func toSnapshot(sn instances.Snapshot) Snapshot {
 	out := Snapshot{
 		ID: sn.ID, Kind: string(sn.Kind), Tags: sn.Tags, SourceInstanceID: sn.SourceInstanceID,
 		SourceInstanceName: sn.SourceInstanceName, SourceHypervisor: sn.Spec.Hypervisor, CreatedAt: sn.CreatedAt,

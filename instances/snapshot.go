@@ -17,6 +17,19 @@ import (
 	"github.com/zygote/zygote/store"
 )
 
+// Snapshot is a snapshot record; SnapshotKind says what it holds. The
+// aliases let the API use them without importing the store.
+type (
+	Snapshot     = store.Snapshot
+	SnapshotKind = store.SnapshotKind
+)
+
+// Snapshot kinds.
+const (
+	SnapshotStandby = store.SnapshotStandby
+	SnapshotStopped = store.SnapshotStopped
+)
+
 // SnapshotRequest describes a new snapshot.
 type SnapshotRequest struct {
 	Kind store.SnapshotKind

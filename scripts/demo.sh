@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The newcomer's demo (README, first command): installs what is missing,
+# puts a data directory on a loop-mounted XFS image (a sparse file) so
+# snapshots and forks are reflinks, starts the daemon, and walks a VM
+# through boot, standby and fork.
+#
+#   scripts/demo.sh          run the demo (again: it starts over)
+#   scripts/demo.sh stop     delete the demo's instances, stop its daemon, unmount
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+demo=/var/lib/zygote-demo
+export ZYGOTE_DATA_DIR=$demo/data
+export ZYGOTE_SOCKET=/run/zygote-demo/zygote.sock
+zygote() { "$root/bin/zygote" "$@"; }
+
+stop_demo() {
+  if [[ -S $ZYGOTE_SOCKET ]] && zygote ps -a >/dev/null 2>&1; then
+    for name in $(zygote ps -a --json | grep -o '"id": "[a-z0-9]*"' | cut -d'"' -f4); do
+      zygote rm -f "$name" >/dev/null || true
+    done
+    for id in $(zygote snapshot ls --json | grep -o '"id": "[a-z0-9]*"' | cut -d'"' -f4); do
+      zygote snapshot rm "$id" >/dev/null || true
+    done
+  fi
+  if [[ -f $demo/serve.pid ]]; then
+    kill "$(cat $demo/serve.pid)" 2>/dev/null || true
+    rm -f $demo/serve.pid
+    sleep 0.5
+  fi
+  pkill -f -- "--socket $ZYGOTE_DATA_DIR/pager/pager.sock" 2>/dev/null || true
+  sleep 0.3
+  if mountpoint -q "$ZYGOTE_DATA_DIR"; then umount "$ZYGOTE_DATA_DIR"; fi
+}
+
+if [[ ${1:-} == stop ]]; then
+  stop_demo
+  echo "demo stopped; the image $demo/data.img remains (delete it to reclaim the space)"
+  exit 0
+fi
+
+./scripts/setup.sh
+
+# A 20 GiB sparse image with XFS (reflink on), mounted as the data dir.
+mkdir -p "$demo" "$ZYGOTE_DATA_DIR"
+stop_demo
+if [[ ! -f $demo/data.img ]]; then
+  truncate -s 20G "$demo/data.img"
+  mkfs.xfs -q -m reflink=1 "$demo/data.img"
+fi
+mount -o loop "$demo/data.img" "$ZYGOTE_DATA_DIR"
+
+printf '\033[1m==> starting the daemon (log: %s/serve.log)\033[0m\n' "$demo"
+mkdir -p "$(dirname "$ZYGOTE_SOCKET")"
+nohup "$root/bin/zygote" serve >"$demo/serve.log" 2>&1 &
+echo $! >"$demo/serve.pid"
+for _ in $(seq 100); do zygote ps >/dev/null 2>&1 && break; sleep 0.1; done
+grep -o 'reflink [a-z]* in [^:]*' "$demo/serve.log" | head -1 || true
+
+step() { printf '\n\033[1;32m$ zygote %s\033[0m\n' "$*"; zygote "$@"; }
+step run --name web
+step exec web -- sh -c 'echo hello > /dev/shm/note'
+step standby web
+step fork web web-2 --target-state Running
+step rm -f web
+step exec web-2 -- cat /dev/shm/note
+step ps
+
+cat <<TXT
+
+The daemon keeps running with web-2. To use it from this shell:
+  export ZYGOTE_SOCKET=$ZYGOTE_SOCKET ZYGOTE_DATA_DIR=$ZYGOTE_DATA_DIR
+  $root/bin/zygote --help
+To clean up: scripts/demo.sh stop
+TXT

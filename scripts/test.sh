@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite (README, second command; .ci/run calls it):
+# installs what is missing, then vets and runs every test. VM tests boot
+# real QEMU guests, reflink tests use loop-mounted XFS, pager tests a real
+# userfaultfd; here nothing may skip for lack of them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export PATH="$PATH:/usr/local/go/bin"
+export ZYGOTE_REQUIRE_VM_TESTS=1 ZYGOTE_REQUIRE_PRIVILEGED=1
+
+echo "==> go vet" >&2
+go vet ./...
+echo "==> layout: import rules" >&2
+go test -count=1 -run TestImportRules .
+echo "==> race detector on the concurrent packages" >&2
+go test -count=1 -race -timeout 15m ./store/... ./instances/... ./api/... ./internal/... ./uffd/... ./guest/agentproto/...
+echo "==> every test" >&2
+go test -count=1 -timeout 40m ./...
