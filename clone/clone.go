@@ -104,7 +104,7 @@ func (p ProbeResult) String() string {
 		return fmt.Sprintf("reflink works in %s (%s): forks and snapshots share blocks (copy cost grows with extents, not size)", p.Dir, p.Filesystem)
 	}
 	return fmt.Sprintf("reflink unavailable in %s (%s: %v): forks and snapshots fall back to a sparse full copy (cost grows with data size); "+
-		"put the data directory on XFS (mkfs.xfs -m reflink=1) or btrfs; with %s=1 every copy fails instead", p.Dir, p.Filesystem, p.Err, EnvStrict)
+		"put the data directory on XFS (mkfs.xfs -m reflink=1) or btrfs; strict mode (%s=1) refuses the fallback", p.Dir, p.Filesystem, p.Err, EnvStrict)
 }
 
 // ReflinkRequiredError is the strict-mode failure: a file could not be

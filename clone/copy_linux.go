@@ -39,6 +39,9 @@ type run struct {
 	used  map[Strategy]bool
 	stats Stats
 	buf   []byte
+	// unsynced lists what the call created, in creation order, for
+	// syncAll.
+	unsynced []string
 }
 
 func newRun(opts Options) *run {
@@ -100,11 +103,7 @@ func (r *run) cloneFile(ctx context.Context, srcPath, dstPath string) (err error
 	if err := unix.Fchmod(int(dst.Fd()), sst.Mode&0o7777); err != nil {
 		return fsErr("chmod", dstPath, err)
 	}
-	if !r.opts.NoSync {
-		if err := dst.Sync(); err != nil {
-			return fsErr("fsync", dstPath, err)
-		}
-	}
+	r.unsynced = append(r.unsynced, dstPath)
 	if res.strategy == StrategyReflink || res.copied > 0 {
 		// A file without data copies the same on every path: it does not
 		// tell which one the filesystem pair takes.
