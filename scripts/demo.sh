@@ -58,7 +58,7 @@ echo $! >"$demo/serve.pid"
 for _ in $(seq 100); do zygote ps >/dev/null 2>&1 && break; sleep 0.1; done
 grep -o 'reflink [a-z]* in [^:]*' "$demo/serve.log" | head -1 || true
 
-step() { printf '\n\033[1;32m$ zygote %s\033[0m\n' "$*"; zygote "$@"; }
+step() { printf '\n\033[1;32m$ zygote %s\033[0m\n' "$(printf '%q ' "$@")"; zygote "$@"; }
 step run --name web
 step exec web -- sh -c 'echo hello > /dev/shm/note'
 step standby web
