@@ -19,66 +19,46 @@ import (
 	"github.com/zygote/zygote/internal/testutil"
 )
 
-func TestDirRejectsBadArguments(t *testing.T) {
+// TestRejectsBadArguments: each bad call fails with its error class and
+// changes nothing on disk.
+func TestRejectsBadArguments(t *testing.T) {
 	base := t.TempDir()
-	src := filepath.Join(base, "src")
-	if err := os.Mkdir(src, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	writeSparse(t, filepath.Join(src, "memory"), page, []segment{{0, page}}, 1)
+	src := pageFiles(t, base, "memory")
 	file := filepath.Join(base, "a-file")
 	writeSparse(t, file, page, []segment{{0, page}}, 2)
+	link := filepath.Join(base, "link")
+	if err := os.Symlink("a-file", link); err != nil {
+		t.Fatal(err)
+	}
+	notExist := func(err error) bool { return errors.Is(err, fs.ErrNotExist) }
+	type copyFunc func(context.Context, string, string, Options) (Stats, error)
 	cases := []struct {
 		name     string
+		call     copyFunc
 		src, dst string
 		is       func(error) bool
 	}{
-		{"missing source", filepath.Join(base, "nope"), filepath.Join(base, "d1"), errdefs.IsNotFound},
-		{"source is a file", file, filepath.Join(base, "d2"), errdefs.IsInvalidArgument},
-		{"destination inside source", src, filepath.Join(src, "copy"), errdefs.IsInvalidArgument},
-		{"destination is the source", src, src, errdefs.IsInvalidArgument},
-		{"destination is a file", src, file, errdefs.IsAlreadyExists},
-		{"destination parent missing", src, filepath.Join(base, "no", "parent"), func(err error) bool { return errors.Is(err, fs.ErrNotExist) }},
+		{"Dir: missing source", Dir, filepath.Join(base, "nope"), filepath.Join(base, "d1"), errdefs.IsNotFound},
+		{"Dir: source is a file", Dir, file, filepath.Join(base, "d2"), errdefs.IsInvalidArgument},
+		{"Dir: destination inside source", Dir, src, filepath.Join(src, "copy"), errdefs.IsInvalidArgument},
+		{"Dir: destination is the source", Dir, src, src, errdefs.IsInvalidArgument},
+		{"Dir: destination is a file", Dir, src, file, errdefs.IsAlreadyExists},
+		{"Dir: destination parent missing", Dir, src, filepath.Join(base, "no", "parent"), notExist},
+		{"File: missing source", File, filepath.Join(base, "nope"), filepath.Join(base, "d1"), errdefs.IsNotFound},
+		{"File: source is a directory", File, src, filepath.Join(base, "d2"), errdefs.IsInvalidArgument},
+		{"File: source is a symlink", File, link, filepath.Join(base, "d3"), errdefs.IsInvalidArgument},
+		{"File: destination exists", File, file, link, errdefs.IsAlreadyExists},
+		{"File: destination parent missing", File, file, filepath.Join(base, "no", "parent"), notExist},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			before := entries(t, base)
 			opts, _ := quietOpts()
-			if _, err := Dir(context.Background(), tc.src, tc.dst, opts); err == nil || !tc.is(err) {
-				t.Fatalf("Dir(%s, %s) = %v, want the other error class", tc.src, tc.dst, err)
+			if _, err := tc.call(context.Background(), tc.src, tc.dst, opts); err == nil || !tc.is(err) {
+				t.Fatalf("(%s, %s) = %v, want the other error class", tc.src, tc.dst, err)
 			}
 			if after := entries(t, base); !slices.Equal(before, after) {
 				t.Errorf("a rejected call changed the tree:\n  before %v\n  after  %v", before, after)
-			}
-		})
-	}
-}
-
-func TestFileRejectsBadArguments(t *testing.T) {
-	base := t.TempDir()
-	file := filepath.Join(base, "memory")
-	writeSparse(t, file, page, []segment{{0, page}}, 1)
-	if err := os.Symlink("memory", filepath.Join(base, "link")); err != nil {
-		t.Fatal(err)
-	}
-	cases := []struct {
-		name, src, dst string
-		is             func(error) bool
-	}{
-		{"missing source", filepath.Join(base, "nope"), filepath.Join(base, "d1"), errdefs.IsNotFound},
-		{"source is a directory", base, filepath.Join(base, "d2"), errdefs.IsInvalidArgument},
-		{"source is a symlink", filepath.Join(base, "link"), filepath.Join(base, "d3"), errdefs.IsInvalidArgument},
-		{"destination exists", file, filepath.Join(base, "link"), errdefs.IsAlreadyExists},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			before := entries(t, base)
-			opts, _ := quietOpts()
-			if _, err := File(context.Background(), tc.src, tc.dst, opts); err == nil || !tc.is(err) {
-				t.Fatalf("File(%s, %s) = %v, want the other error class", tc.src, tc.dst, err)
-			}
-			if after := entries(t, base); !slices.Equal(before, after) {
-				t.Errorf("a rejected call changed the tree: %v -> %v", before, after)
 			}
 		})
 	}
@@ -88,11 +68,7 @@ func TestFileRejectsBadArguments(t *testing.T) {
 // is an error, and the partial copy is removed.
 func TestSpecialFileNeedsSkip(t *testing.T) {
 	base := t.TempDir()
-	src := filepath.Join(base, "src")
-	if err := os.Mkdir(src, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	writeSparse(t, filepath.Join(src, "a-memory"), page, []segment{{0, page}}, 1)
+	src := pageFiles(t, base, "a-memory")
 	if err := unix.Mkfifo(filepath.Join(src, "b-fifo"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -271,13 +247,7 @@ func TestMixedStrategy(t *testing.T) {
 // logged once, and not retried for every file.
 func TestFallbackDecidedOncePerFilesystem(t *testing.T) {
 	base := testutil.Ext4Dir(t)
-	src := filepath.Join(base, "src")
-	if err := os.Mkdir(src, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for i, name := range []string{"a", "b", "c", "d"} {
-		writeSparse(t, filepath.Join(src, name), page, []segment{{0, page}}, uint64(i))
-	}
+	src := pageFiles(t, base, "a", "b", "c", "d")
 	opts, logs := quietOpts()
 	stats, err := Dir(context.Background(), src, filepath.Join(base, "dst"), opts)
 	if err != nil {
@@ -314,12 +284,8 @@ func TestOutOfSpace(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			srcParent, dstParent := tc.dirs(t)
-			src := filepath.Join(srcParent, "src")
-			if err := os.Mkdir(src, 0o755); err != nil {
-				t.Fatal(err)
-			}
+			src := pageFiles(t, srcParent, "state")
 			writeSparse(t, filepath.Join(src, "memory"), tc.size+(64<<20), []segment{{0, tc.size}}, 9)
-			writeSparse(t, filepath.Join(src, "state"), page, []segment{{0, page}}, 10)
 			parent, dst := freshDst(t, dstParent)
 			free := freeBytes(t, dstParent)
 			opts, _ := quietOpts()

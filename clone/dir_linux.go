@@ -56,41 +56,15 @@ func Dir(ctx context.Context, src, dst string, opts Options) (stats Stats, err e
 		return stats, err
 	}
 
-	undo := cleanup.New()
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, undo.Run(ctx))
+	err = r.staged(ctx, dst, dstExisted, func(stage string) error {
+		if err := os.Mkdir(stage, 0o700); err != nil {
+			return fsErr("create staging directory", stage, err)
 		}
-	}()
-	stage, err := tempPath(dst)
+		return r.copyDir(ctx, src, stage, ".", src, dst, srcInfo)
+	})
 	if err != nil {
 		return stats, err
 	}
-	if err := os.Mkdir(stage, 0o700); err != nil {
-		return stats, fsErr("create staging directory", stage, err)
-	}
-	undo.Add("remove staging "+stage, func(context.Context) error { return os.RemoveAll(stage) })
-
-	if err := r.copyDir(ctx, src, stage, ".", src, dst, srcInfo); err != nil {
-		return stats, err
-	}
-	if err := r.syncAll(); err != nil {
-		return stats, err
-	}
-	if err := renameInto(stage, dst, dstExisted); err != nil {
-		return stats, err
-	}
-	undo.Add("remove "+dst, func(context.Context) error {
-		err := os.RemoveAll(dst)
-		if dstExisted && err == nil {
-			err = os.Mkdir(dst, 0o700)
-		}
-		return err
-	})
-	if err := r.syncDir(filepath.Dir(dst)); err != nil {
-		return stats, err
-	}
-	undo.Release()
 	return r.finish("dir", src, dst, start), nil
 }
 
@@ -112,6 +86,18 @@ func File(ctx context.Context, src, dst string, opts Options) (stats Stats, err 
 		return stats, fsErr("stat", dst, err)
 	}
 
+	err = r.staged(ctx, dst, false, func(stage string) error { return r.cloneFile(ctx, src, stage) })
+	if err != nil {
+		return stats, err
+	}
+	return r.finish("file", src, dst, start), nil
+}
+
+// staged has build create the copy at a fresh staging path next to dst,
+// makes it durable, renames it to dst (replacing dst only if it is the
+// empty directory the caller handed us) and syncs dst's parent. On error
+// it removes whatever it and build created, dst included.
+func (r *run) staged(ctx context.Context, dst string, replaceEmptyDir bool, build func(stage string) error) (err error) {
 	undo := cleanup.New()
 	defer func() {
 		if err != nil {
@@ -120,24 +106,29 @@ func File(ctx context.Context, src, dst string, opts Options) (stats Stats, err 
 	}()
 	stage, err := tempPath(dst)
 	if err != nil {
-		return stats, err
+		return err
 	}
-	undo.Add("remove staging "+stage, func(context.Context) error { return removeIfExists(stage) })
-	if err := r.cloneFile(ctx, src, stage); err != nil {
-		return stats, err
+	undo.Add("remove staging "+stage, func(context.Context) error { return os.RemoveAll(stage) })
+	if err := build(stage); err != nil {
+		return err
 	}
 	if err := r.syncAll(); err != nil {
-		return stats, err
+		return err
 	}
-	if err := renameInto(stage, dst, false); err != nil {
-		return stats, err
+	if err := renameInto(stage, dst, replaceEmptyDir); err != nil {
+		return err
 	}
-	undo.Add("remove "+dst, func(context.Context) error { return removeIfExists(dst) })
+	undo.Add("remove "+dst, func(context.Context) error {
+		if err := os.RemoveAll(dst); err != nil || !replaceEmptyDir {
+			return err
+		}
+		return os.Mkdir(dst, 0o700) // give the caller its empty directory back
+	})
 	if err := r.syncDir(filepath.Dir(dst)); err != nil {
-		return stats, err
+		return err
 	}
 	undo.Release()
-	return r.finish("file", src, dst, start), nil
+	return nil
 }
 
 // copyDir fills dstDir (already created) with srcDir's entries, then gives

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"io"
 	"io/fs"
@@ -26,7 +27,9 @@ const page = 4096
 type segment struct{ Off, End int64 }
 
 // writeSparse creates path with the given size and pseudo-random data in
-// the given segments (page aligned), holes elsewhere, and fsyncs it.
+// the given segments (page aligned), holes elsewhere, and fsyncs it. Every
+// MiB is stamped with its offset, so no two are alike, and no page is all
+// zero (which a filesystem could store as a hole).
 func writeSparse(t testing.TB, path string, size int64, data []segment, seed uint64) {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o640)
@@ -39,12 +42,13 @@ func writeSparse(t testing.TB, path string, size int64, data []segment, seed uin
 	}
 	rng := rand.New(rand.NewPCG(seed, 7))
 	buf := make([]byte, 1<<20)
+	for i := 0; i < len(buf); i += 8 {
+		binary.LittleEndian.PutUint64(buf[i:], rng.Uint64()|1)
+	}
 	for _, s := range data {
 		for off := s.Off; off < s.End; {
 			n := min(int64(len(buf)), s.End-off)
-			for i := range buf[:n] {
-				buf[i] = byte(rng.Uint32() | 1) // never zero: a zero page could read as a hole
-			}
+			binary.LittleEndian.PutUint64(buf, uint64(off)|1<<63)
 			if _, err := f.WriteAt(buf[:n], off); err != nil {
 				t.Fatal(err)
 			}
@@ -54,6 +58,20 @@ func writeSparse(t testing.TB, path string, size int64, data []segment, seed uin
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// pageFiles creates parent/src holding one-page files with the given
+// names and returns it.
+func pageFiles(t testing.TB, parent string, names ...string) string {
+	t.Helper()
+	src := filepath.Join(parent, "src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range names {
+		writeSparse(t, filepath.Join(src, name), page, []segment{{0, page}}, uint64(i))
+	}
+	return src
 }
 
 // dataMap lists the data segments of path as SEEK_DATA/SEEK_HOLE see them.
