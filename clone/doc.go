@@ -61,7 +61,8 @@
 //
 // Writing a reflinked file in place splits its extents; a chain of forks
 // that each dirty memory makes every later reflink slower (about 25 µs per
-// extent on XFS here). Extents counts them; Densify rewrites a file its
-// caller owns into fresh extents. README.md has the measurements and when
-// to call it.
+// extent on XFS here). FileLayout counts extents against data segments and
+// says when a file is Fragmented; Densify rewrites a file its owner holds
+// still into fresh extents, off the fork's path. README.md has the
+// measurements, and the price (a background rewrite, unshared blocks).
 package clone
