@@ -33,3 +33,16 @@ func FileLayout(path string) (Layout, error) { return Layout{}, notLinux("FileLa
 func Densify(ctx context.Context, path string, opts Options) (DensifyStats, error) {
 	return DensifyStats{}, notLinux("Densify")
 }
+
+// Densified is a prepared dense copy (Linux only).
+type Densified struct{}
+
+func PrepareDensify(ctx context.Context, path string, opts Options) (*Densified, error) {
+	return nil, notLinux("PrepareDensify")
+}
+
+func (d *Densified) Commit(ctx context.Context) (DensifyStats, error) {
+	return DensifyStats{}, notLinux("Densify")
+}
+
+func (d *Densified) Abort() {}

@@ -10,7 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/zygote/zygote/errdefs"
-	"github.com/zygote/zygote/internal/cleanup"
 )
 
 // FIEMAP, declared by hand: x/sys/unix does not have it.
@@ -82,68 +81,112 @@ func extentsOf(f *os.File) (int, error) {
 // file as it was. Needs a reflink filesystem; elsewhere the error matches
 // errdefs.ErrNotImplemented (and there is nothing to densify: a copy made
 // without reflink is already dense).
-func Densify(ctx context.Context, path string, opts Options) (ds DensifyStats, err error) {
-	start := time.Now()
-	r := newRun(opts)
-	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+func Densify(ctx context.Context, path string, opts Options) (DensifyStats, error) {
+	d, err := PrepareDensify(ctx, path, opts)
 	if err != nil {
-		return ds, fmt.Errorf("clone: densify %s: %w", path, notFound(err))
+		return DensifyStats{}, err
 	}
-	defer f.Close()
-	fi, err := f.Stat()
+	return d.Commit(ctx)
+}
+
+// Densified is a dense copy of a file, prepared by PrepareDensify and not
+// yet swapped in. Exactly one of Commit or Abort must be called.
+type Densified struct {
+	path  string
+	f     *os.File
+	tmp   *os.File
+	r     *run
+	stats DensifyStats
+	start time.Time
+}
+
+// PrepareDensify does the slow half of Densify: it copies the data of path
+// (holes skipped) into a temporary beside it. Nothing about path changes;
+// the caller may release its exclusion meanwhile, as long as it knows,
+// before Commit, whether the file was written since (if it was, Abort).
+func PrepareDensify(ctx context.Context, path string, opts Options) (_ *Densified, err error) {
+	d := &Densified{path: path, r: newRun(opts), start: time.Now()}
+	d.f, err = os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return ds, fsErr("stat", path, err)
+		return nil, fmt.Errorf("clone: densify %s: %w", path, notFound(err))
+	}
+	defer func() {
+		if err != nil {
+			d.Abort()
+		}
+	}()
+	fi, err := d.f.Stat()
+	if err != nil {
+		return nil, fsErr("stat", path, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return ds, fmt.Errorf("clone: densify %s: not a regular file: %w", path, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("clone: densify %s: not a regular file: %w", path, errdefs.ErrInvalidArgument)
 	}
-	if ds.Before, err = layoutOf(f); err != nil {
-		return ds, err
+	if d.stats.Before, err = layoutOf(d.f); err != nil {
+		return nil, err
 	}
-
-	undo := cleanup.New()
-	defer func() { _ = undo.Run(ctx) }()
 	tmpPath, err := tempPath(path)
 	if err != nil {
-		return ds, err
+		return nil, err
 	}
-	tmp, err := os.OpenFile(tmpPath, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return ds, fsErr("create", tmpPath, err)
+	if d.tmp, err = os.OpenFile(tmpPath, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_CLOEXEC, 0o600); err != nil {
+		return nil, fsErr("create", tmpPath, err)
 	}
-	undo.Add("remove "+tmpPath, func(context.Context) error { tmp.Close(); return removeIfExists(tmpPath) })
-
 	// copy_file_range would reflink on XFS and btrfs and keep every
 	// fragment: the data must really be copied.
-	res, err := r.sparseCopy(ctx, f, tmp, fi.Size(), &fsCaps{noCopyFileRange: true})
+	res, err := d.r.sparseCopy(ctx, d.f, d.tmp, fi.Size(), &fsCaps{noCopyFileRange: true})
 	if err != nil {
-		return ds, err
+		return nil, err
 	}
-	if !r.opts.NoSync {
-		if err := tmp.Sync(); err != nil {
-			return ds, fsErr("fsync", tmpPath, err)
+	if !d.r.opts.NoSync {
+		if err := d.tmp.Sync(); err != nil {
+			return nil, fsErr("fsync", tmpPath, err)
 		}
 	}
+	d.stats.CopiedBytes = res.copied
+	return d, ctx.Err()
+}
+
+// Commit clones the prepared copy over the file (fast: one remap per data
+// segment) and removes the temporary. Preconditions: the file has not been
+// written since PrepareDensify, and nothing writes it now.
+func (d *Densified) Commit(ctx context.Context) (ds DensifyStats, err error) {
+	defer d.Abort()
 	if err := ctx.Err(); err != nil {
-		return ds, fmt.Errorf("clone: densify %s: %w", path, err)
+		return ds, fmt.Errorf("clone: densify %s: %w", d.path, err)
 	}
-	if err := ficlone(f, tmp); err != nil {
+	if err := ficlone(d.f, d.tmp); err != nil {
 		if reflinkUnsupported(err) {
-			return ds, fmt.Errorf("clone: densify %s: needs a reflink filesystem (%s): %w (%w)", path, fsTypeOf(f), errdefs.ErrNotImplemented, err)
+			return ds, fmt.Errorf("clone: densify %s: needs a reflink filesystem (%s): %w (%w)", d.path, fsTypeOf(d.f), errdefs.ErrNotImplemented, err)
 		}
-		return ds, fsErr("reflink back", path, err)
+		return ds, fsErr("reflink back", d.path, err)
 	}
-	if !r.opts.NoSync {
-		if err := f.Sync(); err != nil {
-			return ds, fsErr("fsync", path, err)
+	if !d.r.opts.NoSync {
+		if err := d.f.Sync(); err != nil {
+			return ds, fsErr("fsync", d.path, err)
 		}
 	}
-	if ds.After, err = layoutOf(f); err != nil {
+	ds = d.stats
+	if ds.After, err = layoutOf(d.f); err != nil {
 		return ds, err
 	}
-	ds.CopiedBytes = res.copied
-	ds.Duration = time.Since(start)
-	r.log.Info("clone densify", "path", path, "extents_before", ds.Before.Extents, "extents_after", ds.After.Extents,
+	ds.Duration = time.Since(d.start)
+	d.r.log.Info("clone densify", "path", d.path, "extents_before", ds.Before.Extents, "extents_after", ds.After.Extents,
 		"copied_bytes", ds.CopiedBytes, "duration", ds.Duration)
 	return ds, nil
+}
+
+// Abort drops the prepared copy; the file is untouched. Safe to call twice
+// and after Commit.
+func (d *Densified) Abort() {
+	if d.tmp != nil {
+		name := d.tmp.Name()
+		d.tmp.Close()
+		removeIfExists(name)
+		d.tmp = nil
+	}
+	if d.f != nil {
+		d.f.Close()
+		d.f = nil
+	}
 }

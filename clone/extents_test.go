@@ -176,3 +176,29 @@ func TestDensifyLeavesFileAlone(t *testing.T) {
 		})
 	}
 }
+
+// TestPrepareDensifyAbort: the slow half leaves the file alone; Abort
+// removes the temporary and Commit after Abort does nothing.
+func TestPrepareDensifyAbort(t *testing.T) {
+	dir := testutil.SharedXFS(t)
+	_, child := fragmentedChain(t, dir)
+	sum := digest(t, child)
+	before, err := FileLayout(child)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, _ := quietOpts()
+	d, err := PrepareDensify(context.Background(), child, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := FileLayout(child); after != before || digest(t, child) != sum {
+		t.Fatalf("PrepareDensify changed the file: layout %+v, was %+v", after, before)
+	}
+	d.Abort()
+	d.Abort()
+	if after, _ := FileLayout(child); after != before || digest(t, child) != sum {
+		t.Fatal("Abort changed the file")
+	}
+	assertNothingLeft(t, dir, "base", "child")
+}
