@@ -86,6 +86,14 @@ type VM interface {
 	Close() error
 }
 
+// MemoryFiler is implemented by drivers whose guest RAM is a file in the
+// instance directory. The manager uses it to keep that file cheap to
+// clone: in-place writes to blocks a fork shares split extents, and a
+// reflink costs per extent.
+type MemoryFiler interface {
+	MemoryFile(dir string) string
+}
+
 // Layout names the files every driver keeps in an instance directory that
 // the rest of the daemon reads.
 const (

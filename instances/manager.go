@@ -36,8 +36,12 @@ type Config struct {
 	// ReadyTimeout bounds how long an operation that needs the guest agent
 	// (restore, a fork to Running) waits for it (default 60 s).
 	ReadyTimeout time.Duration
-	Metrics      *Metrics
-	Logger       *slog.Logger
+	// NoDensify turns off the background rewrite of fragmented memory
+	// files after standby (densify.go): fork chains then slow down with
+	// every generation, and disk use stays lower.
+	NoDensify bool
+	Metrics   *Metrics
+	Logger    *slog.Logger
 }
 
 // Manager runs instances. It is safe for concurrent use.
@@ -58,7 +62,12 @@ type Manager struct {
 	// everything else.
 	resumeQueue []string
 
-	watchers sync.WaitGroup // runtime watcher goroutines
+	watchers sync.WaitGroup // runtime watchers and background jobs
+
+	densifySem chan struct{}      // one background densify at a time
+	closing    chan struct{}      // closed by Close: background jobs stop
+	closingCtx context.Context    // done when closing is closed
+	stopAll    context.CancelFunc // closes closingCtx
 }
 
 // New returns a manager. Call Reconcile before serving requests.
@@ -85,7 +94,11 @@ func New(cfg Config) (*Manager, error) {
 		runtimes: map[string]*runtime{},
 		reserved: map[string]bool{},
 		changed:  make(chan struct{}),
+
+		densifySem: make(chan struct{}, 1),
+		closing:    make(chan struct{}),
 	}
+	m.closingCtx, m.stopAll = context.WithCancel(context.Background())
 	for _, d := range cfg.Drivers {
 		m.drivers[d.Name()] = d
 	}
@@ -107,6 +120,10 @@ func New(cfg Config) (*Manager, error) {
 // adopts them.
 func (m *Manager) Close() error {
 	m.mu.Lock()
+	if !m.closed {
+		close(m.closing)
+		m.stopAll()
+	}
 	m.closed = true
 	rts := make([]*runtime, 0, len(m.runtimes))
 	for _, rt := range m.runtimes {

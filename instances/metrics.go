@@ -12,6 +12,7 @@ type Metrics struct {
 	cloneBytes        *prometheus.CounterVec
 	cloneTotal        *prometheus.CounterVec
 	standbyStateBytes prometheus.Histogram
+	densified         prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg (nil: not
@@ -36,9 +37,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Size of the device state file written at standby (memory is never copied).",
 			Buckets: prometheus.ExponentialBuckets(16<<10, 2, 10),
 		}),
+		densified: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "zygote", Name: "memory_files_densified_total",
+			Help: "Parked memory files rewritten densely after fork-shared blocks fragmented them.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.opDuration, m.cloneBytes, m.cloneTotal, m.standbyStateBytes)
+		reg.MustRegister(m.opDuration, m.cloneBytes, m.cloneTotal, m.standbyStateBytes, m.densified)
 	}
 	return m
 }

@@ -72,6 +72,7 @@ func (m *Manager) standby(ctx context.Context, inst *store.Instance) (hypervisor
 		return stats, err
 	}
 	m.metrics.standbyStateBytes.Observe(float64(stats.StateBytes))
+	m.densifyLater(*inst)
 	rt.log.Info("instance parked", "state_bytes", stats.StateBytes, "save", stats.Duration)
 	return stats, nil
 }

@@ -37,7 +37,7 @@ type serveConfig struct {
 	dataDir, socket, listen, tokenFile string
 	cacheDir, initBinary, accel        string
 	hypervisor, logLevel               string
-	reflinkStrict, pager               bool
+	reflinkStrict, pager, densify      bool
 }
 
 func newServeCmd() *cobra.Command {
@@ -65,6 +65,7 @@ restarted daemon adopts them.`,
 	f.StringVar(&cfg.accel, "accel", envOr("ZYGOTE_ACCEL", "auto"), "QEMU accelerator: auto (KVM if a guest really boots under it), kvm or tcg (env ZYGOTE_ACCEL)")
 	f.StringVar(&cfg.hypervisor, "default-hypervisor", "qemu", "hypervisor for instances that do not name one: qemu or qemu-microvm")
 	f.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.BoolVar(&cfg.densify, "densify", true, "after a standby, rewrite a memory file that fork-shared writes fragmented, in the background, so forks of it stay fast (costs disk: the file stops sharing blocks)")
 	f.BoolVar(&cfg.pager, "pager", true, "start and supervise the userfaultfd pager (zygote pager) for lazy restores; state in <data-dir>/pager")
 	f.BoolVar(&cfg.reflinkStrict, "reflink-strict", false, "refuse the sparse-copy fallback: snapshots and forks fail unless reflink works (also env "+clone.EnvStrict+"=1)")
 	return cmd
@@ -131,8 +132,9 @@ func serve(ctx context.Context, cfg serveConfig) error {
 			s, err := clone.Dir(ctx, src, dst, cloneOpts)
 			return instances.CloneStats{Strategy: string(s.Strategy), Bytes: s.Bytes, Duration: s.Duration}, err
 		},
-		Metrics: instances.NewMetrics(reg),
-		Logger:  log,
+		NoDensify: !cfg.densify,
+		Metrics:   instances.NewMetrics(reg),
+		Logger:    log,
 	})
 	if err != nil {
 		return err

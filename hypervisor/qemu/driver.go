@@ -347,6 +347,9 @@ func (d *Driver) AcceleratorOf(raw []byte) string {
 	return st.Accel
 }
 
+// MemoryFile is the guest RAM file of an instance directory.
+func (d *Driver) MemoryFile(dir string) string { return filepath.Join(dir, memoryFile) }
+
 // HasSavedState reports whether dir holds a state file.
 func (d *Driver) HasSavedState(dir string) bool {
 	_, err := os.Stat(filepath.Join(dir, stateFile))

@@ -37,7 +37,12 @@ func New(t testing.TB, dataDir string, clone instances.CloneFunc) *Harness {
 	}
 	h := &Harness{Fake: drivertest.NewFake(), DataDir: dataDir, Clone: clone, t: t}
 	h.start()
-	t.Cleanup(func() { h.stop() })
+	t.Cleanup(func() {
+		h.stop()
+		for _, vm := range h.Fake.Live() {
+			vm.Crash() // release the memory files (a test filesystem unmounts next)
+		}
+	})
 	return h
 }
 

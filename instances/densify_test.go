@@ -1,0 +1,65 @@
+package instances_test
+
+import (
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/zygote/zygote/clone"
+	"github.com/zygote/zygote/hypervisor/drivertest"
+	"github.com/zygote/zygote/instances"
+	"github.com/zygote/zygote/instances/instancestest"
+	"github.com/zygote/zygote/internal/testutil"
+)
+
+// TestDensifyAfterStandby: a parked memory file fragmented by in-place
+// writes to blocks a fork shares is rewritten densely in the background,
+// with its content intact (the fake's restore checks every byte).
+func TestDensifyAfterStandby(t *testing.T) {
+	h := instancestest.New(t, testutil.XFS(t), instancestest.Clone)
+	src := create(t, h, "src")
+	const span = 16 << 20 // the guest's data: one contiguous run
+	if err := h.VM(src.ID).GuestWrite(1<<20, make([]byte, span)); err != nil {
+		t.Fatal(err)
+	}
+	page := make([]byte, 4096)
+	scribble := func(n int) {
+		vm := h.VM(src.ID)
+		for i := 0; i < n; i++ {
+			off := int64(1<<20) + int64(rand.IntN(span/4096))*4096
+			page[0] = byte(i)
+			if err := vm.GuestWrite(off, page); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	h.M.Standby(ctx, "src")
+	fork(t, h, "src", instances.ForkRequest{Name: "child"}) // every block now shared
+	h.M.Restore(ctx, "src")
+	scribble(1500) // in place, into shared blocks: extents split
+	mem := filepath.Join(h.DataDir, "instances", src.ID, drivertest.MemoryFile)
+	if _, err := h.M.Standby(ctx, "src"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		l, err := clone.FileLayout(mem)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !l.Fragmented() && l.Extents <= l.DataSegments {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("memory file still fragmented after 30 s: %+v", l)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := h.M.Restore(ctx, "src"); err != nil {
+		t.Fatalf("restore the densified file: %v", err)
+	}
+	if _, err := h.M.Restore(ctx, "child"); err != nil {
+		t.Fatalf("the fork suffered from its source's densify: %v", err)
+	}
+}
