@@ -66,18 +66,20 @@ var ctx = context.Background()
 
 // daemon is one `zygote serve` process.
 type daemon struct {
-	t       *testing.T
+	t       testing.TB
 	dataDir string
 	socket  string
 	logPath string
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	c       *client.Client
+	// args are extra `zygote serve` flags for every start.
+	args []string
 }
 
 // newDaemon prepares a daemon on dataDir (not started) and registers a
 // cleanup that removes every instance and checks nothing is left.
-func newDaemon(t *testing.T, dataDir string) *daemon {
+func newDaemon(t testing.TB, dataDir string) *daemon {
 	t.Helper()
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		guesttest.Unavailable(t, "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
@@ -121,7 +123,7 @@ func (d *daemon) start(env ...string) {
 		d.t.Fatal(err)
 	}
 	defer logf.Close()
-	d.cmd = exec.Command(zygoteBin, "serve", "--data-dir", d.dataDir, "--socket", d.socket, "--log-level", "debug")
+	d.cmd = exec.Command(zygoteBin, append([]string{"serve", "--data-dir", d.dataDir, "--socket", d.socket, "--log-level", "debug"}, d.args...)...)
 	d.cmd.Env = append(os.Environ(), env...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := d.cmd.Start(); err != nil {

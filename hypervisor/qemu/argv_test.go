@@ -1,10 +1,13 @@
 package qemu
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/zygote/zygote/errdefs"
@@ -112,5 +115,19 @@ func TestIsOurVMM(t *testing.T) {
 	}
 	if isOurVMM(argv, hypervisor.Spec{ID: "abd", Dir: "/data/instances/abc"}) {
 		t.Fatal("a VMM of another instance recognised as ours")
+	}
+}
+
+func TestDiskFullIsResourceExhausted(t *testing.T) {
+	for _, err := range []error{
+		fmt.Errorf("write: %w", syscall.ENOSPC),
+		errors.New("migration failed: Unable to write to file: No space left on device"),
+	} {
+		if got := diskFull(err); !errdefs.IsResourceExhausted(got) {
+			t.Errorf("diskFull(%v) = %v, want ResourceExhausted", err, got)
+		}
+	}
+	if got := diskFull(errors.New("other")); errdefs.IsResourceExhausted(got) {
+		t.Error("an unrelated error classified as disk full")
 	}
 }

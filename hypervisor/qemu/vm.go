@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -116,16 +117,16 @@ func (v *vm) SaveState(ctx context.Context) (hypervisor.SaveStats, error) {
 		return stats, err
 	}
 	if err := v.waitMigration(ctx); err != nil {
-		return stats, fmt.Errorf("qemu %s: save state: %w", v.spec.ID, err)
+		return stats, fmt.Errorf("qemu %s: save state: %w", v.spec.ID, diskFull(err))
 	}
 	if err := f.Sync(); err != nil {
-		return stats, fmt.Errorf("fsync state: %w", err)
+		return stats, fmt.Errorf("fsync state: %w", diskFull(err))
 	}
 	if fi, err := f.Stat(); err == nil {
 		stats.StateBytes = fi.Size()
 	}
 	if err := syncFile(filepath.Join(v.spec.Dir, memoryFile)); err != nil {
-		return stats, fmt.Errorf("fsync memory: %w", err)
+		return stats, fmt.Errorf("fsync memory: %w", diskFull(err))
 	}
 	if err := os.Rename(tmp, filepath.Join(v.spec.Dir, stateFile)); err != nil {
 		return stats, err
@@ -246,4 +247,13 @@ func syncFile(path string) error {
 	}
 	defer f.Close()
 	return f.Sync()
+}
+
+// diskFull classifies an out-of-space failure (ours, or QEMU's as text)
+// as errdefs.ErrResourceExhausted, so the API answers 507.
+func diskFull(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || strings.Contains(err.Error(), "No space left on device") {
+		return fmt.Errorf("%w: %w", errdefs.ErrResourceExhausted, err)
+	}
+	return err
 }
