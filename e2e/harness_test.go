@@ -99,7 +99,9 @@ func newDaemon(t testing.TB, dataDir string) *daemon {
 		d.cleanup()
 		if t.Failed() {
 			if raw, err := os.ReadFile(d.logPath); err == nil {
-				t.Logf("daemon log (last 4 KiB):\n%s", tail(raw, 4096))
+				keep := filepath.Join(os.TempDir(), "zygote-e2e-"+strings.ReplaceAll(t.Name(), "/", "_")+"-"+filepath.Base(sockDir)+".log")
+				os.WriteFile(keep, raw, 0o644)
+				t.Logf("daemon log kept in %s; last 4 KiB:\n%s", keep, tail(raw, 4096))
 			}
 		}
 		os.RemoveAll(sockDir)
