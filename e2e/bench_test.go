@@ -260,7 +260,9 @@ func BenchmarkFork(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			naive, err := timed(func() error { return naiveCopy(filepath.Join(srcDir, "memory"), filepath.Join(d.dataDir, "bench-naive")) })
+			naive, err := timed(func() error {
+				return naiveCopy(filepath.Join(srcDir, "memory"), filepath.Join(d.dataDir, "bench-naive"))
+			})
 			if err != nil {
 				b.Fatal(err)
 			}
