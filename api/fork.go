@@ -1,10 +1,8 @@
 package api
 
 import (
-	"fmt"
 	"net/http"
 
-	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/instances"
 )
 
@@ -59,16 +57,9 @@ func (s *Server) forkSnapshot(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if req.TargetHypervisor != "" {
-		sn, err := s.m.GetSnapshot(r.Context(), r.PathValue("snapshotId"))
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		if req.TargetHypervisor != sn.Spec.Hypervisor {
-			writeError(w, fmt.Errorf("forking a %s snapshot with %s is not supported: %w", sn.Spec.Hypervisor, req.TargetHypervisor, errdefs.ErrNotImplemented))
-			return
-		}
+	if err := s.sameHypervisor(r, req.TargetHypervisor); err != nil {
+		writeError(w, err)
+		return
 	}
 	forks, err := s.m.ForkSnapshot(r.Context(), r.PathValue("snapshotId"), instances.ForkRequest{
 		Name: req.Name, NamePrefix: req.NamePrefix, Count: req.Count, TargetState: target,

@@ -115,16 +115,9 @@ func (s *Server) restoreSnapshot(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if req.TargetHypervisor != "" {
-		sn, err := s.m.GetSnapshot(r.Context(), r.PathValue("snapshotId"))
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		if req.TargetHypervisor != sn.Spec.Hypervisor {
-			writeError(w, fmt.Errorf("restoring a %s snapshot with %s is not supported: %w", sn.Spec.Hypervisor, req.TargetHypervisor, errdefs.ErrNotImplemented))
-			return
-		}
+	if err := s.sameHypervisor(r, req.TargetHypervisor); err != nil {
+		writeError(w, err)
+		return
 	}
 	v, err := s.m.RestoreSnapshot(r.Context(), r.PathValue("id"), r.PathValue("snapshotId"), target)
 	if err != nil {
@@ -132,4 +125,20 @@ func (s *Server) restoreSnapshot(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, 200, toInstance(v))
+}
+
+// sameHypervisor refuses a target_hypervisor other than the snapshot's:
+// a saved machine restores only into the VMM that saved it.
+func (s *Server) sameHypervisor(r *http.Request, target string) error {
+	if target == "" {
+		return nil
+	}
+	sn, err := s.m.GetSnapshot(r.Context(), r.PathValue("snapshotId"))
+	if err != nil {
+		return err
+	}
+	if target != sn.Spec.Hypervisor {
+		return fmt.Errorf("a %s snapshot cannot be used by %s: %w", sn.Spec.Hypervisor, target, errdefs.ErrNotImplemented)
+	}
+	return nil
 }

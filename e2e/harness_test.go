@@ -229,8 +229,8 @@ func (d *daemon) cleanup() {
 	}
 }
 
-// pids lists processes whose argv contains args in order.
-func (d *daemon) pids(args ...string) []int {
+// pidsWhere lists the processes whose argv satisfies match.
+func pidsWhere(match func(argv []string) bool) []int {
 	ents, _ := os.ReadDir("/proc")
 	var out []int
 	for _, e := range ents {
@@ -238,29 +238,23 @@ func (d *daemon) pids(args ...string) []int {
 		if _, err := fmt.Sscan(e.Name(), &pid); err != nil {
 			continue
 		}
-		argv, err := proc.Cmdline(pid)
-		if err == nil && strings.Contains(strings.Join(argv, "\x00"), strings.Join(args, "\x00")) {
+		if argv, err := proc.Cmdline(pid); err == nil && match(argv) {
 			out = append(out, pid)
 		}
 	}
 	return out
 }
 
+// pids lists processes whose argv contains args in order.
+func (d *daemon) pids(args ...string) []int {
+	want := strings.Join(args, "\x00")
+	return pidsWhere(func(argv []string) bool { return strings.Contains(strings.Join(argv, "\x00"), want) })
+}
+
 // vmmPIDs lists QEMU processes running an instance of this data directory.
 func (d *daemon) vmmPIDs() []int {
-	ents, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range ents {
-		var pid int
-		if _, err := fmt.Sscan(e.Name(), &pid); err != nil {
-			continue
-		}
-		argv, err := proc.Cmdline(pid)
-		if err == nil && strings.Contains(strings.Join(argv, " "), "mem-path="+filepath.Join(d.dataDir, "instances")) {
-			out = append(out, pid)
-		}
-	}
-	return out
+	want := "mem-path=" + filepath.Join(d.dataDir, "instances")
+	return pidsWhere(func(argv []string) bool { return strings.Contains(strings.Join(argv, " "), want) })
 }
 
 // run creates an instance and waits until its agent is ready.

@@ -276,19 +276,13 @@ func TestFailedForkLeavesNothingAndSourceRunning(t *testing.T) {
 }
 
 func TestReconcileForkIntents(t *testing.T) {
-	put := func(h *instancestest.Harness, in store.Intent) {
-		in.CreatedAt = time.Now()
-		if err := h.Store.Update(func(tx *store.Tx) error { return tx.PutIntent(in) }); err != nil {
-			t.Fatal(err)
-		}
-	}
 	t.Run("uncommitted fork rolled back", func(t *testing.T) {
 		h := newCloningHarness(t)
 		src := create(t, h, "src")
 		h.M.Standby(ctx, "src")
 		id := "forkhalfaaaaaaaaaaaaaaaa"
 		instancestest.Clone(ctx, filepath.Join(h.DataDir, "instances", src.ID), filepath.Join(h.DataDir, "instances", id))
-		put(h, store.Intent{ID: id, Op: store.OpFork, InstanceID: id, SourceID: src.ID, Pending: &store.Instance{ID: id, Name: "half"}})
+		putIntent(t, h, store.Intent{ID: id, Op: store.OpFork, InstanceID: id, SourceID: src.ID, Pending: &store.Instance{ID: id, Name: "half"}})
 		h.Restart()
 		if _, err := os.Stat(filepath.Join(h.DataDir, "instances", id)); !os.IsNotExist(err) {
 			t.Fatal("half-made fork directory survived")
@@ -301,7 +295,7 @@ func TestReconcileForkIntents(t *testing.T) {
 		h := newCloningHarness(t)
 		create(t, h, "src")
 		h.M.Standby(ctx, "src") // parked by a fork when the daemon died
-		put(h, store.Intent{ID: "resumeintentaaaaaaaaaaaa", Op: store.OpResume, InstanceID: mustGet(t, h, "src").ID})
+		putIntent(t, h, store.Intent{ID: "resumeintentaaaaaaaaaaaa", Op: store.OpResume, InstanceID: mustGet(t, h, "src").ID})
 		h.Restart()
 		// The restore runs in the background once the reconcile is done.
 		deadline := time.Now().Add(5 * time.Second)

@@ -362,17 +362,11 @@ func mustGet(t *testing.T, h *instancestest.Harness, ref string) instances.Insta
 // operation (the intent and files as the operation left them) and checks
 // the restart ends in the old or the new state, never half.
 func TestReconcileIntents(t *testing.T) {
-	put := func(h *instancestest.Harness, in store.Intent) {
-		in.CreatedAt = time.Now()
-		if err := h.Store.Update(func(tx *store.Tx) error { return tx.PutIntent(in) }); err != nil {
-			t.Fatal(err)
-		}
-	}
 	t.Run("create rolls back", func(t *testing.T) {
 		h := newHarness(t)
 		id := "abcdefghijklmnopqrstuvwx"
 		os.MkdirAll(filepath.Join(h.DataDir, "instances", id), 0o700)
-		put(h, store.Intent{ID: id, Op: store.OpCreate, InstanceID: id, Pending: &store.Instance{ID: id, Name: "half"}})
+		putIntent(t, h, store.Intent{ID: id, Op: store.OpCreate, InstanceID: id, Pending: &store.Instance{ID: id, Name: "half"}})
 		h.Restart()
 		if d := instanceDirs(t, h); len(d) != 0 {
 			t.Fatalf("half-created directory survived: %v", d)
@@ -389,7 +383,7 @@ func TestReconcileIntents(t *testing.T) {
 		if _, err := vm.SaveState(ctx); err != nil {
 			t.Fatal(err)
 		}
-		put(h, store.Intent{ID: web.ID, Op: store.OpStandby, InstanceID: web.ID})
+		putIntent(t, h, store.Intent{ID: web.ID, Op: store.OpStandby, InstanceID: web.ID})
 		h.Restart()
 		got := mustGet(t, h, "web")
 		if got.State != instances.StateStandby || h.VM(web.ID) != nil || got.CacheKey == "" {
@@ -403,7 +397,7 @@ func TestReconcileIntents(t *testing.T) {
 		h := newHarness(t)
 		web := create(t, h, "web")
 		h.VM(web.ID).Pause(ctx)
-		put(h, store.Intent{ID: web.ID, Op: store.OpStandby, InstanceID: web.ID})
+		putIntent(t, h, store.Intent{ID: web.ID, Op: store.OpStandby, InstanceID: web.ID})
 		h.Restart()
 		h.WaitRunning("web")
 		if paused, _ := h.VM(web.ID).Paused(ctx); paused {
@@ -413,7 +407,7 @@ func TestReconcileIntents(t *testing.T) {
 	t.Run("delete rolls forward", func(t *testing.T) {
 		h := newHarness(t)
 		web := create(t, h, "web")
-		put(h, store.Intent{ID: web.ID, Op: store.OpDelete, InstanceID: web.ID})
+		putIntent(t, h, store.Intent{ID: web.ID, Op: store.OpDelete, InstanceID: web.ID})
 		h.Restart()
 		if _, err := h.M.Get(ctx, "web"); !errdefs.IsNotFound(err) || len(instanceDirs(t, h)) != 0 || len(h.Fake.Live()) != 0 {
 			t.Fatalf("interrupted delete not finished: %v %v %d", err, instanceDirs(t, h), len(h.Fake.Live()))
@@ -440,5 +434,15 @@ func TestKillRecordsReason(t *testing.T) {
 	}
 	if mustGet(t, h, "other").State != instances.StateRunning {
 		t.Fatal("Kill touched another instance")
+	}
+}
+
+// putIntent plays a daemon that died inside an operation: the intent it
+// had journalled stays in the store.
+func putIntent(t *testing.T, h *instancestest.Harness, in store.Intent) {
+	t.Helper()
+	in.CreatedAt = time.Now()
+	if err := h.Store.Update(func(tx *store.Tx) error { return tx.PutIntent(in) }); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/hypervisor/drivertest"
@@ -198,18 +197,12 @@ func TestDamagedSnapshotIsRefused(t *testing.T) {
 }
 
 func TestReconcileSnapshotIntents(t *testing.T) {
-	put := func(h *instancestest.Harness, in store.Intent) {
-		in.CreatedAt = time.Now()
-		if err := h.Store.Update(func(tx *store.Tx) error { return tx.PutIntent(in) }); err != nil {
-			t.Fatal(err)
-		}
-	}
 	t.Run("partial snapshot removed", func(t *testing.T) {
 		h := newCloningHarness(t)
 		web := create(t, h, "web")
 		id := "snappartialaaaaaaaaaaaaa"
 		os.MkdirAll(filepath.Join(h.DataDir, "snapshots", id), 0o700)
-		put(h, store.Intent{ID: id, Op: store.OpSnapshot, SnapshotID: id, SourceID: web.ID})
+		putIntent(t, h, store.Intent{ID: id, Op: store.OpSnapshot, SnapshotID: id, SourceID: web.ID})
 		h.Restart()
 		if _, err := os.Stat(filepath.Join(h.DataDir, "snapshots", id)); !os.IsNotExist(err) {
 			t.Fatal("partial snapshot directory survived")
@@ -237,7 +230,7 @@ func TestReconcileSnapshotIntents(t *testing.T) {
 			if stage == "swapped" {
 				os.Rename(dir+".new", dir)
 			}
-			put(h, store.Intent{ID: web.ID, Op: store.OpSnapshotRestore, InstanceID: web.ID, SnapshotID: s.ID})
+			putIntent(t, h, store.Intent{ID: web.ID, Op: store.OpSnapshotRestore, InstanceID: web.ID, SnapshotID: s.ID})
 			h.Restart()
 			want := "snap"
 			if stage == "copied" {
