@@ -96,6 +96,9 @@ func newDaemon(t testing.TB, dataDir string) *daemon {
 	}
 	d.c = c
 	t.Cleanup(func() {
+		if t.Failed() {
+			d.keepConsoles()
+		}
 		d.cleanup()
 		if t.Failed() {
 			if raw, err := os.ReadFile(d.logPath); err == nil {
@@ -185,6 +188,23 @@ func (d *daemon) stop() {
 	if d.running() {
 		d.cmd.Process.Signal(syscall.SIGTERM)
 		<-d.exited
+	}
+}
+
+// keepConsoles appends every instance's console tail to the daemon log,
+// so a failed test shows what its guests said.
+func (d *daemon) keepConsoles() {
+	ents, _ := os.ReadDir(filepath.Join(d.dataDir, "instances"))
+	f, err := os.OpenFile(d.logPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	for _, e := range ents {
+		raw, err := os.ReadFile(filepath.Join(d.dataDir, "instances", e.Name(), "console.log"))
+		if err == nil {
+			fmt.Fprintf(f, "\n--- console of %s (last 3 KiB)\n%s\n", e.Name(), tail(raw, 3072))
+		}
 	}
 }
 

@@ -52,6 +52,9 @@ type runtime struct {
 	// instance counts as ready.
 	restored *agent.RestoreInfo
 	bootID   string
+	// stopping: an operation is shutting the guest down; a dropped agent
+	// connection is expected, not news.
+	stopping bool
 }
 
 // attachRuntime registers vm for inst and starts its watcher.
@@ -92,7 +95,12 @@ func (rt *runtime) watch() {
 			select {
 			case <-ag.Done():
 				rt.setAgent(nil)
-				rt.log.Warn("guest agent connection lost; reconnecting")
+				rt.mu.Lock()
+				stopping := rt.stopping
+				rt.mu.Unlock()
+				if !stopping {
+					rt.log.Warn("guest agent connection lost; reconnecting")
+				}
 				continue
 			case <-rt.vm.Exited():
 				rt.setAgent(nil)

@@ -52,6 +52,7 @@ func (m *Manager) stop(ctx context.Context, inst *store.Instance, graceful bool)
 func (m *Manager) haltVM(ctx context.Context, rt *runtime, graceful bool) {
 	rt.mu.Lock()
 	ag := rt.agent
+	rt.stopping = true
 	rt.mu.Unlock()
 	if graceful && ag != nil {
 		sctx, cancel := context.WithTimeout(ctx, m.cfg.StopTimeout)
