@@ -18,7 +18,7 @@ import (
 
 // counterWorkload keeps a counter in guest RAM (tmpfs) ticking, so a
 // restore that resumes anywhere but where the VM stopped shows.
-var counterWorkload = []string{"sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /dev/shm/counter; sleep 0.1; done"}
+var counterWorkload = []string{"sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /dev/shm/counter.new; mv /dev/shm/counter.new /dev/shm/counter; sleep 0.1; done"}
 
 // TestLifecycle boots one VM and takes it through the foundation's and the
 // standby/snapshot issue's lifecycle, crashes included, on XFS.
