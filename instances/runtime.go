@@ -30,6 +30,10 @@ type Agent interface {
 // retrying until the agent says hello or ctx ends.
 type AgentDialer func(ctx context.Context, vm hypervisor.VM) (Agent, error)
 
+// agentAttemptTimeout bounds one connection attempt to a guest agent. A
+// cold boot under TCG says hello in about 5 s.
+const agentAttemptTimeout = 20 * time.Second
+
 // runtime is the manager's live view of one VMM: its handle, its agent
 // connection and the watcher goroutine that keeps both current.
 type runtime struct {
@@ -130,7 +134,10 @@ func (rt *runtime) watch() {
 // is detached), configures a fresh boot and delivers a pending restore
 // notice; on success the instance is ready.
 func (rt *runtime) connect() (Agent, error) {
-	ctx, cancel := context.WithCancel(rt.ctx)
+	// One attempt is bounded: a connection on which no hello arrives is
+	// dropped and the next attempt opens a fresh one, which makes the
+	// guest reset its end of the channel.
+	ctx, cancel := context.WithTimeout(rt.ctx, agentAttemptTimeout)
 	defer cancel()
 	go func() { // bounded by connect's return
 		select {
