@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -214,13 +215,30 @@ func TestLifecycle(t *testing.T) {
 		}
 	})
 
-	t.Run("stop, start, delete leave nothing", func(t *testing.T) {
+	t.Run("VMM killed, start, delete leave nothing", func(t *testing.T) {
 		ensureState(t, d, "web", "Running")
-		if in, err := d.c.StopInstance(ctx, "web"); err != nil || in.State != "Stopped" {
-			t.Fatalf("stop: %+v %v", in.State, err)
+		for _, pid := range d.vmmPIDs() {
+			syscall.Kill(pid, syscall.SIGKILL) // QEMU dies under the daemon
 		}
-		if pids := d.vmmPIDs(); len(pids) != 0 {
-			t.Fatalf("stop left VMMs: %v", pids)
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			in, err := d.c.GetInstance(ctx, "web")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if in.State == "Stopped" {
+				if in.ExitMessage == "" || in.StoppedAt == nil {
+					t.Fatalf("a dead VMM recorded without a reason: %+v", in)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("instance %s 30 s after its VMM died", in.State)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if _, err := d.c.Exec(ctx, "web", client.ExecOptions{Command: []string{"true"}}); !errdefs.IsInvalidState(err) {
+			t.Fatalf("exec into an instance whose VMM died: %v", err)
 		}
 		if _, err := d.c.StartInstance(ctx, "web"); err != nil {
 			t.Fatal(err)

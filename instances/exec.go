@@ -109,3 +109,8 @@ func stuck(state, target State) bool {
 	}
 	return false
 }
+
+// errNotRunnable is returned when exec targets an instance without a VMM.
+func errNotRunnable(inst store.Instance, state State) error {
+	return fmt.Errorf("instance %s is %s, not Running: %w", inst.Name, state, errdefs.ErrInvalidState)
+}

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"fmt"
 
-	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/guest/agent"
 	"github.com/zygote/zygote/internal/crashpoint"
 	"github.com/zygote/zygote/store"
@@ -80,11 +79,6 @@ func (m *Manager) awaitRestored(ctx context.Context, inst *store.Instance, rt *r
 		}
 	}
 	return nil
-}
-
-// errNotRunnable is returned when exec targets an instance without a VMM.
-func errNotRunnable(inst store.Instance, state State) error {
-	return fmt.Errorf("instance %s is %s, not Running: %w", inst.Name, state, errdefs.ErrInvalidState)
 }
 
 func randomBytes(n int) []byte {

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/zygote/zygote/guest/agentproto"
 	"github.com/zygote/zygote/hypervisor"
 )
 
@@ -19,7 +20,7 @@ const (
 )
 
 // AgentPortName is the virtio-serial port name the guest agent looks for.
-const AgentPortName = "zygote.agent"
+const AgentPortName = agentproto.AgentPortName
 
 // maxUnixPath is sun_path's size minus the terminating NUL.
 const maxUnixPath = 107
