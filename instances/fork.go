@@ -139,7 +139,7 @@ func (m *Manager) forkInstance(ctx context.Context, src *store.Instance, state S
 			return nil, perr
 		}
 		crashpoint.Hit(crashpoint.ForkParked)
-		defer func() { err = errors.Join(err, resume()) }()
+		defer resume()
 	}
 	fs := forkSource{
 		dir: m.instanceDir(src.ID), spec: src.Spec, cacheKey: src.CacheKey, bootID: src.BootID,
@@ -151,22 +151,25 @@ func (m *Manager) forkInstance(ctx context.Context, src *store.Instance, state S
 
 // park puts a running instance in standby for a copy and returns the
 // function that restores it. An OpResume intent covers the time between:
-// after a crash the reconcile restores the source.
-func (m *Manager) park(ctx context.Context, inst *store.Instance) (func() error, error) {
+// after a crash the reconcile restores the source. The copy has been made
+// when resume runs, so a failure to restore the source does not fail the
+// call: it is logged, the intent stays, and the next daemon start (or the
+// user) restores the source.
+func (m *Manager) park(ctx context.Context, inst *store.Instance) (resume func(), err error) {
 	intent := store.Intent{ID: ids.New(), Op: store.OpResume, InstanceID: inst.ID}
 	if err := m.putIntent(intent); err != nil {
 		return nil, err
 	}
-	if _, err := m.standby(ctx, inst); err != nil {
+	if _, err := m.standby(ctx, inst, false); err != nil {
 		m.dropIntent(intent.ID)
 		return nil, fmt.Errorf("park the source: %w", err)
 	}
-	return func() error {
-		defer m.dropIntent(intent.ID)
+	return func() {
 		if err := m.restore(context.WithoutCancel(ctx), inst); err != nil {
-			return fmt.Errorf("restore the source after the copy: %w", err)
+			m.log.Error("restore the source after the copy; it stays parked until restored", "instance", inst.ID, "name", inst.Name, "err", err)
+			return
 		}
-		return nil
+		m.dropIntent(intent.ID)
 	}, nil
 }
 
@@ -204,8 +207,11 @@ func (m *Manager) ForkSnapshot(ctx context.Context, snapRef string, req ForkRequ
 	return out, nil
 }
 
-// forkFrom makes one fork per name from src, all or nothing: a failure
-// deletes every fork this call made.
+// forkFrom makes one fork per name from src, all or nothing. Each fork is
+// locked before its record becomes visible and stays locked until it has
+// reached its target state, so nobody acts on a half-made fork. One intent
+// names every fork of the call: a crash before the call returns removes
+// them all.
 func (m *Manager) forkFrom(ctx context.Context, src forkSource, forkNames []string, target State) ([]Instance, error) {
 	for i, name := range forkNames {
 		if err := m.reserveName(name); err != nil {
@@ -220,28 +226,41 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, forkNames []stri
 			m.releaseName(n)
 		}
 	}()
+	forks := make([]store.Instance, len(forkNames))
+	members := make([]string, len(forkNames))
+	for i, name := range forkNames {
+		forks[i] = m.newFork(src, name)
+		members[i] = forks[i].ID
+		l := m.lockFor(forks[i].ID)
+		if err := l.lock(ctx); err != nil { // fresh ids: never contended
+			return nil, err
+		}
+		defer l.unlock()
+	}
+	intent := store.Intent{ID: ids.New(), Op: store.OpFork, SourceID: src.origin.InstanceID, Members: members}
+	if err := m.putIntent(intent); err != nil {
+		return nil, err
+	}
 	undo := cleanup.New()
 	defer func() {
 		if err := undo.Run(ctx); err != nil {
 			m.log.Error("roll back fork", "err", err)
 		}
 	}()
+	undo.Add("drop fork intent", func(context.Context) error { m.dropIntent(intent.ID); return nil })
 	begin := time.Now()
-	forks := make([]store.Instance, len(forkNames))
-	for i, name := range forkNames {
-		f, err := m.copyFork(ctx, src, name)
-		if err != nil {
+	for i := range forks {
+		f := &forks[i]
+		undo.Add("delete fork "+f.Name, func(ctx context.Context) error { return m.removeFork(ctx, f.ID) })
+		if err := m.copyFork(ctx, src, f); err != nil {
 			return nil, err
 		}
-		forks[i] = f
-		undo.Add("delete fork "+name, func(ctx context.Context) error {
-			return m.deleteFork(ctx, f.ID)
-		})
 	}
 	copied := time.Since(begin)
 	if err := m.bringAll(ctx, forks, target); err != nil {
 		return nil, err
 	}
+	m.dropIntent(intent.ID)
 	undo.Release()
 	out := make([]Instance, len(forks))
 	for i, f := range forks {
@@ -252,10 +271,10 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, forkNames []stri
 	return out, nil
 }
 
-// copyFork creates one fork in the state of its source's files (Standby
-// with memory, else Stopped): intent, copy, commit. Its cache key is the
-// source's: the copy is byte-identical.
-func (m *Manager) copyFork(ctx context.Context, src forkSource, name string) (store.Instance, error) {
+// newFork is the record of a fork in the state of its source's files
+// (Standby with memory, else Stopped). Its cache key is the source's: the
+// copy is byte-identical.
+func (m *Manager) newFork(src forkSource, name string) store.Instance {
 	f := store.Instance{
 		ID: ids.New(), Name: name, Spec: src.spec, CreatedAt: now(), Hostname: name,
 		BootID: src.bootID, ForkedFrom: &src.origin, State: store.Stopped,
@@ -263,38 +282,35 @@ func (m *Manager) copyFork(ctx context.Context, src forkSource, name string) (st
 	if src.hasMemory {
 		f.State, f.CacheKey, f.NewIdentity = store.Standby, src.cacheKey, true
 	}
-	intent := store.Intent{ID: f.ID, Op: store.OpFork, InstanceID: f.ID, SourceID: src.origin.InstanceID, Pending: &f}
-	if err := m.putIntent(intent); err != nil {
-		return f, err
-	}
+	return f
+}
+
+// copyFork copies the source's files into the fork's own directory and
+// commits its record. The caller holds the fork's lock.
+func (m *Manager) copyFork(ctx context.Context, src forkSource, f *store.Instance) error {
 	dir := m.instanceDir(f.ID)
-	fail := func(err error) (store.Instance, error) {
-		os.RemoveAll(dir)
-		m.dropIntent(intent.ID)
-		return f, err
-	}
 	if _, err := m.clone(ctx, src.dir, dir); err != nil {
-		return fail(fmt.Errorf("copy %s: %w", filepath.Base(src.dir), err))
+		return fmt.Errorf("copy %s: %w", filepath.Base(src.dir), err)
 	}
 	if src.manifest {
 		if err := os.Remove(filepath.Join(dir, snapshots.ManifestName)); err != nil {
-			return fail(err)
+			return err
 		}
 	}
 	if !src.hasMemory {
 		if d, err := m.driver(f.Spec.Hypervisor); err == nil {
-			d.DiscardSavedState(dir)
+			if err := d.DiscardSavedState(dir); err != nil {
+				return err
+			}
 		}
 	}
 	crashpoint.Hit(crashpoint.ForkCopied)
-	if err := m.commit(f, intent.ID); err != nil {
-		return fail(err)
-	}
-	return f, nil
+	return m.putInstance(*f)
 }
 
-// bringAll brings fresh forks to target, several at a time: restores of
-// forks are independent, and a batch is only as fast as its slowest.
+// bringAll brings fresh forks (whose locks the caller holds) to target,
+// several at a time: restores of forks are independent, and a batch is
+// only as fast as its slowest.
 func (m *Manager) bringAll(ctx context.Context, forks []store.Instance, target State) error {
 	const parallel = 8
 	sem := make(chan struct{}, parallel)
@@ -306,12 +322,6 @@ func (m *Manager) bringAll(ctx context.Context, forks []store.Instance, target S
 		go func() { // owner: bringAll, which waits for it
 			defer wg.Done()
 			defer func() { <-sem }()
-			l := m.lockFor(forks[i].ID)
-			if err := l.lock(ctx); err != nil {
-				errs[i] = err
-				return
-			}
-			defer l.unlock()
 			if err := m.bringTo(ctx, &forks[i], target); err != nil {
 				errs[i] = fmt.Errorf("bring fork %s to %s: %w", forks[i].Name, target, err)
 			}
@@ -321,28 +331,36 @@ func (m *Manager) bringAll(ctx context.Context, forks []store.Instance, target S
 	return errors.Join(errs...)
 }
 
-// deleteFork removes a fork made by a failed call.
-func (m *Manager) deleteFork(ctx context.Context, id string) error {
-	l := m.lockFor(id)
-	if err := l.lock(ctx); err != nil {
-		return err
-	}
-	defer l.unlock()
+// removeFork deletes a fork a failed call made (the caller holds its
+// lock): its VMM, its directory and its record if committed.
+func (m *Manager) removeFork(ctx context.Context, id string) error {
 	var inst store.Instance
 	if err := m.store.View(func(tx *store.Tx) (err error) { inst, err = tx.Instance(id); return }); err != nil {
+		if errdefs.IsNotFound(err) {
+			return os.RemoveAll(m.instanceDir(id))
+		}
 		return err
 	}
 	return m.delete(ctx, inst, true)
 }
 
-// reconcileForkIntent rolls back a fork a crash interrupted before its
-// commit.
+// reconcileForkIntent removes every fork of a call a crash interrupted:
+// forks are all or nothing, and the client never heard of these.
 func (m *Manager) reconcileForkIntent(ctx context.Context, in store.Intent) error {
-	var exists bool
-	m.store.View(func(tx *store.Tx) error { _, err := tx.Instance(in.InstanceID); exists = err == nil; return nil })
-	if exists {
-		return nil
+	var errs []error
+	for _, id := range in.Members {
+		m.killVMMs(ctx, store.Instance{ID: id})
+		if err := os.RemoveAll(m.instanceDir(id)); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		err := m.store.Update(func(tx *store.Tx) error {
+			if err := tx.DeleteInstance(id); err != nil && !errdefs.IsNotFound(err) {
+				return err
+			}
+			return nil
+		})
+		errs = append(errs, err)
 	}
-	m.killVMMs(ctx, store.Instance{ID: in.InstanceID})
-	return os.RemoveAll(m.instanceDir(in.InstanceID))
+	return errors.Join(errs...)
 }

@@ -276,19 +276,31 @@ func TestFailedForkLeavesNothingAndSourceRunning(t *testing.T) {
 }
 
 func TestReconcileForkIntents(t *testing.T) {
-	t.Run("uncommitted fork rolled back", func(t *testing.T) {
+	t.Run("unfinished call rolled back, committed forks included", func(t *testing.T) {
 		h := newCloningHarness(t)
 		src := create(t, h, "src")
 		h.M.Standby(ctx, "src")
-		id := "forkhalfaaaaaaaaaaaaaaaa"
-		instancestest.Clone(ctx, filepath.Join(h.DataDir, "instances", src.ID), filepath.Join(h.DataDir, "instances", id))
-		putIntent(t, h, store.Intent{ID: id, Op: store.OpFork, InstanceID: id, SourceID: src.ID, Pending: &store.Instance{ID: id, Name: "half"}})
+		// One fork of the call was committed (and even restored), the
+		// other was still being copied when the daemon died.
+		done := fork(t, h, "src", instances.ForkRequest{Name: "done"})
+		h.M.Restore(ctx, "done")
+		half := "forkhalfaaaaaaaaaaaaaaaa"
+		instancestest.Clone(ctx, filepath.Join(h.DataDir, "instances", src.ID), filepath.Join(h.DataDir, "instances", half))
+		putIntent(t, h, store.Intent{ID: "forkcallaaaaaaaaaaaaaaaa", Op: store.OpFork, SourceID: src.ID, Members: []string{done.ID, half}})
 		h.Restart()
-		if _, err := os.Stat(filepath.Join(h.DataDir, "instances", id)); !os.IsNotExist(err) {
-			t.Fatal("half-made fork directory survived")
+		for _, id := range []string{done.ID, half} {
+			if _, err := os.Stat(filepath.Join(h.DataDir, "instances", id)); !os.IsNotExist(err) {
+				t.Fatalf("fork %s of an interrupted call survived on disk", id)
+			}
 		}
-		if _, err := h.M.Get(ctx, "half"); !errdefs.IsNotFound(err) {
-			t.Fatal("half-made fork visible")
+		if _, err := h.M.Get(ctx, "done"); !errdefs.IsNotFound(err) {
+			t.Fatal("a fork of an interrupted call is visible")
+		}
+		if h.VM(done.ID) != nil {
+			t.Fatal("the VMM of a rolled-back fork still runs")
+		}
+		if _, err := h.M.Restore(ctx, "src"); err != nil {
+			t.Fatalf("the source was harmed: %v", err)
 		}
 	})
 	t.Run("parked source restored", func(t *testing.T) {
@@ -306,4 +318,31 @@ func TestReconcileForkIntents(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	})
+}
+
+// TestForkSucceedsWhenTheSourceFailsToResume: once the forks are made, a
+// failure to restore the parked source does not undo them or fail the
+// call; the source stays parked and the next daemon start restores it.
+func TestForkSucceedsWhenTheSourceFailsToResume(t *testing.T) {
+	h := newCloningHarness(t)
+	create(t, h, "src")
+	h.Fake.FailNext("Restore", errors.New("injected restore failure"))
+	out, err := h.M.Fork(ctx, "src", instances.ForkRequest{Name: "child", FromRunning: true, TargetState: instances.StateStandby})
+	if err != nil || len(out) != 1 {
+		t.Fatalf("fork: %v", err)
+	}
+	if got := mustGet(t, h, "src"); got.State != instances.StateStandby {
+		t.Fatalf("source after a failed resume: %s", got.State)
+	}
+	h.Restart()
+	deadline := time.Now().Add(5 * time.Second)
+	for mustGet(t, h, "src").State != instances.StateRunning {
+		if time.Now().After(deadline) {
+			t.Fatal("the next daemon did not restore the parked source")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := mustGet(t, h, "child"); got.State != instances.StateStandby {
+		t.Fatalf("fork: %s", got.State)
+	}
 }

@@ -2,7 +2,6 @@ package instances
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -109,7 +108,7 @@ func (m *Manager) snapshotLocked(ctx context.Context, inst *store.Instance, req 
 		if err != nil {
 			return snap, err
 		}
-		defer func() { err = errors.Join(err, resume()) }()
+		defer resume()
 	}
 	return m.copyToSnapshot(ctx, *inst, req)
 }
@@ -272,14 +271,19 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, ref, snapRef string, targ
 		return Instance{}, err
 	}
 	defer unlock()
+	// Check ownership before taking the snapshot's lock: a fork of that
+	// snapshot holds it while it waits for its own (new) instances, and an
+	// instance that is not the snapshot's source may be one of those.
+	if snap, err := m.GetSnapshot(ctx, snapRef); err != nil {
+		return Instance{}, err
+	} else if snap.SourceInstanceID != inst.ID {
+		return Instance{}, fmt.Errorf("snapshot %s belongs to instance %s, not %s: %w", snap.ID, snap.SourceInstanceName, inst.Name, errdefs.ErrInvalidArgument)
+	}
 	snap, sunlock, err := m.lockSnapshot(ctx, snapRef)
 	if err != nil {
 		return Instance{}, err
 	}
 	defer sunlock()
-	if snap.SourceInstanceID != inst.ID {
-		return Instance{}, fmt.Errorf("snapshot %s belongs to instance %s, not %s: %w", snap.ID, snap.SourceInstanceName, inst.Name, errdefs.ErrInvalidArgument)
-	}
 	if target, err = targetFor(snap.Kind, target); err != nil {
 		return Instance{}, err
 	}

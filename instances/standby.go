@@ -23,7 +23,7 @@ func (m *Manager) Standby(ctx context.Context, ref string) (Instance, error) {
 		return Instance{}, invalidState("standby", inst, v.State)
 	}
 	done := m.metrics.op("standby")
-	_, err = m.standby(ctx, &inst)
+	_, err = m.standby(ctx, &inst, true)
 	done(err)
 	if err != nil {
 		return Instance{}, fmt.Errorf("standby %s: %w", inst.Name, err)
@@ -43,7 +43,10 @@ func (m *Manager) Standby(ctx context.Context, ref string) (Instance, error) {
 //     final now, and differs from whatever any earlier key named.
 //
 // Until step 3 succeeds a failure resumes the VM and it stays Running.
-func (m *Manager) standby(ctx context.Context, inst *store.Instance) (hypervisor.SaveStats, error) {
+//
+// densify asks for the background rewrite of a fragmented memory file
+// (densify.go); a park for a copy skips it: the source runs again at once.
+func (m *Manager) standby(ctx context.Context, inst *store.Instance, densify bool) (hypervisor.SaveStats, error) {
 	rt := m.runtimeOf(inst.ID)
 	if rt == nil {
 		return hypervisor.SaveStats{}, invalidState("standby", *inst, StateUnknown)
@@ -72,7 +75,9 @@ func (m *Manager) standby(ctx context.Context, inst *store.Instance) (hypervisor
 		return stats, err
 	}
 	m.metrics.standbyStateBytes.Observe(float64(stats.StateBytes))
-	m.densifyLater(*inst)
+	if densify {
+		m.densifyLater(*inst)
+	}
 	rt.log.Info("instance parked", "state_bytes", stats.StateBytes, "save", stats.Duration)
 	return stats, nil
 }

@@ -144,7 +144,10 @@ type Intent struct {
 	// if the operation is rolled back.
 	VMM *Process `json:"vmm,omitempty"`
 	// Pending is the record the operation will commit, for ops whose
-	// result is a new record (create, fork).
-	Pending   *Instance `json:"pending,omitempty"`
+	// result is a new record (create).
+	Pending *Instance `json:"pending,omitempty"`
+	// Members are the instances a fork call makes: all of them or none
+	// survive a crash.
+	Members   []string  `json:"members,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 }
