@@ -116,6 +116,11 @@ func (m *Manager) releaseName(name string) {
 // Create makes a new instance and boots it. It returns once the VMM runs;
 // the guest finishes booting in the background (Initializing → Running).
 func (m *Manager) Create(ctx context.Context, req CreateRequest) (Instance, error) {
+	leave, err := m.enter()
+	if err != nil {
+		return Instance{}, err
+	}
+	defer leave()
 	if err := m.validateCreate(&req); err != nil {
 		return Instance{}, err
 	}

@@ -11,6 +11,11 @@ import (
 // Delete removes an instance in any state: it stops the VM first
 // (gracefully unless force), then removes its directory and its record.
 func (m *Manager) Delete(ctx context.Context, ref string, force bool) error {
+	leave, err := m.enter()
+	if err != nil {
+		return err
+	}
+	defer leave()
 	inst, unlock, err := m.lockInstance(ctx, ref)
 	if err != nil {
 		return err

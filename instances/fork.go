@@ -83,6 +83,11 @@ type forkSource struct {
 //	validate → lock the source → park it if running → copy → commit
 //	→ bring the forks to their target state → restore the source
 func (m *Manager) Fork(ctx context.Context, ref string, req ForkRequest) ([]Instance, error) {
+	leave, err := m.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer leave()
 	forkNames, err := forkNames(req)
 	if err != nil {
 		return nil, err
@@ -175,6 +180,11 @@ func (m *Manager) park(ctx context.Context, inst *store.Instance) (resume func()
 
 // ForkSnapshot makes new instances from a snapshot.
 func (m *Manager) ForkSnapshot(ctx context.Context, snapRef string, req ForkRequest) ([]Instance, error) {
+	leave, err := m.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer leave()
 	if req.FromRunning {
 		return nil, fmt.Errorf("from_running applies to instances, not snapshots: %w", errdefs.ErrInvalidArgument)
 	}

@@ -9,6 +9,11 @@ import (
 // died: a vCPU touching a missing page would hang forever) and records
 // why. Unknown ids and instances that are not running are skipped.
 func (m *Manager) Kill(ctx context.Context, ids []string, reason string) {
+	leave, err := m.enter()
+	if err != nil {
+		return
+	}
+	defer leave()
 	for _, id := range ids {
 		inst, unlock, err := m.lockInstance(ctx, id)
 		if err != nil {

@@ -63,6 +63,7 @@ type Manager struct {
 	resumeQueue []string
 
 	watchers sync.WaitGroup // runtime watchers and background jobs
+	ops      sync.WaitGroup // operations in flight (enter/leave)
 
 	densifySem chan struct{}      // one background densify at a time
 	closing    chan struct{}      // closed by Close: background jobs stop
@@ -116,15 +117,33 @@ func New(cfg Config) (*Manager, error) {
 	return m, nil
 }
 
-// Close detaches from every VM and leaves them running: a restarted daemon
-// adopts them.
+// enter admits an operation, or refuses it once Close has begun; call the
+// returned func when the operation is done.
+func (m *Manager) enter() (func(), error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, fmt.Errorf("the daemon is shutting down: %w", errdefs.ErrUnavailable)
+	}
+	m.ops.Add(1)
+	return m.ops.Done, nil
+}
+
+// Close refuses new operations, waits for those in flight, stops the
+// background jobs, and detaches from every VM, leaving them running: a
+// restarted daemon adopts them.
 func (m *Manager) Close() error {
 	m.mu.Lock()
-	if !m.closed {
-		close(m.closing)
-		m.stopAll()
-	}
+	wasClosed := m.closed
 	m.closed = true
+	m.mu.Unlock()
+	if wasClosed {
+		return nil
+	}
+	m.ops.Wait()
+	close(m.closing)
+	m.stopAll()
+	m.mu.Lock()
 	rts := make([]*runtime, 0, len(m.runtimes))
 	for _, rt := range m.runtimes {
 		rts = append(rts, rt)

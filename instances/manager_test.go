@@ -446,3 +446,20 @@ func putIntent(t *testing.T, h *instancestest.Harness, in store.Intent) {
 		t.Fatal(err)
 	}
 }
+
+func TestClosedManagerRefusesOperations(t *testing.T) {
+	h := newHarness(t)
+	create(t, h, "web")
+	if err := h.M.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.M.Create(ctx, instances.CreateRequest{Name: "late"}); !errdefs.IsUnavailable(err) {
+		t.Fatalf("create after Close: %v, want Unavailable", err)
+	}
+	if _, err := h.M.Standby(ctx, "web"); !errdefs.IsUnavailable(err) {
+		t.Fatalf("standby after Close: %v, want Unavailable", err)
+	}
+	if h.VM(mustGet(t, h, "web").ID) == nil {
+		t.Fatal("Close stopped a VM; it must leave them running for the next daemon")
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/zygote/zygote/clone"
+	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/guest/agent"
 	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/internal/ids"
@@ -231,7 +232,11 @@ func (m *Manager) reconcileInstance(ctx context.Context, inst store.Instance) er
 }
 
 // adoptAny attaches to the instance's live VMM: the recorded one, else any
-// process the driver recognises as running this instance's directory.
+// process the driver recognises as running this instance's directory. A
+// VMM it cannot attach to after a few tries (a wedged monitor) is killed,
+// so a nil result always means no VMM runs this directory: the caller may
+// then record the instance Stopped and discard its memory without
+// stranding a live guest.
 func (m *Manager) adoptAny(ctx context.Context, inst store.Instance) hypervisor.VM {
 	d, err := m.driver(inst.Spec.Hypervisor)
 	if err != nil {
@@ -245,18 +250,24 @@ func (m *Manager) adoptAny(ctx context.Context, inst store.Instance) hypervisor.
 	found, _ := d.Find(spec)
 	cands = append(cands, found...)
 	for _, p := range cands {
-		vm, err := d.Attach(ctx, spec, p)
-		if err == nil {
-			// Any other VMM for this directory is a leftover.
-			for _, other := range found {
-				if other != p {
-					m.killVMM(ctx, d, spec, other)
+		for attempt := 1; attempt <= 3; attempt++ {
+			vm, err := d.Attach(ctx, spec, p)
+			if err == nil {
+				// Any other VMM for this directory is a leftover.
+				for _, other := range found {
+					if other != p {
+						m.killVMM(ctx, d, spec, other)
+					}
 				}
+				return vm
 			}
-			return vm
+			m.log.Warn("reconcile: cannot attach to the VMM", "instance", inst.ID, "pid", p.PID, "attempt", attempt, "err", err)
+			if errdefs.IsNotFound(err) {
+				break // gone, or not this instance's
+			}
 		}
-		m.log.Debug("reconcile: cannot attach", "instance", inst.ID, "pid", p.PID, "err", err)
 	}
+	m.killVMMs(ctx, inst)
 	return nil
 }
 
@@ -334,9 +345,12 @@ func (m *Manager) removeOrphans(ctx context.Context, known map[string]bool) erro
 // done, a source that a fork or snapshot parked when a crash hit: it was
 // Running before the operation and must be again.
 func (m *Manager) resumeAfterReconcile(id string) {
-	m.watchers.Add(1)
-	go func() { // owner: the manager (Close waits for it)
-		defer m.watchers.Done()
+	leave, err := m.enter()
+	if err != nil {
+		return
+	}
+	go func() { // owner: the manager: an operation Close waits for
+		defer leave()
 		ctx := context.Background()
 		l := m.lockFor(id)
 		if err := l.lock(ctx); err != nil {

@@ -14,6 +14,11 @@ import (
 // guest agent has answered and has been told about the restore (clock
 // step, fresh entropy, and a new identity for a fork's first restore).
 func (m *Manager) Restore(ctx context.Context, ref string) (Instance, error) {
+	leave, err := m.enter()
+	if err != nil {
+		return Instance{}, err
+	}
+	defer leave()
 	inst, unlock, err := m.lockInstance(ctx, ref)
 	if err != nil {
 		return Instance{}, err

@@ -63,7 +63,9 @@ type runtime struct {
 
 // attachRuntime registers vm for inst and starts its watcher.
 func (m *Manager) attachRuntime(inst store.Instance, vm hypervisor.VM, restored *agent.RestoreInfo) *runtime {
-	ctx, cancel := context.WithCancel(context.Background())
+	// Under the manager's closing context: Close stops every watcher, even
+	// one attached after it listed the runtimes.
+	ctx, cancel := context.WithCancel(m.closingCtx)
 	rt := &runtime{
 		m: m, id: inst.ID, vm: vm, ctx: ctx, cancel: cancel, done: make(chan struct{}),
 		log: m.log.With("instance", inst.ID, "name", inst.Name),

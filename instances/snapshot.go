@@ -59,6 +59,11 @@ func ParseSnapshotKind(s string) (store.SnapshotKind, error) {
 // the copy fails). A Standby snapshot of a Standby instance copies it as
 // it is. A Stopped snapshot needs a Stopped instance and holds no memory.
 func (m *Manager) CreateSnapshot(ctx context.Context, ref string, req SnapshotRequest) (store.Snapshot, error) {
+	leave, err := m.enter()
+	if err != nil {
+		return store.Snapshot{}, err
+	}
+	defer leave()
 	if _, err := ParseSnapshotKind(string(req.Kind)); err != nil {
 		return store.Snapshot{}, err
 	}
@@ -229,6 +234,11 @@ func (m *Manager) lockSnapshot(ctx context.Context, ref string) (store.Snapshot,
 // DeleteSnapshot removes a snapshot. Instances forked from it, and its
 // source, are untouched: they own their files.
 func (m *Manager) DeleteSnapshot(ctx context.Context, ref string) error {
+	leave, err := m.enter()
+	if err != nil {
+		return err
+	}
+	defer leave()
 	snap, unlock, err := m.lockSnapshot(ctx, ref)
 	if err != nil {
 		return err
@@ -266,6 +276,11 @@ func (m *Manager) verifiedSnapshot(snap store.Snapshot) error {
 // own snapshots, then brings it to target (default: Running for a Standby
 // snapshot, Stopped for a Stopped one). The instance must not be Running.
 func (m *Manager) RestoreSnapshot(ctx context.Context, ref, snapRef string, target State) (Instance, error) {
+	leave, err := m.enter()
+	if err != nil {
+		return Instance{}, err
+	}
+	defer leave()
 	inst, unlock, err := m.lockInstance(ctx, ref)
 	if err != nil {
 		return Instance{}, err

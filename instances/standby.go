@@ -14,6 +14,11 @@ import (
 // its device state is saved beside it, and its VMM exits. The VM then costs
 // no CPU and no RAM, only disk.
 func (m *Manager) Standby(ctx context.Context, ref string) (Instance, error) {
+	leave, err := m.enter()
+	if err != nil {
+		return Instance{}, err
+	}
+	defer leave()
 	inst, unlock, err := m.lockInstance(ctx, ref)
 	if err != nil {
 		return Instance{}, err

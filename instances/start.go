@@ -33,6 +33,11 @@ func (m *Manager) boot(ctx context.Context, inst *store.Instance) (hypervisor.VM
 
 // Start boots a stopped instance.
 func (m *Manager) Start(ctx context.Context, ref string) (Instance, error) {
+	leave, err := m.enter()
+	if err != nil {
+		return Instance{}, err
+	}
+	defer leave()
 	inst, unlock, err := m.lockInstance(ctx, ref)
 	if err != nil {
 		return Instance{}, err

@@ -12,6 +12,11 @@ import (
 // then hard after Config.StopTimeout), or discards a standby instance's
 // saved memory. Either way it ends Stopped.
 func (m *Manager) Stop(ctx context.Context, ref string) (Instance, error) {
+	leave, err := m.enter()
+	if err != nil {
+		return Instance{}, err
+	}
+	defer leave()
 	inst, unlock, err := m.lockInstance(ctx, ref)
 	if err != nil {
 		return Instance{}, err

@@ -139,7 +139,9 @@ func serve(ctx context.Context, cfg serveConfig) error {
 	if err != nil {
 		return err
 	}
-	if err := m.Reconcile(ctx); err != nil {
+	// Not on the signal context: a reconcile cut short by ^C would take
+	// VMMs it could not attach to for dead ones.
+	if err := m.Reconcile(context.WithoutCancel(ctx)); err != nil {
 		log.Error("startup reconcile finished with errors", "err", err)
 	}
 	defer m.Close()
