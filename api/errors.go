@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"syscall"
 
 	"github.com/zygote/zygote/errdefs"
 )
@@ -26,6 +27,8 @@ var errorClasses = []struct {
 	{errdefs.ErrNotImplemented, http.StatusNotImplemented, "not_supported"},
 	{errdefs.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
 	{errdefs.ErrResourceExhausted, http.StatusInsufficientStorage, "insufficient_storage"},
+	// A full disk is a full disk whichever layer hit it.
+	{syscall.ENOSPC, http.StatusInsufficientStorage, "insufficient_storage"},
 }
 
 // toHTTP returns the status and body for err.

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -49,7 +50,11 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	}
 	out.tags = req.StreamTags
 
-	ctx := r.Context()
+	// A hijacked connection's request context is not cancelled when the
+	// client leaves: the reader cancels this one, which kills the guest
+	// process (^C on `zygote exec` must not leave it running).
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
 	stdinR, stdinW := io.Pipe()
 	readerDone := make(chan struct{})
 	go func() { // owner: this handler; ends when the connection closes
@@ -58,6 +63,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 			mt, raw, err := conn.ReadMessage()
 			if err != nil {
 				stdinW.CloseWithError(fmt.Errorf("exec client went away: %w", err))
+				cancel()
 				return
 			}
 			if mt == websocket.TextMessage && req.StreamTags {

@@ -16,8 +16,12 @@ import (
 	"github.com/zygote/zygote/errdefs"
 )
 
-// maxTailRead bounds how much of a log file a tail reads.
-const maxTailRead = 8 << 20
+// maxTailRead bounds how much of a log file a tail reads; maxLine how much
+// of a line without a newline a follow buffers before sending it.
+const (
+	maxTailRead = 8 << 20
+	maxLine     = 64 << 10
+)
 
 // logs streams a log as server-sent events, one JSON string per line, the
 // wire format hypeman's SDK decodes.
@@ -106,6 +110,12 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 				data = data[i+1:]
 			}
 			partial = append([]byte(nil), data...)
+			if len(partial) > maxLine { // a guest printing without newlines
+				if send(string(partial)) != nil {
+					return
+				}
+				wrote, partial = true, nil
+			}
 			if err != nil || n == 0 {
 				break
 			}

@@ -278,6 +278,9 @@ func ensureState(t *testing.T, d *daemon, ref, want string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if in.State == "Initializing" { // adopted, its agent reconnecting
+		in = d.waitRunning(ref)
+	}
 	switch {
 	case in.State == want:
 	case want == "Standby" && in.State == "Running":

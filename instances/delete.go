@@ -51,6 +51,13 @@ func (m *Manager) delete(ctx context.Context, inst store.Instance, force bool) e
 		}
 		return tx.DeleteIntent(intent.ID)
 	})
+	if err == nil {
+		// The lock entry goes too (the map would grow with every sandbox
+		// ever run); whoever still waits on it re-reads and finds nothing.
+		m.mu.Lock()
+		delete(m.locks, inst.ID)
+		m.mu.Unlock()
+	}
 	m.notify()
 	return err
 }

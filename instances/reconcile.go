@@ -54,6 +54,7 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	known := map[string]bool{}
 	for _, inst := range recs {
 		known[inst.ID] = true
+		m.sweepTemporaries(inst.ID)
 		if m.runtimeOf(inst.ID) != nil {
 			continue // adopted while reconciling its intent
 		}
@@ -191,11 +192,7 @@ func (m *Manager) reconcileIntent(ctx context.Context, in store.Intent) error {
 			if paused, err := vm.Paused(ctx); err == nil && paused {
 				vm.Resume(ctx)
 			}
-			notice := &agent.RestoreInfo{Entropy: randomBytes(64)}
-			if inst.NewIdentity {
-				notice.Hostname = inst.Hostname
-			}
-			m.attachRuntime(inst, vm, notice)
+			m.attachRuntime(inst, vm, restoreNotice(inst))
 			return nil
 		}
 		m.markStopped(&inst, "the VMM exited during an interrupted restore")
@@ -223,7 +220,11 @@ func (m *Manager) reconcileInstance(ctx context.Context, inst store.Instance) er
 				return err
 			}
 		}
-		m.attachRuntime(inst, vm, nil)
+		var notice *agent.RestoreInfo
+		if inst.RestorePending {
+			notice = restoreNotice(inst) // the last daemon died before telling the guest
+		}
+		m.attachRuntime(inst, vm, notice)
 		m.log.Info("reconcile: adopted running VMM", "instance", inst.ID, "name", inst.Name, "pid", vm.Process().PID)
 	default:
 		m.killVMMs(ctx, inst)
@@ -313,8 +314,9 @@ func (m *Manager) removeOrphans(ctx context.Context, known map[string]bool) erro
 		if known[e.Name()] {
 			continue
 		}
-		if base, ok := swapLeftover(e.Name()); ok && known[base] {
-			// A snapshot restore committed, then crashed before cleanup.
+		if _, ok := swapLeftover(e.Name()); ok {
+			// A snapshot restore committed, then crashed before cleanup
+			// (or its instance is gone since).
 			m.log.Info("reconcile: removing leftover of a snapshot restore", "dir", e.Name())
 			if err := os.RemoveAll(filepath.Join(filepath.Join(m.cfg.DataDir, "instances"), e.Name())); err != nil {
 				errs = append(errs, err)
@@ -369,4 +371,17 @@ func (m *Manager) resumeAfterReconcile(id string) {
 			m.log.Error("reconcile: restore the parked source", "instance", id, "err", err)
 		}
 	}()
+}
+
+// sweepTemporaries removes what a crash left inside an instance directory
+// half-written: a state file being saved, a densify copy (which can be as
+// large as the guest's RAM).
+func (m *Manager) sweepTemporaries(id string) {
+	entries, _ := os.ReadDir(m.instanceDir(id))
+	for _, e := range entries {
+		if clone.IsTempName(e.Name()) {
+			m.log.Info("reconcile: removing an interrupted temporary", "instance", id, "file", e.Name())
+			os.RemoveAll(filepath.Join(m.instanceDir(id), e.Name()))
+		}
+	}
 }

@@ -56,34 +56,38 @@ func (m *Manager) restore(ctx context.Context, inst *store.Instance) error {
 	crashpoint.Hit(crashpoint.RestoreLoaded)
 	p := vm.Process()
 	inst.State, inst.VMM, inst.CacheKey = store.Running, &store.Process{PID: p.PID, StartTime: p.StartTime}, ""
+	inst.RestorePending = true
 	if err := m.commit(*inst, intent.ID); err != nil {
-		vm.Quit(ctx)
-		m.dropIntent(intent.ID)
-		return err
+		// The state file is consumed and the guest has run: the image is
+		// gone. The intent stays, so the reconcile records what remains.
+		vm.Quit(context.WithoutCancel(ctx))
+		return fmt.Errorf("record the restore: %w", err)
 	}
+	rt := m.attachRuntime(*inst, vm, restoreNotice(*inst))
+	return m.awaitRestored(ctx, inst, rt)
+}
+
+// restoreNotice is what the guest is told after a restore: fresh entropy,
+// the host's time (filled in at send time), and, for a fork's first
+// restore, its new hostname.
+func restoreNotice(inst store.Instance) *agent.RestoreInfo {
 	notice := &agent.RestoreInfo{Entropy: randomBytes(64)}
 	if inst.NewIdentity {
 		notice.Hostname = inst.Hostname
 	}
-	rt := m.attachRuntime(*inst, vm, notice)
-	return m.awaitRestored(ctx, inst, rt)
+	return notice
 }
 
 // awaitRestored waits until the watcher has delivered the restore notice,
-// then clears a fork's pending new identity.
+// then records that (and that a fork's new identity is applied).
 func (m *Manager) awaitRestored(ctx context.Context, inst *store.Instance, rt *runtime) error {
 	wctx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
 	defer cancel()
 	if _, err := rt.waitAgent(wctx); err != nil {
 		return fmt.Errorf("restored, but the guest agent did not answer: %w", err)
 	}
-	if inst.NewIdentity {
-		inst.NewIdentity = false
-		if err := m.putInstance(*inst); err != nil {
-			return err
-		}
-	}
-	return nil
+	inst.NewIdentity, inst.RestorePending = false, false
+	return m.putInstance(*inst)
 }
 
 func randomBytes(n int) []byte {

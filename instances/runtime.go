@@ -245,7 +245,7 @@ func (m *Manager) vmExited(rt *runtime) {
 
 // markStopped records that an instance's VMM is gone and discards its
 // now-meaningless memory file.
-func (m *Manager) markStopped(inst *store.Instance, msg string) {
+func (m *Manager) markStopped(inst *store.Instance, msg string) error {
 	if d, err := m.driver(inst.Spec.Hypervisor); err == nil {
 		if err := d.DiscardSavedState(m.instanceDir(inst.ID)); err != nil {
 			m.log.Error("discard memory", "instance", inst.ID, "err", err)
@@ -255,5 +255,7 @@ func (m *Manager) markStopped(inst *store.Instance, msg string) {
 	inst.CacheKey = ""
 	if err := m.putInstance(*inst); err != nil {
 		m.log.Error("record stopped instance", "instance", inst.ID, "err", err)
+		return fmt.Errorf("record the instance stopped: %w", err)
 	}
+	return nil
 }

@@ -15,12 +15,15 @@ func (m *Manager) boot(ctx context.Context, inst *store.Instance) (hypervisor.VM
 	if err != nil {
 		return nil, err
 	}
-	assets, err := m.cfg.Assets(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("guest assets: %w", err)
-	}
+	// A first boot needs the shared kernel and initramfs; later boots use
+	// the instance's own copies, so a missing asset cache is only an error
+	// if the driver needed it.
+	assets, assetErr := m.cfg.Assets(ctx)
 	vm, driverState, err := d.Boot(ctx, m.specOf(*inst), assets)
 	if err != nil {
+		if assetErr != nil {
+			return nil, fmt.Errorf("%w (guest assets: %w)", err, assetErr)
+		}
 		return nil, err
 	}
 	p := vm.Process()

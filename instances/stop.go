@@ -43,12 +43,14 @@ func (m *Manager) stop(ctx context.Context, inst *store.Instance, graceful bool)
 	if err := m.putIntent(intent); err != nil {
 		return err
 	}
-	defer m.dropIntent(intent.ID)
 	if rt := m.runtimeOf(inst.ID); rt != nil {
 		m.haltVM(ctx, rt, graceful)
 		m.setRuntime(inst.ID, nil)
 	}
-	m.markStopped(inst, "")
+	if err := m.markStopped(inst, ""); err != nil {
+		return err // the intent stays: the reconcile finishes the stop
+	}
+	m.dropIntent(intent.ID)
 	return nil
 }
 

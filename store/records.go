@@ -77,9 +77,13 @@ type Instance struct {
 	Hostname string `json:"hostname,omitempty"`
 	// NewIdentity is set on a fork until its guest has been told, after its
 	// first restore, that it is a new machine.
-	NewIdentity bool   `json:"new_identity,omitempty"`
-	ExitCode    *int   `json:"exit_code,omitempty"`
-	ExitMessage string `json:"exit_message,omitempty"`
+	NewIdentity bool `json:"new_identity,omitempty"`
+	// RestorePending is set from a restore's commit until the guest has
+	// been told (clock, entropy, identity), so a daemon that dies in
+	// between tells it on adoption.
+	RestorePending bool   `json:"restore_pending,omitempty"`
+	ExitCode       *int   `json:"exit_code,omitempty"`
+	ExitMessage    string `json:"exit_message,omitempty"`
 }
 
 // SnapshotKind says what a snapshot holds.

@@ -239,13 +239,16 @@ func (t *Tx) DeleteIntent(id string) error {
 }
 
 // ResolveInstance finds an instance by exact id, exact name, or unique id
-// prefix, in that order. A prefix matching several fails with
-// errdefs.ErrAmbiguous.
+// prefix, in that order. A prefix matching several, or a ref that is one
+// instance's id and another's name, fails with errdefs.ErrAmbiguous.
 func (t *Tx) ResolveInstance(ref string) (Instance, error) {
 	if ref == "" {
 		return Instance{}, fmt.Errorf("empty instance reference: %w", errdefs.ErrInvalidArgument)
 	}
 	if inst, err := t.Instance(ref); err == nil {
+		if t.NameTaken(ref, inst.ID) {
+			return Instance{}, fmt.Errorf("%q is one instance's id and another's name: %w", ref, errdefs.ErrAmbiguous)
+		}
 		return inst, nil
 	} else if !errdefs.IsNotFound(err) {
 		return Instance{}, err

@@ -67,6 +67,8 @@ func TestResolveInstance(t *testing.T) {
 		{ID: "abc111", Name: "one"},
 		{ID: "abc222", Name: "two"},
 		{ID: "xyz333", Name: "abc111x"},
+		{ID: "dup", Name: "d1"},
+		{ID: "qqq444", Name: "dup"},
 	} {
 		if err := put(t, s, inst); err != nil {
 			t.Fatal(err)
@@ -81,7 +83,8 @@ func TestResolveInstance(t *testing.T) {
 		{ref: "two", wantID: "abc222"},
 		{ref: "abc2", wantID: "abc222"},
 		{ref: "xyz", wantID: "xyz333"},
-		{ref: "abc111x", wantID: "xyz333"}, // exact name beats prefix
+		{ref: "abc111x", wantID: "xyz333"},        // exact name beats prefix
+		{ref: "dup", class: errdefs.ErrAmbiguous}, // one's id, another's name
 		{ref: "abc", class: errdefs.ErrAmbiguous},
 		{ref: "nope", class: errdefs.ErrNotFound},
 		{ref: "", class: errdefs.ErrInvalidArgument},

@@ -45,7 +45,9 @@ func (d *Driver) chooseAccel(ctx context.Context, kernel string) (string, error)
 	if d.accel != "" {
 		return d.accel, nil
 	}
-	res := d.probeKVM(ctx, kernel)
+	// Not on the request's context: a probe cut short by ^C would read as
+	// "KVM does not work" and be cached until the host reboots.
+	res := d.probeKVM(context.WithoutCancel(ctx), kernel)
 	d.accel = "tcg"
 	if res.KVMWorks {
 		d.accel = "kvm"

@@ -233,7 +233,9 @@ func (d *Driver) Restore(ctx context.Context, spec hypervisor.Spec) (hypervisor.
 	}
 	if err := v.loadState(ctx); err != nil {
 		v.kill()
-		return nil, fmt.Errorf("qemu restore %s: %s", spec.ID, d.tailLog(spec.Dir, err))
+		// The state file does not load into this machine: the image is
+		// unusable as it is (409), every file is left in place.
+		return nil, fmt.Errorf("qemu restore %s: saved state does not load: %s: %w", spec.ID, d.tailLog(spec.Dir, err), errdefs.ErrInvalidState)
 	}
 	// From here the guest may run: the saved state no longer describes the
 	// memory file, so it must not survive as a standby image.

@@ -15,11 +15,18 @@ import (
 
 // qmp is a minimal QEMU Machine Protocol client: one command at a time,
 // responses matched in order, asynchronous events skipped. It owns no
-// goroutine: every read happens inside execute, bounded by ctx.
+// goroutine: every read happens inside execute, bounded by ctx. After any
+// I/O or protocol error the connection is dropped (a late reply would
+// otherwise be taken for the next command's) and the next command
+// reconnects.
 type qmp struct {
-	mu   sync.Mutex // serialises commands; guards conn and rd
-	conn *net.UnixConn
-	rd   *bufio.Reader
+	path   string
+	exited <-chan struct{}
+
+	mu     sync.Mutex // serialises commands; guards conn and rd
+	conn   *net.UnixConn
+	rd     *bufio.Reader
+	closed bool
 }
 
 type qmpError struct {
@@ -39,31 +46,41 @@ type qmpMessage struct {
 // dialQMP connects to a QMP unix socket, retrying until it appears or ctx
 // ends, reads the greeting and leaves capabilities negotiation mode.
 func dialQMP(ctx context.Context, path string, exited <-chan struct{}) (*qmp, error) {
+	q := &qmp{path: path, exited: exited}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if err := q.connect(ctx); err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// connect dials and negotiates. Callers hold q.mu.
+func (q *qmp) connect(ctx context.Context) error {
 	var d net.Dialer
 	for {
-		c, err := d.DialContext(ctx, "unix", path)
+		c, err := d.DialContext(ctx, "unix", q.path)
 		if err == nil {
-			q := &qmp{conn: c.(*net.UnixConn), rd: bufio.NewReader(c)}
+			q.conn, q.rd = c.(*net.UnixConn), bufio.NewReader(c)
 			if err := q.handshake(ctx); err != nil {
-				c.Close()
-				return nil, err
+				q.drop()
+				return err
 			}
-			return q, nil
+			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("connect qmp %s: %w (last error: %v)", path, ctx.Err(), err)
-		case <-exited:
-			return nil, fmt.Errorf("connect qmp %s: the VMM exited", path)
+			return fmt.Errorf("connect qmp %s: %w (last error: %v)", q.path, ctx.Err(), err)
+		case <-q.exited:
+			return fmt.Errorf("connect qmp %s: the VMM exited", q.path)
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
 }
 
 func (q *qmp) handshake(ctx context.Context) error {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	q.setDeadline(ctx)
+	stop := q.bound(ctx)
+	defer stop()
 	msg, err := q.read()
 	if err != nil {
 		return fmt.Errorf("qmp greeting: %w", err)
@@ -75,12 +92,14 @@ func (q *qmp) handshake(ctx context.Context) error {
 	return err
 }
 
-func (q *qmp) setDeadline(ctx context.Context) {
-	dl, ok := ctx.Deadline()
-	if !ok {
-		dl = time.Time{}
-	}
+// bound makes blocking I/O on the connection end with ctx: at its
+// deadline, or at once when it is cancelled.
+func (q *qmp) bound(ctx context.Context) (stop func()) {
+	dl, _ := ctx.Deadline()
 	q.conn.SetDeadline(dl)
+	conn := q.conn
+	cancel := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	return func() { cancel() }
 }
 
 func (q *qmp) read() (qmpMessage, error) {
@@ -95,8 +114,9 @@ func (q *qmp) read() (qmpMessage, error) {
 	return msg, nil
 }
 
-// roundTrip sends one command (with an fd as SCM_RIGHTS when fds is set)
-// and returns its result. Callers hold q.mu.
+// roundTrip sends one command (with fds as SCM_RIGHTS) and returns its
+// result. A command error from QEMU is returned as *qmpError with the
+// connection intact; anything else drops the connection. Callers hold q.mu.
 func (q *qmp) roundTrip(cmd string, args any, fds []int) (json.RawMessage, error) {
 	req := map[string]any{"execute": cmd}
 	if args != nil {
@@ -111,11 +131,13 @@ func (q *qmp) roundTrip(cmd string, args any, fds []int) (json.RawMessage, error
 		oob = unix.UnixRights(fds...)
 	}
 	if _, _, err := q.conn.WriteMsgUnix(raw, oob, nil); err != nil {
+		q.drop()
 		return nil, fmt.Errorf("qmp %s: send: %w", cmd, err)
 	}
 	for {
 		msg, err := q.read()
 		if err != nil {
+			q.drop()
 			return nil, fmt.Errorf("qmp %s: %w", cmd, err)
 		}
 		switch {
@@ -129,6 +151,14 @@ func (q *qmp) roundTrip(cmd string, args any, fds []int) (json.RawMessage, error
 	}
 }
 
+// drop closes a connection whose stream can no longer be trusted.
+func (q *qmp) drop() {
+	if q.conn != nil {
+		q.conn.Close()
+		q.conn, q.rd = nil, nil
+	}
+}
+
 // execute runs cmd and decodes its result into result (if non-nil).
 func (q *qmp) execute(ctx context.Context, cmd string, args any, result any) error {
 	return q.executeWithFD(ctx, cmd, args, -1, result)
@@ -139,10 +169,16 @@ func (q *qmp) execute(ctx context.Context, cmd string, args any, result any) err
 func (q *qmp) executeWithFD(ctx context.Context, cmd string, args any, fd int, result any) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.conn == nil {
+	if q.closed {
 		return errors.New("qmp: connection closed")
 	}
-	q.setDeadline(ctx)
+	if q.conn == nil {
+		if err := q.connect(ctx); err != nil {
+			return err
+		}
+	}
+	stop := q.bound(ctx)
+	defer stop()
 	var fds []int
 	if fd >= 0 {
 		fds = []int{fd}
@@ -162,10 +198,7 @@ func (q *qmp) executeWithFD(ctx context.Context, cmd string, args any, fd int, r
 func (q *qmp) close() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.conn == nil {
-		return nil
-	}
-	err := q.conn.Close()
-	q.conn = nil
-	return err
+	q.closed = true
+	q.drop()
+	return nil
 }

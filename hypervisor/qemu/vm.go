@@ -103,7 +103,9 @@ func (v *vm) SaveState(ctx context.Context) (hypervisor.SaveStats, error) {
 	if err := v.ignoreShared(ctx); err != nil {
 		return stats, err
 	}
-	tmp := filepath.Join(v.spec.Dir, stateFile+".tmp")
+	// Named like the clone package's temporaries, so copies skip it and the
+	// reconcile sweeps one a crash left.
+	tmp := filepath.Join(v.spec.Dir, ".state.zygote-tmp-save")
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return stats, err
@@ -132,7 +134,10 @@ func (v *vm) SaveState(ctx context.Context) (hypervisor.SaveStats, error) {
 		return stats, err
 	}
 	if err := syncDir(v.spec.Dir); err != nil {
-		return stats, err
+		// The caller resumes the VM on failure: a published state file
+		// beside memory that keeps changing would be a stale image.
+		os.Remove(filepath.Join(v.spec.Dir, stateFile))
+		return stats, diskFull(err)
 	}
 	stats.Duration = time.Since(begin)
 	return stats, nil
