@@ -161,17 +161,6 @@ func (d *daemon) kill9() {
 	<-d.exited
 }
 
-// waitDied waits for a daemon that is expected to kill itself (a crash
-// point) and fails if it does not.
-func (d *daemon) waitDied() {
-	d.t.Helper()
-	select {
-	case <-d.exited:
-	case <-time.After(60 * time.Second):
-		d.t.Fatal("the daemon did not die at its crash point")
-	}
-}
-
 func (d *daemon) running() bool {
 	if d.exited == nil {
 		return false

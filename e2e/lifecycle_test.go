@@ -202,13 +202,20 @@ func TestLifecycle(t *testing.T) {
 			t.Run(tc.point, func(t *testing.T) {
 				d.stop()
 				d.start(crashpoint.Env + "=" + tc.point)
+				want := "Running" // adopted: wait until its agent is back
 				if tc.point == crashpoint.RestoreLoaded {
-					ensureState(t, d, "web", "Standby")
+					want = "Standby"
 				}
-				if err := tc.op(); err == nil {
+				ensureState(t, d, "web", want)
+				err := tc.op()
+				if err == nil {
 					t.Fatal("the operation succeeded although the daemon was to die in it")
 				}
-				d.waitDied()
+				select {
+				case <-d.exited:
+				case <-time.After(60 * time.Second):
+					t.Fatalf("the daemon did not die at %s; the operation failed with: %v", tc.point, err)
+				}
 				d.start()
 				checkSettled(t, d)
 			})
