@@ -14,26 +14,9 @@ import (
 // guest agent has answered and has been told about the restore (clock
 // step, fresh entropy, and a new identity for a fork's first restore).
 func (m *Manager) Restore(ctx context.Context, ref string) (Instance, error) {
-	leave, err := m.enter()
-	if err != nil {
-		return Instance{}, err
-	}
-	defer leave()
-	inst, unlock, err := m.lockInstance(ctx, ref)
-	if err != nil {
-		return Instance{}, err
-	}
-	defer unlock()
-	if v := m.view(inst); v.State != StateStandby {
-		return Instance{}, invalidState("restore", inst, v.State)
-	}
-	done := m.metrics.op("restore")
-	err = m.restore(ctx, &inst)
-	done(err)
-	if err != nil {
-		return m.view(inst), fmt.Errorf("restore %s: %w", inst.Name, err)
-	}
-	return m.view(inst), nil
+	return m.lifecycle(ctx, ref, "restore", []State{StateStandby}, func(inst *store.Instance) error {
+		return m.restore(ctx, inst)
+	})
 }
 
 // restore runs under inst's lock. A failure to load the saved state leaves

@@ -14,26 +14,10 @@ import (
 // its device state is saved beside it, and its VMM exits. The VM then costs
 // no CPU and no RAM, only disk.
 func (m *Manager) Standby(ctx context.Context, ref string) (Instance, error) {
-	leave, err := m.enter()
-	if err != nil {
-		return Instance{}, err
-	}
-	defer leave()
-	inst, unlock, err := m.lockInstance(ctx, ref)
-	if err != nil {
-		return Instance{}, err
-	}
-	defer unlock()
-	if v := m.view(inst); v.State != StateRunning {
-		return Instance{}, invalidState("standby", inst, v.State)
-	}
-	done := m.metrics.op("standby")
-	_, err = m.standby(ctx, &inst, true)
-	done(err)
-	if err != nil {
-		return Instance{}, fmt.Errorf("standby %s: %w", inst.Name, err)
-	}
-	return m.view(inst), nil
+	return m.lifecycle(ctx, ref, "standby", []State{StateRunning}, func(inst *store.Instance) error {
+		_, err := m.standby(ctx, inst, true)
+		return err
+	})
 }
 
 // standby runs under inst's lock. The order matters:

@@ -36,26 +36,9 @@ func (m *Manager) boot(ctx context.Context, inst *store.Instance) (hypervisor.VM
 
 // Start boots a stopped instance.
 func (m *Manager) Start(ctx context.Context, ref string) (Instance, error) {
-	leave, err := m.enter()
-	if err != nil {
-		return Instance{}, err
-	}
-	defer leave()
-	inst, unlock, err := m.lockInstance(ctx, ref)
-	if err != nil {
-		return Instance{}, err
-	}
-	defer unlock()
-	if v := m.view(inst); v.State != StateStopped {
-		return Instance{}, invalidState("start", inst, v.State)
-	}
-	done := m.metrics.op("start")
-	err = m.startLocked(ctx, &inst)
-	done(err)
-	if err != nil {
-		return Instance{}, fmt.Errorf("start %s: %w", inst.Name, err)
-	}
-	return m.view(inst), nil
+	return m.lifecycle(ctx, ref, "start", []State{StateStopped}, func(inst *store.Instance) error {
+		return m.startLocked(ctx, inst)
+	})
 }
 
 // startLocked boots a stopped instance under its lock.

@@ -2,7 +2,6 @@ package instances
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/zygote/zygote/store"
@@ -12,28 +11,8 @@ import (
 // then hard after Config.StopTimeout), or discards a standby instance's
 // saved memory. Either way it ends Stopped.
 func (m *Manager) Stop(ctx context.Context, ref string) (Instance, error) {
-	leave, err := m.enter()
-	if err != nil {
-		return Instance{}, err
-	}
-	defer leave()
-	inst, unlock, err := m.lockInstance(ctx, ref)
-	if err != nil {
-		return Instance{}, err
-	}
-	defer unlock()
-	v := m.view(inst)
-	switch v.State {
-	case StateStopped:
-		return Instance{}, invalidState("stop", inst, v.State)
-	}
-	done := m.metrics.op("stop")
-	err = m.stop(ctx, &inst, true)
-	done(err)
-	if err != nil {
-		return Instance{}, fmt.Errorf("stop %s: %w", inst.Name, err)
-	}
-	return m.view(inst), nil
+	return m.lifecycle(ctx, ref, "stop", []State{StateRunning, StateInitializing, StatePaused, StateStandby, StateUnknown},
+		func(inst *store.Instance) error { return m.stop(ctx, inst, true) })
 }
 
 // stop brings inst to Stopped under its lock. graceful asks the guest to
