@@ -129,6 +129,10 @@ type Supervisor struct {
 	gen     int                // +checklocks:mu; incarnation counter
 	tracked map[string]tracked // +checklocks:mu
 	started bool               // +checklocks:mu
+	// seq stamps every tracked entry: a refresh prunes only entries
+	// stamped before it listed the pager's sessions, never one a create
+	// finished while the list was in flight.
+	seq uint64 // +checklocks:mu
 
 	stop chan struct{} // closed by Close/Shutdown
 	once sync.Once
@@ -138,7 +142,8 @@ type Supervisor struct {
 type tracked struct {
 	gen      int
 	state    pagerapi.SessionState
-	creating bool // a create is in flight; Refresh must not drop it
+	creating bool   // a create is in flight; Refresh must not drop it
+	seq      uint64 // Supervisor.seq when the entry was last written
 }
 
 // proc is one pager process.
@@ -391,6 +396,9 @@ func (s *Supervisor) Refresh(ctx context.Context) error {
 }
 
 func (s *Supervisor) refresh(ctx context.Context, gen int) error {
+	s.mu.Lock()
+	listedAt := s.seq
+	s.mu.Unlock()
 	list, err := s.client.Sessions(ctx)
 	if err != nil {
 		return err
@@ -402,8 +410,8 @@ func (s *Supervisor) refresh(ctx context.Context, gen int) error {
 	var failed []pagerapi.Session
 	s.mu.Lock()
 	for id, t := range s.tracked {
-		if t.gen != gen || t.creating {
-			continue
+		if t.gen != gen || t.creating || t.seq > listedAt {
+			continue // another incarnation's, or newer than the list
 		}
 		ss, ok := byID[id]
 		if ss.State == pagerapi.StateFailed {
@@ -497,7 +505,8 @@ func (s *Supervisor) CreateSession(ctx context.Context, req pagerapi.CreateSessi
 		return pagerapi.Session{}, fmt.Errorf("pagerclient: session %q is live: %w", req.ID, errdefs.ErrAlreadyExists)
 	}
 	// Tracked before the call: a pager dying mid-create reports it.
-	s.tracked[req.ID] = tracked{gen: p.gen, state: pagerapi.StateWaiting, creating: true}
+	s.seq++
+	s.tracked[req.ID] = tracked{gen: p.gen, state: pagerapi.StateWaiting, creating: true, seq: s.seq}
 	s.mu.Unlock()
 
 	info, err := s.client.CreateSession(ctx, req)
@@ -510,7 +519,8 @@ func (s *Supervisor) CreateSession(ctx context.Context, req pagerapi.CreateSessi
 	case err != nil:
 		delete(s.tracked, req.ID)
 	default:
-		s.tracked[req.ID] = tracked{gen: p.gen, state: info.State}
+		s.seq++
+		s.tracked[req.ID] = tracked{gen: p.gen, state: info.State, seq: s.seq}
 	}
 	return info, err
 }

@@ -347,3 +347,44 @@ func TestAdoptRunningPager(t *testing.T) {
 	}
 	waitNewPager(t, second, pid)
 }
+
+// TestRefreshNeverDropsANewSession: a refresh whose session list was taken
+// before a create finished must not forget that session, or the pager's
+// death would not report it (its VM would hang unnoticed).
+func TestRefreshNeverDropsANewSession(t *testing.T) {
+	requireUFFD(t)
+	cfg, lost := testSupervisor(t)
+	s := start(t, cfg)
+	ctx := ctxFor(t, 60*time.Second)
+	mem := memFile(t, 2<<20)
+	stop := make(chan struct{})
+	refreshed := make(chan struct{})
+	go func() { // refreshes as fast as it can while sessions are created
+		defer close(refreshed)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				s.Refresh(ctx)
+			}
+		}
+	}()
+	var want []string
+	for i := 0; i < 40; i++ {
+		id := fmt.Sprintf("s%02d", i)
+		if _, err := s.CreateSession(ctx, pagerapi.CreateSessionRequest{ID: id, MemoryPath: mem, CacheKey: "k", NoRecord: true}); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, id)
+	}
+	close(stop)
+	<-refreshed
+	old := s.PID()
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if l := nextLost(t, lost); !slices.Equal(l.Sessions, want) {
+		t.Fatalf("lost report names %v, want all %d waiting sessions", l.Sessions, len(want))
+	}
+}
