@@ -42,7 +42,7 @@ func (m *Manager) densifyLater(inst store.Instance) {
 		defer m.watchers.Done()
 		select {
 		case m.densifySem <- struct{}{}: // one at a time: it is disk-bound
-		case <-m.closing:
+		case <-m.closingCtx.Done():
 			return
 		}
 		defer func() { <-m.densifySem }()

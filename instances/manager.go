@@ -67,9 +67,8 @@ type Manager struct {
 	ops      sync.WaitGroup // operations in flight (enter/leave)
 
 	densifySem chan struct{}      // one background densify at a time
-	closing    chan struct{}      // closed by Close: background jobs stop
-	closingCtx context.Context    // done when closing is closed
-	stopAll    context.CancelFunc // closes closingCtx
+	closingCtx context.Context    // done once Close has begun: background jobs stop
+	stopAll    context.CancelFunc // ends closingCtx
 }
 
 // New returns a manager. Call Reconcile before serving requests.
@@ -98,7 +97,6 @@ func New(cfg Config) (*Manager, error) {
 		changed:  make(chan struct{}),
 
 		densifySem: make(chan struct{}, 1),
-		closing:    make(chan struct{}),
 	}
 	m.closingCtx, m.stopAll = context.WithCancel(context.Background())
 	for _, d := range cfg.Drivers {
@@ -142,7 +140,6 @@ func (m *Manager) Close() error {
 		return nil
 	}
 	m.ops.Wait()
-	close(m.closing)
 	m.stopAll()
 	m.mu.Lock()
 	rts := make([]*runtime, 0, len(m.runtimes))
@@ -321,5 +318,11 @@ func (m *Manager) specOf(inst store.Instance) hypervisor.Spec {
 }
 
 func now() time.Time { return time.Now().UTC() }
+
+// vmmRecord is the identity of vm's process as the store keeps it.
+func vmmRecord(vm hypervisor.VM) *store.Process {
+	p := vm.Process()
+	return &store.Process{PID: p.PID, StartTime: p.StartTime}
+}
 
 func timePtr(t time.Time) *time.Time { return &t }

@@ -154,8 +154,7 @@ func (m *Manager) reconcileIntent(ctx context.Context, in store.Intent) error {
 	switch in.Op {
 	case store.OpStart:
 		if vm := m.adoptAny(ctx, inst); vm != nil {
-			p := vm.Process()
-			inst.State, inst.VMM, inst.StartedAt = store.Running, &store.Process{PID: p.PID, StartTime: p.StartTime}, timePtr(now())
+			inst.State, inst.VMM, inst.StartedAt = store.Running, vmmRecord(vm), timePtr(now())
 			if err := m.putInstance(inst); err != nil {
 				return err
 			}
@@ -184,8 +183,7 @@ func (m *Manager) reconcileIntent(ctx context.Context, in store.Intent) error {
 			return nil
 		}
 		if vm := m.adoptAny(ctx, inst); vm != nil {
-			p := vm.Process()
-			inst.State, inst.VMM, inst.CacheKey = store.Running, &store.Process{PID: p.PID, StartTime: p.StartTime}, ""
+			inst.State, inst.VMM, inst.CacheKey = store.Running, vmmRecord(vm), ""
 			if err := m.putInstance(inst); err != nil {
 				return err
 			}
@@ -214,8 +212,8 @@ func (m *Manager) reconcileInstance(ctx context.Context, inst store.Instance) er
 				m.log.Warn("reconcile: resume a paused VMM", "instance", inst.ID, "err", err)
 			}
 		}
-		if p := vm.Process(); inst.VMM == nil || inst.VMM.PID != p.PID || inst.VMM.StartTime != p.StartTime {
-			inst.VMM = &store.Process{PID: p.PID, StartTime: p.StartTime}
+		if rec := vmmRecord(vm); inst.VMM == nil || *inst.VMM != *rec {
+			inst.VMM = rec
 			if err := m.putInstance(inst); err != nil {
 				return err
 			}

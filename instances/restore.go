@@ -37,8 +37,7 @@ func (m *Manager) restore(ctx context.Context, inst *store.Instance) error {
 		return err
 	}
 	crashpoint.Hit(crashpoint.RestoreLoaded)
-	p := vm.Process()
-	inst.State, inst.VMM, inst.CacheKey = store.Running, &store.Process{PID: p.PID, StartTime: p.StartTime}, ""
+	inst.State, inst.VMM, inst.CacheKey = store.Running, vmmRecord(vm), ""
 	inst.RestorePending = true
 	if err := m.commit(*inst, intent.ID); err != nil {
 		// The state file is consumed and the guest has run: the image is

@@ -26,9 +26,8 @@ func (m *Manager) boot(ctx context.Context, inst *store.Instance) (hypervisor.VM
 		}
 		return nil, err
 	}
-	p := vm.Process()
 	inst.Spec.DriverState = driverState
-	inst.State, inst.VMM = store.Running, &store.Process{PID: p.PID, StartTime: p.StartTime}
+	inst.State, inst.VMM = store.Running, vmmRecord(vm)
 	inst.StartedAt, inst.StoppedAt = timePtr(now()), nil
 	inst.CacheKey, inst.BootID, inst.ExitCode, inst.ExitMessage = "", "", nil, ""
 	return vm, nil

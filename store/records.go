@@ -144,9 +144,6 @@ type Intent struct {
 	SnapshotID string `json:"snapshot_id,omitempty"`
 	// SourceID is the instance or snapshot a fork or snapshot reads from.
 	SourceID string `json:"source_id,omitempty"`
-	// VMM is a process the operation started and the reconcile must stop
-	// if the operation is rolled back.
-	VMM *Process `json:"vmm,omitempty"`
 	// Pending is the record the operation will commit, for ops whose
 	// result is a new record (create).
 	Pending *Instance `json:"pending,omitempty"`

@@ -139,13 +139,13 @@ func TestSnapshotNamesUniquePerSource(t *testing.T) {
 
 func TestIntentsRoundTrip(t *testing.T) {
 	s, _ := openTemp(t)
-	in := Intent{ID: "i1", Op: OpFork, InstanceID: "new", SourceID: "src", VMM: &Process{PID: 42, StartTime: 7}, CreatedAt: time.Now()}
+	in := Intent{ID: "i1", Op: OpFork, InstanceID: "new", SourceID: "src", Members: []string{"new"}, CreatedAt: time.Now()}
 	if err := s.Update(func(tx *Tx) error { return tx.PutIntent(in) }); err != nil {
 		t.Fatal(err)
 	}
 	var got []Intent
 	s.View(func(tx *Tx) (err error) { got, err = tx.Intents(); return })
-	if len(got) != 1 || got[0].Op != OpFork || got[0].VMM == nil || got[0].VMM.PID != 42 {
+	if len(got) != 1 || got[0].Op != OpFork || len(got[0].Members) != 1 {
 		t.Fatalf("intents = %+v", got)
 	}
 	if err := s.Update(func(tx *Tx) error { return tx.PutIntent(Intent{ID: "x"}) }); !errdefs.IsInvalidArgument(err) {

@@ -72,9 +72,6 @@ func Cmdline(pid int) ([]string, error) {
 	return strings.Split(string(raw), "\x00"), nil
 }
 
-// Identify returns the identity of a live pid.
-func Identify(pid int) (uint64, error) { return StartTime(pid) }
-
 // Alive reports whether the process (pid, start) still runs (zombies count
 // as gone).
 func Alive(pid int, start uint64) bool {
