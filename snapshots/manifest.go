@@ -14,6 +14,12 @@
 //     (errdefs.ErrInvalidState: the snapshot is unusable, not the request).
 //   - A snapshot never references another directory: Files lists names
 //     inside its own directory only.
+//   - The format is this package's own: Manifest, Spec and Kind are
+//     declared here, not borrowed from the store, so a change to a store
+//     record cannot change the bytes on disk. Changing the JSON encoding of
+//     any of them is a format change: bump Version and teach Read the old
+//     one (testdata/v1 holds a manifest as version 1 wrote it; the tests
+//     read it and re-encode it byte for byte).
 package snapshots
 
 import (
@@ -29,7 +35,6 @@ import (
 	"time"
 
 	"github.com/zygote/zygote/errdefs"
-	"github.com/zygote/zygote/store"
 )
 
 // ManifestName is the manifest's file name in a snapshot directory.
@@ -58,33 +63,49 @@ type External struct {
 	Value string `json:"value"`
 }
 
-// Manifest describes a snapshot.
-type Manifest struct {
-	Magic              string             `json:"magic"`
-	Version            int                `json:"version"`
-	ID                 string             `json:"id"`
-	Name               string             `json:"name,omitempty"`
-	Kind               store.SnapshotKind `json:"kind"`
-	SourceInstanceID   string             `json:"source_instance_id"`
-	SourceInstanceName string             `json:"source_instance_name"`
-	Spec               store.Spec         `json:"spec"`
-	CacheKey           string             `json:"cache_key,omitempty"`
-	Hostname           string             `json:"hostname,omitempty"`
-	BootID             string             `json:"boot_id,omitempty"`
-	CreatedAt          time.Time          `json:"created_at"`
-	Files              []File             `json:"files"`
-	Externals          []External         `json:"externals"`
-	// Checksum is the SHA-256 of the manifest encoded with Checksum empty.
-	Checksum string `json:"checksum"`
+// Kind says what a snapshot holds.
+type Kind string
+
+const (
+	// KindStandby holds memory, device state and disks.
+	KindStandby Kind = "Standby"
+	// KindStopped holds disks only.
+	KindStopped Kind = "Stopped"
+)
+
+// Spec is the machine a snapshot's files belong to: what a restore or a
+// fork of it must reproduce. Field order and JSON names are part of the
+// format (the checksum is computed over this encoding).
+type Spec struct {
+	Hypervisor  string            `json:"hypervisor"`
+	VCPUs       int               `json:"vcpus"`
+	MemoryBytes int64             `json:"memory_bytes"`
+	KernelArgs  string            `json:"kernel_args,omitempty"`
+	Command     []string          `json:"command,omitempty"`
+	Env         map[string]string `json:"env,omitempty"`
+	Image       string            `json:"image,omitempty"`
+	// DriverState is the driver's opaque state, carried byte for byte.
+	DriverState json.RawMessage `json:"driver_state,omitempty"`
 }
 
-// FromSnapshot builds the manifest of a snapshot record.
-func FromSnapshot(s store.Snapshot) Manifest {
-	return Manifest{
-		ID: s.ID, Name: s.Name, Kind: s.Kind, SourceInstanceID: s.SourceInstanceID,
-		SourceInstanceName: s.SourceInstanceName, Spec: s.Spec, CacheKey: s.CacheKey,
-		Hostname: s.Hostname, BootID: s.BootID, CreatedAt: s.CreatedAt,
-	}
+// Manifest describes a snapshot.
+type Manifest struct {
+	Magic              string     `json:"magic"`
+	Version            int        `json:"version"`
+	ID                 string     `json:"id"`
+	Name               string     `json:"name,omitempty"`
+	Kind               Kind       `json:"kind"`
+	SourceInstanceID   string     `json:"source_instance_id"`
+	SourceInstanceName string     `json:"source_instance_name"`
+	Spec               Spec       `json:"spec"`
+	CacheKey           string     `json:"cache_key,omitempty"`
+	Hostname           string     `json:"hostname,omitempty"`
+	BootID             string     `json:"boot_id,omitempty"`
+	CreatedAt          time.Time  `json:"created_at"`
+	Files              []File     `json:"files"`
+	Externals          []External `json:"externals"`
+	// Checksum is the SHA-256 of the manifest encoded with Checksum empty.
+	Checksum string `json:"checksum"`
 }
 
 func (m Manifest) sum() (string, error) {

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/zygote/zygote/errdefs"
-	"github.com/zygote/zygote/store"
 )
 
 func writeSnapshot(t *testing.T) (string, Manifest) {
@@ -17,8 +16,8 @@ func writeSnapshot(t *testing.T) (string, Manifest) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "memory"), make([]byte, 8192), 0o600)
 	os.WriteFile(filepath.Join(dir, "state"), []byte("QEVM"), 0o600)
-	m := FromSnapshot(store.Snapshot{ID: "snap1", Kind: store.SnapshotStandby, SourceInstanceID: "i1", SourceInstanceName: "web",
-		Spec: store.Spec{Hypervisor: "qemu", VCPUs: 1, MemoryBytes: 256 << 20}, CacheKey: "k1", CreatedAt: time.Now().UTC()})
+	m := Manifest{ID: "snap1", Kind: KindStandby, SourceInstanceID: "i1", SourceInstanceName: "web",
+		Spec: Spec{Hypervisor: "qemu", VCPUs: 1, MemoryBytes: 256 << 20}, CacheKey: "k1", CreatedAt: time.Now().UTC()}
 	size, err := Write(dir, m)
 	if err != nil {
 		t.Fatal(err)
