@@ -3,7 +3,6 @@ package api_test
 import (
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -22,7 +21,6 @@ import (
 	"github.com/zygote/zygote/api"
 	"github.com/zygote/zygote/api/client"
 	"github.com/zygote/zygote/errdefs"
-	"github.com/zygote/zygote/instances"
 	"github.com/zygote/zygote/instances/instancestest"
 )
 
@@ -100,10 +98,6 @@ type env struct {
 	h   *instancestest.Harness
 	c   *client.Client
 	url string
-}
-
-func noClone(context.Context, string, string) (instances.CloneStats, error) {
-	return instances.CloneStats{}, errors.New("no clone in this test")
 }
 
 func newEnv(t *testing.T) *env {
@@ -235,7 +229,7 @@ func TestErrorStatusesAndCodes(t *testing.T) {
 }
 
 func TestTokenHandler(t *testing.T) {
-	h := instancestest.New(t, "", noClone)
+	h := instancestest.New(t, "", instancestest.NoClone)
 	srv := api.NewServer(api.ServerConfig{Manager: h.M, Token: "s3cret"})
 	ts := httptest.NewServer(srv.TokenHandler())
 	defer ts.Close()

@@ -2,30 +2,33 @@ package instances
 
 import (
 	"context"
-	"time"
+
+	"github.com/zygote/zygote/clone"
 )
 
-// CloneFunc copies the directory tree src to dst (which must not exist),
-// reflink-first with a sparse fallback, and reports how. cmd/zygote wires
-// it to the clone package.
-type CloneFunc func(ctx context.Context, src, dst string) (CloneStats, error)
-
-// CloneStats describes one directory copy.
-type CloneStats struct {
-	// Strategy is "reflink", "copy_file_range", "readwrite" or "mixed".
-	Strategy string
-	Bytes    int64
-	Duration time.Duration
+// Cloner is the manager's one clone seam: every directory copy (snapshot,
+// fork, snapshot restore) and every densify goes through it, so the
+// daemon's clone options — strict mode above all — apply to each.
+// *clone.Cloner implements it; cmd/zygote builds that once from its
+// configuration.
+type Cloner interface {
+	// Dir copies the directory tree src to dst (which must not exist),
+	// reflink-first, and reports how.
+	Dir(ctx context.Context, src, dst string) (clone.Stats, error)
+	// PrepareDensify starts the dense rewrite of a fragmented file
+	// (densify.go).
+	PrepareDensify(ctx context.Context, path string) (*clone.Densified, error)
 }
 
 // clone copies a directory and records the strategy in logs and metrics.
-func (m *Manager) clone(ctx context.Context, src, dst string) (CloneStats, error) {
-	st, err := m.cfg.Clone(ctx, src, dst)
+func (m *Manager) clone(ctx context.Context, src, dst string) (clone.Stats, error) {
+	st, err := m.cfg.Clone.Dir(ctx, src, dst)
 	if err != nil {
 		return st, err
 	}
-	m.metrics.cloneTotal.WithLabelValues(st.Strategy).Inc()
-	m.metrics.cloneBytes.WithLabelValues(st.Strategy).Add(float64(st.Bytes))
-	m.log.Debug("cloned directory", "clone_strategy", st.Strategy, "bytes", st.Bytes, "duration", st.Duration)
+	strategy := string(st.Strategy)
+	m.metrics.cloneTotal.WithLabelValues(strategy).Inc()
+	m.metrics.cloneBytes.WithLabelValues(strategy).Add(float64(st.Bytes))
+	m.log.Debug("cloned directory", "clone_strategy", strategy, "bytes", st.Bytes, "duration", st.Duration)
 	return st, nil
 }

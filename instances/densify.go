@@ -55,7 +55,7 @@ func (m *Manager) densifyLater(inst store.Instance) {
 		stop := context.AfterFunc(m.closingCtx, cancel)
 		defer stop()
 		begin := time.Now()
-		prepared, err := clone.PrepareDensify(ctx, path, clone.Options{Logger: m.log})
+		prepared, err := m.cfg.Clone.PrepareDensify(ctx, path)
 		if err != nil {
 			m.log.Warn("densify memory file", "instance", inst.ID, "err", err)
 			return

@@ -1,8 +1,11 @@
 package instances_test
 
 import (
+	"context"
+	"log/slog"
 	"math/rand/v2"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -61,5 +64,64 @@ func TestDensifyAfterStandby(t *testing.T) {
 	}
 	if _, err := h.M.Restore(ctx, "child"); err != nil {
 		t.Fatalf("the fork suffered from its source's densify: %v", err)
+	}
+}
+
+// recordingCloner is the daemon's clone seam with a log of the options
+// each densify reached it with.
+type recordingCloner struct {
+	*clone.Cloner
+	mu       sync.Mutex
+	densify  []clone.Options
+	prepared chan struct{}
+}
+
+func (c *recordingCloner) PrepareDensify(ctx context.Context, path string) (*clone.Densified, error) {
+	c.mu.Lock()
+	c.densify = append(c.densify, c.Options())
+	c.mu.Unlock()
+	defer func() { c.prepared <- struct{}{} }()
+	return c.Cloner.PrepareDensify(ctx, path)
+}
+
+// TestDensifyUsesTheDaemonsCloneOptions: the background densify runs
+// through the one clone seam the daemon configured, so --reflink-strict
+// (and the daemon's logger) reach it, as they reach forks and snapshots.
+// Before the seam existed densify called the clone package with options
+// of its own, and strict mode was silently off for it.
+func TestDensifyUsesTheDaemonsCloneOptions(t *testing.T) {
+	rc := &recordingCloner{
+		Cloner:   clone.New(clone.Options{Strict: true, NoSync: true, Logger: slog.New(slog.DiscardHandler)}),
+		prepared: make(chan struct{}, 16),
+	}
+	h := instancestest.New(t, testutil.XFS(t), rc)
+	src := create(t, h, "src")
+	if err := h.VM(src.ID).GuestWrite(1<<20, make([]byte, 4<<20)); err != nil {
+		t.Fatal(err)
+	}
+	h.M.Standby(ctx, "src")
+	fork(t, h, "src", instances.ForkRequest{Name: "child"}) // every block now shared
+	h.M.Restore(ctx, "src")
+	page := make([]byte, 4096)
+	for i := 0; i < 300; i++ { // in place, into shared blocks: extents split
+		page[0] = byte(i)
+		if err := h.VM(src.ID).GuestWrite(int64(1<<20)+int64(rand.IntN(1024))*4096, page); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := h.M.Standby(ctx, "src"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-rc.prepared:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the densify of a fragmented memory file never reached the daemon's clone seam")
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	for _, opts := range rc.densify {
+		if !opts.Strict {
+			t.Fatalf("densify ran with strict mode off: %+v", opts)
+		}
 	}
 }

@@ -285,7 +285,7 @@ func TestReconcileForkIntents(t *testing.T) {
 		done := fork(t, h, "src", instances.ForkRequest{Name: "done"})
 		h.M.Restore(ctx, "done")
 		half := "forkhalfaaaaaaaaaaaaaaaa"
-		instancestest.Clone(ctx, filepath.Join(h.DataDir, "instances", src.ID), filepath.Join(h.DataDir, "instances", half))
+		instancestest.Clone.Dir(ctx, filepath.Join(h.DataDir, "instances", src.ID), filepath.Join(h.DataDir, "instances", half))
 		putIntent(t, h, store.Intent{ID: "forkcallaaaaaaaaaaaaaaaa", Op: store.OpFork, SourceID: src.ID, Members: []string{done.ID, half}})
 		h.Restart()
 		for _, id := range []string{done.ID, half} {

@@ -29,8 +29,9 @@ type Config struct {
 	Assets func(ctx context.Context) (hypervisor.BootAssets, error)
 	// DialAgent connects to a VM's guest agent.
 	DialAgent AgentDialer
-	// Clone copies a directory tree reflink-first (snapshots, forks).
-	Clone CloneFunc
+	// Clone copies directory trees reflink-first (snapshots, forks) and
+	// densifies memory files, all with the daemon's clone options.
+	Clone Cloner
 	// StopTimeout bounds a graceful guest shutdown before the VMM is
 	// killed (default 20 s).
 	StopTimeout time.Duration

@@ -20,12 +20,8 @@ import (
 
 var ctx = context.Background()
 
-func noClone(context.Context, string, string) (instances.CloneStats, error) {
-	return instances.CloneStats{}, errors.New("clone not expected in this test")
-}
-
 func newHarness(t *testing.T) *instancestest.Harness {
-	return instancestest.New(t, "", noClone)
+	return instancestest.New(t, "", instancestest.NoClone)
 }
 
 func create(t *testing.T, h *instancestest.Harness, name string) instances.Instance {

@@ -150,7 +150,7 @@ func (m *Manager) copyToSnapshot(ctx context.Context, inst store.Instance, req S
 			}
 		}
 	}
-	size, err := snapshots.Write(dir, snapshots.FromSnapshot(snap))
+	size, err := snapshots.Write(dir, manifestOf(snap))
 	if err != nil {
 		return snap, err
 	}
@@ -463,4 +463,19 @@ func (m *Manager) reconcileSnapshotIntent(ctx context.Context, in store.Intent) 
 		return os.RemoveAll(retiredDir(dir))
 	}
 	return nil
+}
+
+// manifestOf is the on-disk description of a snapshot record; the
+// manifest format is the snapshots package's own.
+func manifestOf(s store.Snapshot) snapshots.Manifest {
+	return snapshots.Manifest{
+		ID: s.ID, Name: s.Name, Kind: snapshots.Kind(s.Kind), SourceInstanceID: s.SourceInstanceID,
+		SourceInstanceName: s.SourceInstanceName, CacheKey: s.CacheKey,
+		Hostname: s.Hostname, BootID: s.BootID, CreatedAt: s.CreatedAt,
+		Spec: snapshots.Spec{
+			Hypervisor: s.Spec.Hypervisor, VCPUs: s.Spec.VCPUs, MemoryBytes: s.Spec.MemoryBytes,
+			KernelArgs: s.Spec.KernelArgs, Command: s.Spec.Command, Env: s.Spec.Env, Image: s.Spec.Image,
+			DriverState: s.Spec.DriverState,
+		},
+	}
 }

@@ -221,7 +221,7 @@ func TestReconcileSnapshotIntents(t *testing.T) {
 			execOut(t, h, "web", "write", "8192", "live")
 			h.M.Standby(ctx, "web")
 			dir := filepath.Join(h.DataDir, "instances", web.ID)
-			if _, err := instancestest.Clone(ctx, filepath.Join(h.DataDir, "snapshots", s.ID), dir+".new"); err != nil {
+			if _, err := instancestest.Clone.Dir(ctx, filepath.Join(h.DataDir, "snapshots", s.ID), dir+".new"); err != nil {
 				t.Fatal(err)
 			}
 			if stage != "copied" {

@@ -108,9 +108,9 @@ func serve(ctx context.Context, cfg serveConfig) error {
 	}
 	defer st.Close()
 
-	cloneOpts := clone.Options{Strict: strict, Logger: log}
+	cloner := clone.New(clone.Options{Strict: strict, Logger: log})
 	copyFile := func(ctx context.Context, src, dst string) error {
-		_, err := clone.File(ctx, src, dst, cloneOpts)
+		_, err := cloner.File(ctx, src, dst)
 		return err
 	}
 	var drivers []hypervisor.Driver
@@ -128,10 +128,7 @@ func serve(ctx context.Context, cfg serveConfig) error {
 		DataDir: cfg.dataDir, Store: st, Drivers: drivers, DefaultHypervisor: cfg.hypervisor,
 		Assets:    assetResolver(cfg),
 		DialAgent: dialAgent(log),
-		Clone: func(ctx context.Context, src, dst string) (instances.CloneStats, error) {
-			s, err := clone.Dir(ctx, src, dst, cloneOpts)
-			return instances.CloneStats{Strategy: string(s.Strategy), Bytes: s.Bytes, Duration: s.Duration}, err
-		},
+		Clone:     cloner,
 		NoDensify: !cfg.densify,
 		Metrics:   instances.NewMetrics(reg),
 		Logger:    log,

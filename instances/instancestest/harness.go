@@ -24,13 +24,13 @@ type Harness struct {
 	Fake    *drivertest.Fake
 	Store   *store.Store
 	DataDir string
-	Clone   instances.CloneFunc
+	Clone   instances.Cloner
 	t       testing.TB
 }
 
 // New starts a manager over a fake driver in dataDir (t.TempDir() if
 // empty). clone copies directories for snapshots and forks.
-func New(t testing.TB, dataDir string, clone instances.CloneFunc) *Harness {
+func New(t testing.TB, dataDir string, clone instances.Cloner) *Harness {
 	t.Helper()
 	if dataDir == "" {
 		dataDir = t.TempDir()
