@@ -39,8 +39,15 @@
 //	  - Quit ends the VMM (the guest is not asked to shut down; the manager
 //	    does that through the guest agent first) and waits for it to exit.
 //
-// Optional capabilities are separate interfaces checked by type assertion;
-// a driver without them makes the operation fail with
+// Optional capabilities are separate interfaces checked by type assertion,
+// declared here and covered by drivertest.Suite for every driver that
+// implements them; the manager never asserts an undeclared interface:
+//   - MemoryFiler: the guest RAM is a file in the instance directory (the
+//     manager densifies it after a standby; without it, no densify);
+//   - AcceleratorReporter: which accelerator a driver state names (shown
+//     to clients; without it, none is shown).
+//
+// An operation that needs a capability the driver lacks fails with
 // errdefs.ErrNotImplemented in one place.
 //
 // # Concurrency

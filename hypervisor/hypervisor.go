@@ -91,7 +91,17 @@ type VM interface {
 // clone: in-place writes to blocks a fork shares split extents, and a
 // reflink costs per extent.
 type MemoryFiler interface {
+	// MemoryFile is the path of the guest RAM file of the instance
+	// directory dir; it lies inside dir.
 	MemoryFile(dir string) string
+}
+
+// AcceleratorReporter is implemented by drivers that can tell, from the
+// driver state Boot returned, which accelerator the VM runs on ("kvm",
+// "tcg"). The manager shows it to clients; a driver without it shows none.
+// It reads nothing but driverState (no process, no file).
+type AcceleratorReporter interface {
+	AcceleratorOf(driverState []byte) string
 }
 
 // Layout names the files every driver keeps in an instance directory that

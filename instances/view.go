@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/zygote/zygote/errdefs"
+	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/store"
 )
 
@@ -70,7 +71,7 @@ func (m *Manager) view(inst store.Instance) Instance {
 		v.State, v.StateError = StateUnknown, fmt.Sprintf("unrecognised persisted state %q", inst.State)
 	}
 	if d, err := m.driver(inst.Spec.Hypervisor); err == nil {
-		if a, ok := d.(interface{ AcceleratorOf(raw []byte) string }); ok {
+		if a, ok := d.(hypervisor.AcceleratorReporter); ok {
 			v.Accelerator = a.AcceleratorOf(inst.Spec.DriverState)
 		}
 	}

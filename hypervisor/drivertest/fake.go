@@ -185,6 +185,16 @@ func (f *Fake) Find(spec hypervisor.Spec) ([]hypervisor.Process, error) {
 	return out, nil
 }
 
+// AcceleratorOf reports "fake" for the driver state the fake's Boot
+// returns, and nothing for any other.
+func (f *Fake) AcceleratorOf(driverState []byte) string {
+	var st struct{ Fake bool }
+	if json.Unmarshal(driverState, &st) != nil || !st.Fake {
+		return ""
+	}
+	return "fake"
+}
+
 // MemoryFile is the fake guest's RAM file.
 func (f *Fake) MemoryFile(dir string) string { return filepath.Join(dir, MemoryFile) }
 

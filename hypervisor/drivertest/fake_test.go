@@ -27,3 +27,9 @@ func TestFakeConformance(t *testing.T) {
 		MemoryFile: MemoryFile, StateFile: StateFile,
 	})
 }
+
+// The fake declares the optional capabilities the suite covers.
+var (
+	_ hypervisor.AcceleratorReporter = (*Fake)(nil)
+	_ hypervisor.MemoryFiler         = (*Fake)(nil)
+)

@@ -34,7 +34,9 @@ type Harness struct {
 // Suite checks the lifecycle contract of hypervisor's package doc on one
 // VM, step by step: boot, the save-state preconditions, park, restore
 // (state consumed, memory intact), adoption by identity, refused restores
-// of missing and corrupt state, and discard. Every driver passes it; the
+// of missing and corrupt state, and discard; and the optional
+// capabilities the driver implements (hypervisor.AcceleratorReporter,
+// hypervisor.MemoryFiler). Every driver passes it; the
 // fake passes it too, which is what makes it a faithful double.
 func Suite(t *testing.T, h Harness) {
 	ctx := context.Background()
@@ -54,6 +56,29 @@ func Suite(t *testing.T, h Harness) {
 		t.Fatal("Boot returned no driver state")
 	}
 	spec.DriverState = state
+
+	t.Run("optional capabilities", func(t *testing.T) {
+		if a, ok := d.(hypervisor.AcceleratorReporter); ok {
+			if got := a.AcceleratorOf(state); got == "" {
+				t.Errorf("AcceleratorOf(the state Boot returned) is empty")
+			}
+			if got := a.AcceleratorOf([]byte("not json")); got != "" {
+				t.Errorf("AcceleratorOf(garbage) = %q, want empty", got)
+			}
+		}
+		if mf, ok := d.(hypervisor.MemoryFiler); ok {
+			p := mf.MemoryFile(dir)
+			if filepath.Dir(p) != filepath.Clean(dir) {
+				t.Errorf("MemoryFile(%s) = %s: not inside the instance directory", dir, p)
+			}
+			if h.MemoryFile != "" && filepath.Base(p) != h.MemoryFile {
+				t.Errorf("MemoryFile names %s, the harness says %s", filepath.Base(p), h.MemoryFile)
+			}
+			if _, err := os.Stat(p); err != nil {
+				t.Errorf("the memory file of a booted VM: %v", err)
+			}
+		}
+	})
 
 	t.Run("boot", func(t *testing.T) {
 		found, err := d.Find(spec)
