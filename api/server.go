@@ -29,7 +29,8 @@ func Spec() []byte { return specYAML }
 
 // ServerConfig wires a Server.
 type ServerConfig struct {
-	Manager *instances.Manager
+	// Manager serves every route; *instances.Manager in the daemon.
+	Manager Manager
 	// Metrics serves /metrics (a promhttp handler); nil leaves it out.
 	Metrics http.Handler
 	// Token, when set, is the bearer token the TCP handler requires.
@@ -41,7 +42,7 @@ type ServerConfig struct {
 // maps error classes to statuses. It holds no state of its own.
 type Server struct {
 	cfg ServerConfig
-	m   *instances.Manager
+	m   Manager
 	log *slog.Logger
 	mux *http.ServeMux
 }
