@@ -116,23 +116,32 @@ func (m *Manager) releaseName(name string) {
 // Create makes a new instance and boots it. It returns once the VMM runs;
 // the guest finishes booting in the background (Initializing → Running).
 func (m *Manager) Create(ctx context.Context, req CreateRequest) (Instance, error) {
-	leave, err := m.enter()
+	reserved := false
+	defer func() {
+		if reserved {
+			m.releaseName(req.Name)
+		}
+	}()
+	var inst store.Instance
+	_, err := m.run(ctx, operation{
+		name: "create",
+		validate: func() error {
+			if err := m.validateCreate(&req); err != nil {
+				return err
+			}
+			if err := m.reserveName(req.Name); err != nil {
+				return err
+			}
+			reserved = true
+			return nil
+		},
+		label: func(*targets) string { return "create " + req.Name },
+	}, func(*targets) (err error) {
+		inst, err = m.create(ctx, req)
+		return err
+	})
 	if err != nil {
 		return Instance{}, err
-	}
-	defer leave()
-	if err := m.validateCreate(&req); err != nil {
-		return Instance{}, err
-	}
-	if err := m.reserveName(req.Name); err != nil {
-		return Instance{}, err
-	}
-	defer m.releaseName(req.Name)
-	done := m.metrics.op("create")
-	inst, err := m.create(ctx, req)
-	done(err)
-	if err != nil {
-		return Instance{}, fmt.Errorf("create %s: %w", req.Name, err)
 	}
 	return m.view(inst), nil
 }
@@ -183,4 +192,13 @@ func (m *Manager) create(ctx context.Context, req CreateRequest) (store.Instance
 	m.attachRuntime(inst, vm, nil)
 	m.log.Info("instance created", "instance", inst.ID, "name", inst.Name, "pid", inst.VMM.PID)
 	return inst, nil
+}
+
+// reconcileCreate is the crash rule of a create: roll back, killing its
+// VMM and removing its directory (the record was never committed).
+func (m *Manager) reconcileCreate(ctx context.Context, in store.Intent) error {
+	if in.Pending != nil {
+		m.killVMMs(ctx, *in.Pending)
+	}
+	return os.RemoveAll(m.instanceDir(in.InstanceID))
 }

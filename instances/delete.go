@@ -11,24 +11,14 @@ import (
 // Delete removes an instance in any state: it stops the VM first
 // (gracefully unless force), then removes its directory and its record.
 func (m *Manager) Delete(ctx context.Context, ref string, force bool) error {
-	leave, err := m.enter()
-	if err != nil {
-		return err
-	}
-	defer leave()
-	inst, unlock, err := m.lockInstance(ctx, ref)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	done := m.metrics.op("delete")
-	err = m.delete(ctx, inst, force)
-	done(err)
-	if err != nil {
-		return fmt.Errorf("delete %s: %w", inst.Name, err)
-	}
-	m.log.Info("instance deleted", "instance", inst.ID, "name", inst.Name)
-	return nil
+	_, err := m.run(ctx, operation{name: "delete", instance: ref}, func(t *targets) error {
+		if err := m.delete(ctx, t.inst, force); err != nil {
+			return err
+		}
+		m.log.Info("instance deleted", "instance", t.inst.ID, "name", t.inst.Name)
+		return nil
+	})
+	return err
 }
 
 // delete runs under inst's lock. The intent makes a crash roll forward:
@@ -60,4 +50,22 @@ func (m *Manager) delete(ctx context.Context, inst store.Instance, force bool) e
 	}
 	m.notify()
 	return err
+}
+
+// reconcileDelete is the crash rule of a delete: roll forward, whatever
+// was reached.
+func (m *Manager) reconcileDelete(ctx context.Context, in store.Intent) error {
+	var inst store.Instance
+	err := m.store.View(func(tx *store.Tx) (err error) { inst, err = tx.Instance(in.InstanceID); return })
+	exists := err == nil
+	if exists {
+		m.killVMMs(ctx, inst)
+	}
+	if err := os.RemoveAll(m.instanceDir(in.InstanceID)); err != nil {
+		return err
+	}
+	if exists {
+		return m.store.Update(func(tx *store.Tx) error { return tx.DeleteInstance(inst.ID) })
+	}
+	return nil
 }

@@ -36,8 +36,8 @@ type ForkRequest struct {
 // MaxBatch bounds a batch fork.
 const MaxBatch = 64
 
-// forkNames validates the request's names.
-func forkNames(req ForkRequest) ([]string, error) {
+// forkNamesOf validates the request's names.
+func forkNamesOf(req ForkRequest) ([]string, error) {
 	if req.Count == 0 && req.NamePrefix == "" {
 		if err := names.Validate("fork name", req.Name); err != nil {
 			return nil, err
@@ -83,42 +83,33 @@ type forkSource struct {
 //	validate → lock the source → park it if running → copy → commit
 //	→ bring the forks to their target state → restore the source
 func (m *Manager) Fork(ctx context.Context, ref string, req ForkRequest) ([]Instance, error) {
-	leave, err := m.enter()
+	var forkNames []string
+	var target State
+	var out []Instance
+	_, err := m.run(ctx, operation{
+		name: "fork", instance: ref,
+		validate: func() (err error) { forkNames, err = forkNamesOf(req); return err },
+		check: func(t *targets) error {
+			switch t.state {
+			case StateStandby, StateStopped:
+			case StateRunning:
+				if !req.FromRunning {
+					return fmt.Errorf("instance %s is Running: fork it with from_running (it is parked for the copy and restored after): %w", t.inst.Name, errdefs.ErrInvalidState)
+				}
+			default:
+				return invalidState("fork", t.inst, t.state)
+			}
+			if target = req.TargetState; target == "" {
+				target = t.state
+			}
+			return checkTarget(target, t.state != StateStopped)
+		},
+	}, func(t *targets) (err error) {
+		out, err = m.forkInstance(ctx, &t.inst, t.state, forkNames, target)
+		return err
+	})
 	if err != nil {
 		return nil, err
-	}
-	defer leave()
-	forkNames, err := forkNames(req)
-	if err != nil {
-		return nil, err
-	}
-	src, unlock, err := m.lockInstance(ctx, ref)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	state := m.view(src).State
-	switch state {
-	case StateStandby, StateStopped:
-	case StateRunning:
-		if !req.FromRunning {
-			return nil, fmt.Errorf("instance %s is Running: fork it with from_running (it is parked for the copy and restored after): %w", src.Name, errdefs.ErrInvalidState)
-		}
-	default:
-		return nil, invalidState("fork", src, state)
-	}
-	target := req.TargetState
-	if target == "" {
-		target = state
-	}
-	if err := checkTarget(target, state != StateStopped); err != nil {
-		return nil, err
-	}
-	done := m.metrics.op("fork")
-	out, err := m.forkInstance(ctx, &src, state, forkNames, target)
-	done(err)
-	if err != nil {
-		return nil, fmt.Errorf("fork %s: %w", src.Name, err)
 	}
 	return out, nil
 }
@@ -154,65 +145,38 @@ func (m *Manager) forkInstance(ctx context.Context, src *store.Instance, state S
 	return m.forkFrom(ctx, fs, forkNames, target)
 }
 
-// park puts a running instance in standby for a copy and returns the
-// function that restores it. An OpResume intent covers the time between:
-// after a crash the reconcile restores the source. The copy has been made
-// when resume runs, so a failure to restore the source does not fail the
-// call: it is logged, the intent stays, and the next daemon start (or the
-// user) restores the source.
-func (m *Manager) park(ctx context.Context, inst *store.Instance) (resume func(), err error) {
-	intent := store.Intent{ID: ids.New(), Op: store.OpResume, InstanceID: inst.ID}
-	if err := m.putIntent(intent); err != nil {
-		return nil, err
-	}
-	if _, err := m.standby(ctx, inst, false); err != nil {
-		m.dropIntent(intent.ID)
-		return nil, fmt.Errorf("park the source: %w", err)
-	}
-	return func() {
-		if err := m.restore(context.WithoutCancel(ctx), inst); err != nil {
-			m.log.Error("restore the source after the copy; it stays parked until restored", "instance", inst.ID, "name", inst.Name, "err", err)
-			return
-		}
-		m.dropIntent(intent.ID)
-	}, nil
-}
-
 // ForkSnapshot makes new instances from a snapshot.
 func (m *Manager) ForkSnapshot(ctx context.Context, snapRef string, req ForkRequest) ([]Instance, error) {
-	leave, err := m.enter()
+	var forkNames []string
+	var target State
+	var out []Instance
+	_, err := m.run(ctx, operation{
+		name: "fork", snapshot: snapRef,
+		validate: func() (err error) {
+			if req.FromRunning {
+				return fmt.Errorf("from_running applies to instances, not snapshots: %w", errdefs.ErrInvalidArgument)
+			}
+			forkNames, err = forkNamesOf(req)
+			return err
+		},
+		check: func(t *targets) (err error) {
+			if target, err = targetFor(t.snap.Kind, req.TargetState); err != nil {
+				return err
+			}
+			return m.verifiedSnapshot(t.snap)
+		},
+		label: func(t *targets) string { return "fork snapshot " + t.snap.ID },
+	}, func(t *targets) (err error) {
+		snap := t.snap
+		out, err = m.forkFrom(ctx, forkSource{
+			dir: m.snapshotDir(snap.ID), spec: snap.Spec, cacheKey: snap.CacheKey, bootID: snap.BootID,
+			hasMemory: snap.Kind == store.SnapshotStandby, manifest: true,
+			origin: store.Origin{SnapshotID: snap.ID, InstanceID: snap.SourceInstanceID, InstanceName: snap.SourceInstanceName},
+		}, forkNames, target)
+		return err
+	})
 	if err != nil {
 		return nil, err
-	}
-	defer leave()
-	if req.FromRunning {
-		return nil, fmt.Errorf("from_running applies to instances, not snapshots: %w", errdefs.ErrInvalidArgument)
-	}
-	forkNames, err := forkNames(req)
-	if err != nil {
-		return nil, err
-	}
-	snap, unlock, err := m.lockSnapshot(ctx, snapRef)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	target, err := targetFor(snap.Kind, req.TargetState)
-	if err != nil {
-		return nil, err
-	}
-	if err := m.verifiedSnapshot(snap); err != nil {
-		return nil, err
-	}
-	done := m.metrics.op("fork")
-	out, err := m.forkFrom(ctx, forkSource{
-		dir: m.snapshotDir(snap.ID), spec: snap.Spec, cacheKey: snap.CacheKey, bootID: snap.BootID,
-		hasMemory: snap.Kind == store.SnapshotStandby, manifest: true,
-		origin: store.Origin{SnapshotID: snap.ID, InstanceID: snap.SourceInstanceID, InstanceName: snap.SourceInstanceName},
-	}, forkNames, target)
-	done(err)
-	if err != nil {
-		return nil, fmt.Errorf("fork snapshot %s: %w", snap.ID, err)
 	}
 	return out, nil
 }
@@ -354,9 +318,9 @@ func (m *Manager) removeFork(ctx context.Context, id string) error {
 	return m.delete(ctx, inst, true)
 }
 
-// reconcileForkIntent removes every fork of a call a crash interrupted:
-// forks are all or nothing, and the client never heard of these.
-func (m *Manager) reconcileForkIntent(ctx context.Context, in store.Intent) error {
+// reconcileFork is the crash rule of a fork call: every fork of it goes
+// (forks are all or nothing, and the client never heard of these).
+func (m *Manager) reconcileFork(ctx context.Context, in store.Intent) error {
 	var errs []error
 	for _, id := range in.Members {
 		m.killVMMs(ctx, store.Instance{ID: id})

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"time"
 
@@ -210,51 +209,6 @@ func (m *Manager) lockFor(id string) *instanceLock {
 		m.locks[id] = l
 	}
 	return l
-}
-
-// lifecycle runs one operation on one instance: admitted (enter), under
-// the instance's lock, only from the states it allows (409 otherwise),
-// timed in the metrics, its error wrapped with the operation and name.
-func (m *Manager) lifecycle(ctx context.Context, ref, op string, from []State, run func(*store.Instance) error) (Instance, error) {
-	leave, err := m.enter()
-	if err != nil {
-		return Instance{}, err
-	}
-	defer leave()
-	inst, unlock, err := m.lockInstance(ctx, ref)
-	if err != nil {
-		return Instance{}, err
-	}
-	defer unlock()
-	if v := m.view(inst); !slices.Contains(from, v.State) {
-		return Instance{}, invalidState(op, inst, v.State)
-	}
-	done := m.metrics.op(op)
-	err = run(&inst)
-	done(err)
-	if err != nil {
-		return m.view(inst), fmt.Errorf("%s %s: %w", op, inst.Name, err)
-	}
-	return m.view(inst), nil
-}
-
-// lockInstance resolves ref, takes the instance's lock and re-reads the
-// record under it.
-func (m *Manager) lockInstance(ctx context.Context, ref string) (store.Instance, func(), error) {
-	var inst store.Instance
-	if err := m.store.View(func(tx *store.Tx) (err error) { inst, err = tx.ResolveInstance(ref); return }); err != nil {
-		return inst, nil, err
-	}
-	l := m.lockFor(inst.ID)
-	if err := l.lock(ctx); err != nil {
-		return inst, nil, fmt.Errorf("instance %s: %w", inst.Name, err)
-	}
-	err := m.store.View(func(tx *store.Tx) (err error) { inst, err = tx.Instance(inst.ID); return })
-	if err != nil {
-		l.unlock()
-		return inst, nil, err
-	}
-	return inst, l.unlock, nil
 }
 
 func (m *Manager) runtimeOf(id string) *runtime {

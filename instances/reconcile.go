@@ -7,32 +7,24 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
-	"time"
 
 	"github.com/zygote/zygote/clone"
-	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/guest/agent"
 	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/internal/ids"
-	"github.com/zygote/zygote/internal/proc"
 	"github.com/zygote/zygote/store"
 )
 
 // Reconcile brings the store and the host into agreement at daemon start,
-// before any request is served. For each intent a crash left behind:
+// before any request is served:
 //
-//	create            roll back: kill its VMM, remove its directory
-//	start             VMM alive: adopt it (Running); else stay Stopped
-//	stop, delete      roll forward
-//	standby           state file published: commit Standby (kill the VMM);
-//	                  else VMM alive: resume it (Running); else Stopped
-//	restore           state file still there: stay Standby (kill any VMM);
-//	                  else VMM alive: adopt it (Running); else Stopped
-//	snapshot, fork    see snapshot.go and fork.go
-//
-// Then every Running record is adopted (pid and start time checked) or
-// marked Stopped; VMMs and directories no record owns are removed.
+//  1. each intent a crash left behind is finished or rolled back by the
+//     recovery rule of its operation (recoveryRules);
+//  2. every Running record is adopted (pid and start time checked) or
+//     marked Stopped;
+//  3. one sweep of the instances and snapshots directories removes what
+//     no record owns (and the VMMs running it);
+//  4. sources parked by an interrupted fork or snapshot are restored.
 func (m *Manager) Reconcile(ctx context.Context) error {
 	var intents []store.Intent
 	if err := m.store.View(func(tx *store.Tx) (err error) { intents, err = tx.Intents(); return }); err != nil {
@@ -41,19 +33,27 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	var errs []error
 	for _, in := range intents {
 		m.log.Info("reconcile: finishing interrupted operation", "op", in.Op, "instance", in.InstanceID, "snapshot", in.SnapshotID)
-		if err := m.reconcileIntent(ctx, in); err != nil {
+		if err := m.recover(ctx, in); err != nil {
 			errs = append(errs, fmt.Errorf("reconcile %s %s: %w", in.Op, in.ID, err))
 			continue
 		}
 		m.dropIntent(in.ID)
 	}
 	var recs []store.Instance
-	if err := m.store.View(func(tx *store.Tx) (err error) { recs, err = tx.Instances(); return }); err != nil {
+	var snaps []store.Snapshot
+	err := m.store.View(func(tx *store.Tx) (err error) {
+		if recs, err = tx.Instances(); err != nil {
+			return err
+		}
+		snaps, err = tx.Snapshots()
+		return err
+	})
+	if err != nil {
 		return err
 	}
-	known := map[string]bool{}
+	instances, snapshots := map[string]bool{}, map[string]bool{}
 	for _, inst := range recs {
-		known[inst.ID] = true
+		instances[inst.ID] = true
 		m.sweepTemporaries(inst.ID)
 		if m.runtimeOf(inst.ID) != nil {
 			continue // adopted while reconciling its intent
@@ -62,7 +62,12 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("reconcile instance %s: %w", inst.Name, err))
 		}
 	}
-	errs = append(errs, m.removeOrphans(ctx, known), m.removeOrphanSnapshots())
+	for _, s := range snaps {
+		snapshots[s.ID] = true
+	}
+	errs = append(errs,
+		m.sweep("instances", instances, func(id string) { m.killVMMs(ctx, store.Instance{ID: id}) }),
+		m.sweep("snapshots", snapshots, nil))
 	// Last, when every record and VMM is settled: sources parked by an
 	// interrupted fork or snapshot go back to Running.
 	m.mu.Lock()
@@ -75,127 +80,62 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// swapLeftover recognises "<id>.new" and "<id>.old".
-func swapLeftover(name string) (string, bool) {
-	for _, suffix := range []string{".new", ".old"} {
-		if base, ok := strings.CutSuffix(name, suffix); ok && ids.Valid(base) {
-			return base, true
-		}
-	}
-	return "", false
+// recoveryRules maps each journaled operation to the rule that finishes or
+// rolls back its half-done work. Each rule lives in its operation's file,
+// next to the code whose work it finishes, and never calls back into this
+// file:
+//
+//	create            roll back: kill its VMM, remove its directory      create.go
+//	start             VMM alive: adopt it (Running); else stay Stopped   start.go
+//	stop              roll forward                                        stop.go
+//	standby           state file published: commit Standby; else VMM     standby.go
+//	                  alive: resume it (Running); else Stopped
+//	restore           state file still there: stay Standby; else VMM     restore.go
+//	                  alive: adopt it (Running); else Stopped
+//	delete            roll forward                                        delete.go
+//	fork              remove every fork of the call                       fork.go
+//	resume            restore the parked source, last                     park.go
+//	snapshot          no record: remove the partial directory             snapshot_create.go
+//	snapshot_restore  not swapped: drop the copy; else finish the swap    snapshot_restore.go
+//	snapshot_delete   roll forward                                        snapshot_delete.go
+var recoveryRules = map[store.Op]func(m *Manager, ctx context.Context, in store.Intent) error{
+	store.OpCreate:          (*Manager).reconcileCreate,
+	store.OpStart:           onInstance((*Manager).reconcileStart),
+	store.OpStop:            onInstance((*Manager).reconcileStop),
+	store.OpStandby:         onInstance((*Manager).reconcileStandby),
+	store.OpRestore:         onInstance((*Manager).reconcileRestore),
+	store.OpDelete:          (*Manager).reconcileDelete,
+	store.OpFork:            (*Manager).reconcileFork,
+	store.OpResume:          (*Manager).reconcileResume,
+	store.OpSnapshot:        (*Manager).reconcileSnapshot,
+	store.OpSnapshotRestore: (*Manager).reconcileSnapshotRestore,
+	store.OpSnapshotDelete:  (*Manager).reconcileSnapshotDelete,
 }
 
-// removeOrphanSnapshots deletes snapshot directories no record owns.
-func (m *Manager) removeOrphanSnapshots() error {
-	var snaps []store.Snapshot
-	if err := m.store.View(func(tx *store.Tx) (err error) { snaps, err = tx.Snapshots(); return }); err != nil {
-		return err
+// recover runs the recovery rule of an intent's operation.
+func (m *Manager) recover(ctx context.Context, in store.Intent) error {
+	rule, ok := recoveryRules[in.Op]
+	if !ok {
+		return fmt.Errorf("no recovery rule for operation %q (written by a newer zygote?)", in.Op)
 	}
-	known := map[string]bool{}
-	for _, s := range snaps {
-		known[s.ID] = true
-	}
-	entries, err := os.ReadDir(filepath.Join(m.cfg.DataDir, "snapshots"))
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, e := range entries {
-		if known[e.Name()] {
-			continue
-		}
-		m.log.Info("reconcile: removing orphan snapshot directory", "dir", e.Name())
-		if err := os.RemoveAll(m.snapshotDir(e.Name())); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+	return rule(m, ctx, in)
 }
 
-func (m *Manager) reconcileIntent(ctx context.Context, in store.Intent) error {
-	var inst store.Instance
-	err := m.store.View(func(tx *store.Tx) (err error) { inst, err = tx.Instance(in.InstanceID); return })
-	exists := err == nil
-	switch in.Op {
-	case store.OpCreate:
-		if in.Pending != nil {
-			m.killVMMs(ctx, *in.Pending)
+// onInstance adapts a rule of an operation on one existing instance: it
+// gets the instance's record and driver; an instance that is gone needs
+// no recovery.
+func onInstance(rule func(m *Manager, ctx context.Context, inst store.Instance, d hypervisor.Driver) error) func(*Manager, context.Context, store.Intent) error {
+	return func(m *Manager, ctx context.Context, in store.Intent) error {
+		var inst store.Instance
+		if err := m.store.View(func(tx *store.Tx) (err error) { inst, err = tx.Instance(in.InstanceID); return }); err != nil {
+			return nil
 		}
-		return os.RemoveAll(m.instanceDir(in.InstanceID))
-	case store.OpSnapshot, store.OpSnapshotDelete, store.OpSnapshotRestore:
-		return m.reconcileSnapshotIntent(ctx, in)
-	case store.OpFork:
-		return m.reconcileForkIntent(ctx, in)
-	case store.OpResume:
-		m.mu.Lock()
-		m.resumeQueue = append(m.resumeQueue, in.InstanceID)
-		m.mu.Unlock()
-		return nil
-	case store.OpDelete:
-		if exists {
-			m.killVMMs(ctx, inst)
-		}
-		if err := os.RemoveAll(m.instanceDir(in.InstanceID)); err != nil {
+		d, err := m.driver(inst.Spec.Hypervisor)
+		if err != nil {
 			return err
 		}
-		if exists {
-			return m.store.Update(func(tx *store.Tx) error { return tx.DeleteInstance(inst.ID) })
-		}
-		return nil
+		return rule(m, ctx, inst, d)
 	}
-	if !exists {
-		return nil
-	}
-	d, err := m.driver(inst.Spec.Hypervisor)
-	if err != nil {
-		return err
-	}
-	dir := m.instanceDir(inst.ID)
-	switch in.Op {
-	case store.OpStart:
-		if vm := m.adoptAny(ctx, inst); vm != nil {
-			inst.State, inst.VMM, inst.StartedAt = store.Running, vmmRecord(vm), timePtr(now())
-			if err := m.putInstance(inst); err != nil {
-				return err
-			}
-			m.attachRuntime(inst, vm, nil)
-		}
-	case store.OpStop:
-		m.killVMMs(ctx, inst)
-		m.markStopped(&inst, "")
-	case store.OpStandby:
-		if d.HasSavedState(dir) {
-			m.killVMMs(ctx, inst)
-			inst.State, inst.VMM, inst.CacheKey = store.Standby, nil, ids.New()
-			return m.putInstance(inst)
-		}
-		if vm := m.adoptAny(ctx, inst); vm != nil {
-			if err := vm.Resume(ctx); err != nil {
-				m.log.Warn("reconcile: resume after interrupted standby", "instance", inst.ID, "err", err)
-			}
-			m.attachRuntime(inst, vm, nil)
-			return nil
-		}
-		m.markStopped(&inst, "the VMM exited during an interrupted standby")
-	case store.OpRestore:
-		if d.HasSavedState(dir) {
-			m.killVMMs(ctx, inst)
-			return nil
-		}
-		if vm := m.adoptAny(ctx, inst); vm != nil {
-			inst.State, inst.VMM, inst.CacheKey = store.Running, vmmRecord(vm), ""
-			if err := m.putInstance(inst); err != nil {
-				return err
-			}
-			if paused, err := vm.Paused(ctx); err == nil && paused {
-				vm.Resume(ctx)
-			}
-			m.attachRuntime(inst, vm, restoreNotice(inst))
-			return nil
-		}
-		m.markStopped(&inst, "the VMM exited during an interrupted restore")
-	}
-	return nil
 }
 
 func (m *Manager) reconcileInstance(ctx context.Context, inst store.Instance) error {
@@ -230,145 +170,55 @@ func (m *Manager) reconcileInstance(ctx context.Context, inst store.Instance) er
 	return nil
 }
 
-// adoptAny attaches to the instance's live VMM: the recorded one, else any
-// process the driver recognises as running this instance's directory. A
-// VMM it cannot attach to after a few tries (a wedged monitor) is killed,
-// so a nil result always means no VMM runs this directory: the caller may
-// then record the instance Stopped and discard its memory without
-// stranding a live guest.
-func (m *Manager) adoptAny(ctx context.Context, inst store.Instance) hypervisor.VM {
-	d, err := m.driver(inst.Spec.Hypervisor)
-	if err != nil {
-		return nil
-	}
-	spec := m.specOf(inst)
-	var cands []hypervisor.Process
-	if inst.VMM != nil {
-		cands = append(cands, hypervisor.Process{PID: inst.VMM.PID, StartTime: inst.VMM.StartTime})
-	}
-	found, _ := d.Find(spec)
-	cands = append(cands, found...)
-	for _, p := range cands {
-		for attempt := 1; attempt <= 3; attempt++ {
-			vm, err := d.Attach(ctx, spec, p)
-			if err == nil {
-				// Any other VMM for this directory is a leftover.
-				for _, other := range found {
-					if other != p {
-						m.killVMM(ctx, d, spec, other)
-					}
-				}
-				return vm
-			}
-			m.log.Warn("reconcile: cannot attach to the VMM", "instance", inst.ID, "pid", p.PID, "attempt", attempt, "err", err)
-			if errdefs.IsNotFound(err) {
-				break // gone, or not this instance's
-			}
-		}
-	}
-	m.killVMMs(ctx, inst)
-	return nil
-}
-
-// killVMMs ends every VMM running inst's directory.
-func (m *Manager) killVMMs(ctx context.Context, inst store.Instance) {
-	spec := m.specOf(inst)
-	for _, d := range m.drivers {
-		found, _ := d.Find(spec)
-		for _, p := range found {
-			m.log.Info("reconcile: killing leftover VMM", "instance", inst.ID, "pid", p.PID)
-			m.killVMM(ctx, d, spec, p)
-		}
-	}
-}
-
-// killVMM ends a VMM through its driver (which may flush and exit
-// cleanly), or with SIGKILL when the driver cannot attach to it.
-func (m *Manager) killVMM(ctx context.Context, d hypervisor.Driver, spec hypervisor.Spec, p hypervisor.Process) {
-	if vm, err := d.Attach(ctx, spec, p); err == nil {
-		vm.Quit(ctx)
-		return
-	}
-	h, err := proc.Open(p.PID, p.StartTime)
-	if err != nil {
-		return
-	}
-	defer h.Close()
-	h.Signal(syscall.SIGKILL)
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	h.Wait(wctx)
-}
-
-// removeOrphans deletes instance directories (and their VMMs) that no
-// record owns.
-func (m *Manager) removeOrphans(ctx context.Context, known map[string]bool) error {
-	entries, err := os.ReadDir(filepath.Join(m.cfg.DataDir, "instances"))
+// sweep removes what no record owns from the data directory's sub
+// ("instances" or "snapshots"): leftovers of a snapshot restore's swap
+// ("<id>.new", "<id>.old"), interrupted copies (clone temporaries), and
+// directories named by an id no record has, after orphan (if set) has
+// ended whatever runs them. Anything else is left alone with a warning.
+func (m *Manager) sweep(sub string, known map[string]bool, orphan func(id string)) error {
+	parent := filepath.Join(m.cfg.DataDir, sub)
+	entries, err := os.ReadDir(parent)
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for _, e := range entries {
-		if known[e.Name()] {
+		name := e.Name()
+		if known[name] {
 			continue
 		}
-		if _, ok := swapLeftover(e.Name()); ok {
+		_, swap := swapLeftover(name)
+		switch {
+		case swap:
 			// A snapshot restore committed, then crashed before cleanup
 			// (or its instance is gone since).
-			m.log.Info("reconcile: removing leftover of a snapshot restore", "dir", e.Name())
-			if err := os.RemoveAll(filepath.Join(filepath.Join(m.cfg.DataDir, "instances"), e.Name())); err != nil {
-				errs = append(errs, err)
+			m.log.Info("reconcile: removing leftover of a snapshot restore", "dir", name)
+		case clone.IsTempName(name):
+			m.log.Info("reconcile: removing an interrupted copy", "dir", name)
+		case !ids.Valid(name):
+			m.log.Warn("reconcile: unexpected entry in the data directory, left alone", "dir", sub, "name", name)
+			continue
+		default:
+			m.log.Info("reconcile: removing orphan directory", "dir", sub, "id", name)
+			if orphan != nil {
+				orphan(name)
 			}
-			continue
 		}
-		if clone.IsTempName(e.Name()) {
-			m.log.Info("reconcile: removing an interrupted copy", "dir", e.Name())
-			if err := os.RemoveAll(filepath.Join(filepath.Join(m.cfg.DataDir, "instances"), e.Name())); err != nil {
-				errs = append(errs, err)
-			}
-			continue
-		}
-		if !ids.Valid(e.Name()) {
-			m.log.Warn("reconcile: unexpected entry in the instances directory, left alone", "name", e.Name())
-			continue
-		}
-		m.log.Info("reconcile: removing orphan instance directory", "instance", e.Name())
-		m.killVMMs(ctx, store.Instance{ID: e.Name()})
-		if err := os.RemoveAll(m.instanceDir(e.Name())); err != nil {
+		if err := os.RemoveAll(filepath.Join(parent, name)); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// resumeAfterReconcile restores, in the background once the reconcile is
-// done, a source that a fork or snapshot parked when a crash hit: it was
-// Running before the operation and must be again.
-func (m *Manager) resumeAfterReconcile(id string) {
-	leave, err := m.enter()
-	if err != nil {
-		return
+// swapLeftover recognises "<id>.new" and "<id>.old".
+func swapLeftover(name string) (string, bool) {
+	for _, suffix := range []string{".new", ".old"} {
+		if base, ok := strings.CutSuffix(name, suffix); ok && ids.Valid(base) {
+			return base, true
+		}
 	}
-	go func() { // owner: the manager: an operation Close waits for
-		defer leave()
-		ctx := context.Background()
-		l := m.lockFor(id)
-		if err := l.lock(ctx); err != nil {
-			return
-		}
-		defer l.unlock()
-		var inst store.Instance
-		if err := m.store.View(func(tx *store.Tx) (err error) { inst, err = tx.Instance(id); return }); err != nil {
-			return
-		}
-		if m.view(inst).State != StateStandby {
-			return
-		}
-		m.log.Info("reconcile: restoring a source parked by an interrupted fork or snapshot", "instance", id, "name", inst.Name)
-		if err := m.restore(ctx, &inst); err != nil {
-			m.log.Error("reconcile: restore the parked source", "instance", id, "err", err)
-		}
-	}()
+	return "", false
 }
 
 // sweepTemporaries removes what a crash left inside an instance directory

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/zygote/zygote/guest/agent"
+	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/internal/crashpoint"
 	"github.com/zygote/zygote/store"
 )
@@ -76,4 +77,28 @@ func randomBytes(n int) []byte {
 	b := make([]byte, n)
 	rand.Read(b) // never fails on Linux
 	return b
+}
+
+// reconcileRestore is the crash rule of a restore: a state file still
+// there means the restore never loaded it (stay Standby, kill any VMM);
+// else a live VMM is adopted (Running, the guest told of the restore);
+// else the instance is Stopped.
+func (m *Manager) reconcileRestore(ctx context.Context, inst store.Instance, d hypervisor.Driver) error {
+	if d.HasSavedState(m.instanceDir(inst.ID)) {
+		m.killVMMs(ctx, inst)
+		return nil
+	}
+	if vm := m.adoptAny(ctx, inst); vm != nil {
+		inst.State, inst.VMM, inst.CacheKey = store.Running, vmmRecord(vm), ""
+		if err := m.putInstance(inst); err != nil {
+			return err
+		}
+		if paused, err := vm.Paused(ctx); err == nil && paused {
+			vm.Resume(ctx)
+		}
+		m.attachRuntime(inst, vm, restoreNotice(inst))
+		return nil
+	}
+	m.markStopped(&inst, "the VMM exited during an interrupted restore")
+	return nil
 }

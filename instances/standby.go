@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/zygote/zygote/hypervisor"
+	"github.com/zygote/zygote/internal/cleanup"
 	"github.com/zygote/zygote/internal/crashpoint"
 	"github.com/zygote/zygote/internal/ids"
 	"github.com/zygote/zygote/store"
@@ -44,14 +45,22 @@ func (m *Manager) standby(ctx context.Context, inst *store.Instance, densify boo
 	if err := m.putIntent(intent); err != nil {
 		return hypervisor.SaveStats{}, err
 	}
+	undo := cleanup.New()
+	defer undo.Run(ctx)
+	undo.Add("drop standby intent", func(context.Context) error { m.dropIntent(intent.ID); return nil })
 	rt.detach()
 	rt.setPaused(true)
+	undo.Add("put the VM back in service", func(ctx context.Context) error {
+		m.recoverRunning(ctx, inst, rt, "standby")
+		return nil
+	})
 	stats, err := m.pauseAndSave(ctx, rt.vm)
 	if err != nil {
-		m.dropIntent(intent.ID)
-		m.recoverRunning(ctx, inst, rt, "standby")
 		return stats, err
 	}
+	// The state file is published: from here on a crash or a failure
+	// commits Standby (the reconcile's rule), never a resume.
+	undo.Release()
 	crashpoint.Hit(crashpoint.StandbySaved)
 	if err := rt.vm.Quit(ctx); err != nil {
 		rt.log.Warn("quit VMM after saving state", "err", err)
@@ -96,4 +105,24 @@ func (m *Manager) recoverRunning(ctx context.Context, inst *store.Instance, rt *
 		rt.log.Error("resume after failed "+op, "err", err)
 	}
 	m.attachRuntime(*inst, rt.vm, nil)
+}
+
+// reconcileStandby is the crash rule of a standby: a published state file
+// is a complete standby image, committed Standby (any VMM killed); else a
+// live VMM is resumed (Running); else the instance is Stopped.
+func (m *Manager) reconcileStandby(ctx context.Context, inst store.Instance, d hypervisor.Driver) error {
+	if d.HasSavedState(m.instanceDir(inst.ID)) {
+		m.killVMMs(ctx, inst)
+		inst.State, inst.VMM, inst.CacheKey = store.Standby, nil, ids.New()
+		return m.putInstance(inst)
+	}
+	if vm := m.adoptAny(ctx, inst); vm != nil {
+		if err := vm.Resume(ctx); err != nil {
+			m.log.Warn("reconcile: resume after interrupted standby", "instance", inst.ID, "err", err)
+		}
+		m.attachRuntime(inst, vm, nil)
+		return nil
+	}
+	m.markStopped(&inst, "the VMM exited during an interrupted standby")
+	return nil
 }

@@ -59,3 +59,16 @@ func (m *Manager) startLocked(ctx context.Context, inst *store.Instance) error {
 	m.attachRuntime(*inst, vm, nil)
 	return nil
 }
+
+// reconcileStart is the crash rule of a start: a live VMM is adopted
+// (Running); otherwise the instance stays Stopped.
+func (m *Manager) reconcileStart(ctx context.Context, inst store.Instance, d hypervisor.Driver) error {
+	if vm := m.adoptAny(ctx, inst); vm != nil {
+		inst.State, inst.VMM, inst.StartedAt = store.Running, vmmRecord(vm), timePtr(now())
+		if err := m.putInstance(inst); err != nil {
+			return err
+		}
+		m.attachRuntime(inst, vm, nil)
+	}
+	return nil
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/store"
 )
 
@@ -59,4 +60,11 @@ func (m *Manager) haltVM(ctx context.Context, rt *runtime, graceful bool) {
 	if err := rt.vm.Quit(qctx); err != nil {
 		rt.log.Error("quit VMM", "err", err)
 	}
+}
+
+// reconcileStop is the crash rule of a stop: roll forward.
+func (m *Manager) reconcileStop(ctx context.Context, inst store.Instance, d hypervisor.Driver) error {
+	m.killVMMs(ctx, inst)
+	m.markStopped(&inst, "")
+	return nil
 }

@@ -4,33 +4,9 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/store"
 )
-
-// State is the state a client sees (hypeman's InstanceState).
-type State string
-
-const (
-	StateCreated      State = "Created"
-	StateInitializing State = "Initializing"
-	StateRunning      State = "Running"
-	StatePaused       State = "Paused"
-	StateShutdown     State = "Shutdown"
-	StateStopped      State = "Stopped"
-	StateStandby      State = "Standby"
-	StateUnknown      State = "Unknown"
-)
-
-// ParseState checks a state name from a request.
-func ParseState(s string) (State, error) {
-	switch st := State(s); st {
-	case StateCreated, StateInitializing, StateRunning, StatePaused, StateShutdown, StateStopped, StateStandby, StateUnknown:
-		return st, nil
-	}
-	return "", fmt.Errorf("unknown instance state %q: %w", s, errdefs.ErrInvalidArgument)
-}
 
 // Instance is an instance record with its derived state.
 type Instance struct {
@@ -120,9 +96,4 @@ func (m *Manager) Get(ctx context.Context, ref string) (Instance, error) {
 		return Instance{}, err
 	}
 	return m.view(inst), nil
-}
-
-// invalidState is the 409 for an operation the state machine forbids.
-func invalidState(op string, inst store.Instance, state State) error {
-	return fmt.Errorf("cannot %s instance %s: it is %s: %w", op, inst.Name, state, errdefs.ErrInvalidState)
 }
