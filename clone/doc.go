@@ -28,6 +28,10 @@
 // errdefs.ErrNotImplemented, names the file and filesystems, and says how
 // to fix it.
 //
+// Cloner binds one Options value to Dir, File and PrepareDensify: the
+// daemon builds one from its configuration and hands it to every caller,
+// so no copy runs with options of its own.
+//
 // # What Dir copies
 //
 // Directories, regular files and symlinks, with modes and owners

@@ -43,12 +43,35 @@
 // boot, tells it about restores, and records an unexpected VMM exit. An
 // operation that stops a VMM on purpose first detaches the watcher.
 //
+// # Operations
+//
+// Every operation of the API goes through one runner (operation.go): it
+// admits the call (refused once Close has begun), validates the request,
+// takes the locks the operation names (instance, then snapshot), re-reads
+// the records under them, checks the states the operation may run from
+// (409 otherwise), and runs it timed in the metrics, its error wrapped with
+// the operation's name. One operation per file: create.go, start.go,
+// stop.go, standby.go, restore.go, delete.go, fork.go, snapshot_create.go,
+// snapshot_restore.go, snapshot_delete.go. park.go parks a running source
+// for a copy (fork, snapshot). states.go holds the states, bringTo (walk an
+// instance to a target state) and the 409 error.
+//
+// # Seams
+//
+// The manager sees drivers only through hypervisor.Driver and the optional
+// interfaces hypervisor declares (MemoryFiler, AcceleratorReporter); every
+// copy and every densify goes through Config.Clone (Cloner), built once by
+// the daemon with its clone options (strict mode).
+//
 // # Crash safety
 //
 // Operations write a store.Intent before they touch the disk and delete it
 // in the transaction that commits their result. At startup Reconcile
-// finishes or rolls back each leftover intent, adopts live VMMs (checked by
-// pid and start time), marks dead ones Stopped, kills VMMs no record owns
-// and removes directories no record owns. See reconcile.go for the rule of
-// each operation.
+// (reconcile.go) runs, for each leftover intent, the recovery rule its
+// operation registers in recoveryRules; each rule lives in its operation's
+// file, next to the code whose half-done work it finishes, and calls
+// nothing in reconcile.go. Then it adopts live VMMs (adopt.go; checked by
+// pid and start time), marks dead ones Stopped, kills VMMs no record owns,
+// removes directories no record owns in one sweep, and restores sources
+// that an interrupted fork or snapshot had parked.
 package instances
