@@ -58,6 +58,11 @@
 //
 // # Seams
 //
+// Callers see the manager's own domain types (Instance, Spec, Snapshot,
+// SnapshotKind; records.go), never store records: the conversions in
+// records.go are the one boundary to the store's records and to the
+// snapshot manifest.
+//
 // The manager sees drivers only through hypervisor.Driver and the optional
 // interfaces hypervisor declares (MemoryFiler, AcceleratorReporter); every
 // copy and every densify goes through Config.Clone (Cloner), built once by

@@ -24,7 +24,7 @@ func (m *Manager) ExecTarget(ctx context.Context, ref string) (Instance, error) 
 	case StateRunning, StateInitializing:
 		return v, nil
 	}
-	return v, errNotRunnable(v.Instance, v.State)
+	return v, errNotRunnable(v.Name, v.State)
 }
 
 // Exec runs a command in the guest and returns its exit code. It waits up
@@ -37,7 +37,7 @@ func (m *Manager) Exec(ctx context.Context, ref string, req agent.ExecRequest, w
 	}
 	rt := m.runtimeOf(v.ID)
 	if rt == nil {
-		return -1, errNotRunnable(v.Instance, StateUnknown)
+		return -1, errNotRunnable(v.Name, StateUnknown)
 	}
 	wctx, cancel := context.WithTimeout(ctx, max(waitForAgent, time.Millisecond))
 	ag, err := rt.waitAgent(wctx)
@@ -111,6 +111,6 @@ func stuck(state, target State) bool {
 }
 
 // errNotRunnable is returned when exec targets an instance without a VMM.
-func errNotRunnable(inst store.Instance, state State) error {
-	return fmt.Errorf("instance %s is %s, not Running: %w", inst.Name, state, errdefs.ErrInvalidState)
+func errNotRunnable(name string, state State) error {
+	return fmt.Errorf("instance %s is %s, not Running: %w", name, state, errdefs.ErrInvalidState)
 }

@@ -160,7 +160,7 @@ func (m *Manager) ForkSnapshot(ctx context.Context, snapRef string, req ForkRequ
 			return err
 		},
 		check: func(t *targets) (err error) {
-			if target, err = targetFor(t.snap.Kind, req.TargetState); err != nil {
+			if target, err = targetFor(SnapshotKind(t.snap.Kind), req.TargetState); err != nil {
 				return err
 			}
 			return m.verifiedSnapshot(t.snap)

@@ -66,7 +66,9 @@ func TestForkFromStandbyOwnsItsMemory(t *testing.T) {
 	if out, _ := execOut(t, h, "child", "hostname"); out != "child\n" {
 		t.Fatalf("fork hostname after its first restore: %q (the guest was not given a new identity)", out)
 	}
-	if got := mustGet(t, h, "child"); got.NewIdentity {
+	var rec store.Instance
+	h.Store.View(func(tx *store.Tx) (err error) { rec, err = tx.Instance(mustGet(t, h, "child").ID); return })
+	if rec.NewIdentity {
 		t.Fatal("NewIdentity still set after the fork's first restore")
 	}
 }

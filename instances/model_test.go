@@ -17,7 +17,6 @@ import (
 	"github.com/zygote/zygote/instances"
 	"github.com/zygote/zygote/instances/instancestest"
 	"github.com/zygote/zygote/instances/lifecycletest"
-	"github.com/zygote/zygote/store"
 )
 
 // TestLifecycleModel runs the randomized lifecycle model over the fake
@@ -91,7 +90,7 @@ func (w *fakeWorld) Fork(ctx context.Context, src, name, target string) (string,
 }
 
 func (w *fakeWorld) Snapshot(ctx context.Context, src, kind string) (string, error) {
-	s, err := w.m().CreateSnapshot(ctx, src, instances.SnapshotRequest{Kind: store.SnapshotKind(kind)})
+	s, err := w.m().CreateSnapshot(ctx, src, instances.SnapshotRequest{Kind: instances.SnapshotKind(kind)})
 	return s.ID, err
 }
 

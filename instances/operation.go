@@ -133,7 +133,7 @@ func (m *Manager) lockInstance(ctx context.Context, ref string) (store.Instance,
 // lockSnapshot resolves and locks a snapshot; forks from it and its
 // deletion exclude each other.
 func (m *Manager) lockSnapshot(ctx context.Context, ref string) (store.Snapshot, func(), error) {
-	snap, err := m.GetSnapshot(ctx, ref)
+	snap, err := m.findSnapshot(ref)
 	if err != nil {
 		return snap, nil, err
 	}

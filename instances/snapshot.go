@@ -15,22 +15,9 @@ import (
 // snapshot_create.go, snapshot_restore.go, snapshot_delete.go; a fork of a
 // snapshot is in fork.go.
 
-// Snapshot is a snapshot record; SnapshotKind says what it holds. The
-// aliases let the API use them without importing the store.
-type (
-	Snapshot     = store.Snapshot
-	SnapshotKind = store.SnapshotKind
-)
-
-// Snapshot kinds.
-const (
-	SnapshotStandby = store.SnapshotStandby
-	SnapshotStopped = store.SnapshotStopped
-)
-
 // SnapshotRequest describes a new snapshot.
 type SnapshotRequest struct {
-	Kind store.SnapshotKind
+	Kind SnapshotKind
 	Name string
 	Tags map[string]string
 }
@@ -38,38 +25,47 @@ type SnapshotRequest struct {
 // SnapshotFilter narrows ListSnapshots; zero fields match everything.
 type SnapshotFilter struct {
 	SourceInstanceID string
-	Kind             store.SnapshotKind
+	Kind             SnapshotKind
 	Name             string
 	Tags             map[string]string
 }
 
 // ParseSnapshotKind checks a kind from a request.
-func ParseSnapshotKind(s string) (store.SnapshotKind, error) {
-	switch k := store.SnapshotKind(s); k {
-	case store.SnapshotStandby, store.SnapshotStopped:
+func ParseSnapshotKind(s string) (SnapshotKind, error) {
+	switch k := SnapshotKind(s); k {
+	case SnapshotStandby, SnapshotStopped:
 		return k, nil
 	}
 	return "", fmt.Errorf("snapshot kind %q: want Standby or Stopped: %w", s, errdefs.ErrInvalidArgument)
 }
 
 // ListSnapshots returns the snapshots matching f, oldest first.
-func (m *Manager) ListSnapshots(ctx context.Context, f SnapshotFilter) ([]store.Snapshot, error) {
+func (m *Manager) ListSnapshots(ctx context.Context, f SnapshotFilter) ([]Snapshot, error) {
 	var all []store.Snapshot
 	if err := m.store.View(func(tx *store.Tx) (err error) { all, err = tx.Snapshots(); return }); err != nil {
 		return nil, err
 	}
-	out := []store.Snapshot{}
+	out := []Snapshot{}
 	for _, s := range all {
 		if (f.SourceInstanceID == "" || s.SourceInstanceID == f.SourceInstanceID) &&
-			(f.Kind == "" || s.Kind == f.Kind) && (f.Name == "" || s.Name == f.Name) && tagsMatch(s.Tags, f.Tags) {
-			out = append(out, s)
+			(f.Kind == "" || SnapshotKind(s.Kind) == f.Kind) && (f.Name == "" || s.Name == f.Name) && tagsMatch(s.Tags, f.Tags) {
+			out = append(out, snapshotOf(s))
 		}
 	}
 	return out, nil
 }
 
 // GetSnapshot finds a snapshot by exact id or unique id prefix.
-func (m *Manager) GetSnapshot(ctx context.Context, ref string) (store.Snapshot, error) {
+func (m *Manager) GetSnapshot(ctx context.Context, ref string) (Snapshot, error) {
+	s, err := m.findSnapshot(ref)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	return snapshotOf(s), nil
+}
+
+// findSnapshot resolves ref (exact id or unique id prefix) to a record.
+func (m *Manager) findSnapshot(ref string) (store.Snapshot, error) {
 	var found []store.Snapshot
 	err := m.store.View(func(tx *store.Tx) error {
 		if s, err := tx.Snapshot(ref); err == nil {
@@ -106,19 +102,4 @@ func (m *Manager) verifiedSnapshot(snap store.Snapshot) error {
 		return fmt.Errorf("snapshot %s: its manifest names snapshot %s: %w", snap.ID, man.ID, errdefs.ErrInvalidState)
 	}
 	return nil
-}
-
-// manifestOf is the on-disk description of a snapshot record; the
-// manifest format is the snapshots package's own.
-func manifestOf(s store.Snapshot) snapshots.Manifest {
-	return snapshots.Manifest{
-		ID: s.ID, Name: s.Name, Kind: snapshots.Kind(s.Kind), SourceInstanceID: s.SourceInstanceID,
-		SourceInstanceName: s.SourceInstanceName, CacheKey: s.CacheKey,
-		Hostname: s.Hostname, BootID: s.BootID, CreatedAt: s.CreatedAt,
-		Spec: snapshots.Spec{
-			Hypervisor: s.Spec.Hypervisor, VCPUs: s.Spec.VCPUs, MemoryBytes: s.Spec.MemoryBytes,
-			KernelArgs: s.Spec.KernelArgs, Command: s.Spec.Command, Env: s.Spec.Env, Image: s.Spec.Image,
-			DriverState: s.Spec.DriverState,
-		},
-	}
 }

@@ -19,7 +19,7 @@ import (
 // and restores it, so the instance is Running again afterwards (even when
 // the copy fails). A Standby snapshot of a Standby instance copies it as
 // it is. A Stopped snapshot needs a Stopped instance and holds no memory.
-func (m *Manager) CreateSnapshot(ctx context.Context, ref string, req SnapshotRequest) (store.Snapshot, error) {
+func (m *Manager) CreateSnapshot(ctx context.Context, ref string, req SnapshotRequest) (Snapshot, error) {
 	var snap store.Snapshot
 	_, err := m.run(ctx, operation{
 		name: "snapshot", instance: ref,
@@ -41,8 +41,8 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref string, req SnapshotRe
 				return fmt.Errorf("instance %s already has a snapshot named %q: %w", t.inst.Name, req.Name, errdefs.ErrAlreadyExists)
 			}
 			switch {
-			case req.Kind == store.SnapshotStandby && (t.state == StateRunning || t.state == StateStandby):
-			case req.Kind == store.SnapshotStopped && t.state == StateStopped:
+			case req.Kind == SnapshotStandby && (t.state == StateRunning || t.state == StateStandby):
+			case req.Kind == SnapshotStopped && t.state == StateStopped:
 			default:
 				return fmt.Errorf("cannot take a %s snapshot of instance %s: it is %s (Standby snapshots need Running or Standby, Stopped ones need Stopped): %w",
 					req.Kind, t.inst.Name, t.state, errdefs.ErrInvalidState)
@@ -54,9 +54,9 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref string, req SnapshotRe
 		return err
 	})
 	if err != nil {
-		return store.Snapshot{}, err
+		return Snapshot{}, err
 	}
-	return snap, nil
+	return snapshotOf(snap), nil
 }
 
 // snapshotLocked runs under inst's lock. Parking a running source reuses
@@ -79,11 +79,11 @@ func (m *Manager) snapshotLocked(ctx context.Context, inst *store.Instance, req 
 // new snapshot directory and commits the snapshot.
 func (m *Manager) copyToSnapshot(ctx context.Context, inst store.Instance, req SnapshotRequest) (store.Snapshot, error) {
 	snap := store.Snapshot{
-		ID: ids.New(), Name: req.Name, Kind: req.Kind, Tags: req.Tags,
+		ID: ids.New(), Name: req.Name, Kind: store.SnapshotKind(req.Kind), Tags: req.Tags,
 		SourceInstanceID: inst.ID, SourceInstanceName: inst.Name, Spec: inst.Spec,
 		Hostname: inst.Hostname, BootID: inst.BootID, CreatedAt: now(),
 	}
-	if req.Kind == store.SnapshotStandby {
+	if req.Kind == SnapshotStandby {
 		snap.CacheKey = inst.CacheKey
 	}
 	intent := store.Intent{ID: snap.ID, Op: store.OpSnapshot, SnapshotID: snap.ID, SourceID: inst.ID}
@@ -98,7 +98,7 @@ func (m *Manager) copyToSnapshot(ctx context.Context, inst store.Instance, req S
 		return snap, fmt.Errorf("copy instance files: %w", err)
 	}
 	undo.Add("remove snapshot directory", func(context.Context) error { return os.RemoveAll(dir) })
-	if req.Kind == store.SnapshotStopped {
+	if req.Kind == SnapshotStopped {
 		// A stopped instance has no memory; make sure no stale image rides
 		// along.
 		if d, err := m.driver(inst.Spec.Hypervisor); err == nil {

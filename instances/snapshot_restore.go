@@ -23,7 +23,7 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, ref, snapRef string, targ
 		// snapshot holds it while it waits for its own (new) instances, and
 		// an instance that is not the snapshot's source may be one of those.
 		beforeSnapshot: func(t *targets) error {
-			snap, err := m.GetSnapshot(ctx, snapRef)
+			snap, err := m.findSnapshot(snapRef)
 			if err != nil {
 				return err
 			}
@@ -33,7 +33,7 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, ref, snapRef string, targ
 			return nil
 		},
 		check: func(t *targets) (err error) {
-			if target, err = targetFor(t.snap.Kind, target); err != nil {
+			if target, err = targetFor(SnapshotKind(t.snap.Kind), target); err != nil {
 				return err
 			}
 			if t.state != StateStopped && t.state != StateStandby {

@@ -18,9 +18,9 @@ func newCloningHarness(t *testing.T) *instancestest.Harness {
 	return instancestest.New(t, "", instancestest.Clone)
 }
 
-func snapshot(t *testing.T, h *instancestest.Harness, ref, name string) store.Snapshot {
+func snapshot(t *testing.T, h *instancestest.Harness, ref, name string) instances.Snapshot {
 	t.Helper()
-	s, err := h.M.CreateSnapshot(ctx, ref, instances.SnapshotRequest{Kind: store.SnapshotStandby, Name: name})
+	s, err := h.M.CreateSnapshot(ctx, ref, instances.SnapshotRequest{Kind: instances.SnapshotStandby, Name: name})
 	if err != nil {
 		t.Fatalf("snapshot %s: %v", ref, err)
 	}
@@ -35,7 +35,7 @@ func TestStandbySnapshotOfRunningInstance(t *testing.T) {
 	if got := h.WaitRunning("web"); got.State != instances.StateRunning {
 		t.Fatalf("source after snapshot: %s", got.State)
 	}
-	if s.Kind != store.SnapshotStandby || s.SourceInstanceID != web.ID || s.CacheKey == "" || s.SizeBytes == 0 {
+	if s.Kind != instances.SnapshotStandby || s.SourceInstanceID != web.ID || s.CacheKey == "" || s.SizeBytes == 0 {
 		t.Fatalf("snapshot: %+v", s)
 	}
 	dir := filepath.Join(h.DataDir, "snapshots", s.ID)
@@ -133,11 +133,11 @@ func TestSnapshotErrors(t *testing.T) {
 		req   instances.SnapshotRequest
 		class error
 	}{
-		{"unknown instance", "nope", instances.SnapshotRequest{Kind: store.SnapshotStandby}, errdefs.ErrNotFound},
-		{"duplicate name", "web", instances.SnapshotRequest{Kind: store.SnapshotStandby, Name: "base"}, errdefs.ErrAlreadyExists},
-		{"bad name", "web", instances.SnapshotRequest{Kind: store.SnapshotStandby, Name: "Bad"}, errdefs.ErrInvalidArgument},
+		{"unknown instance", "nope", instances.SnapshotRequest{Kind: instances.SnapshotStandby}, errdefs.ErrNotFound},
+		{"duplicate name", "web", instances.SnapshotRequest{Kind: instances.SnapshotStandby, Name: "base"}, errdefs.ErrAlreadyExists},
+		{"bad name", "web", instances.SnapshotRequest{Kind: instances.SnapshotStandby, Name: "Bad"}, errdefs.ErrInvalidArgument},
 		{"bad kind", "web", instances.SnapshotRequest{Kind: "Full"}, errdefs.ErrInvalidArgument},
-		{"stopped kind of running", "web", instances.SnapshotRequest{Kind: store.SnapshotStopped}, errdefs.ErrInvalidState},
+		{"stopped kind of running", "web", instances.SnapshotRequest{Kind: instances.SnapshotStopped}, errdefs.ErrInvalidState},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before, _ := h.M.ListSnapshots(ctx, instances.SnapshotFilter{})
@@ -152,14 +152,14 @@ func TestSnapshotErrors(t *testing.T) {
 		})
 	}
 	// The same name on another instance is fine.
-	if _, err := h.M.CreateSnapshot(ctx, "db", instances.SnapshotRequest{Kind: store.SnapshotStandby, Name: "base"}); err != nil {
+	if _, err := h.M.CreateSnapshot(ctx, "db", instances.SnapshotRequest{Kind: instances.SnapshotStandby, Name: "base"}); err != nil {
 		t.Fatal(err)
 	}
 	h.M.Stop(ctx, "web")
-	if _, err := h.M.CreateSnapshot(ctx, "web", instances.SnapshotRequest{Kind: store.SnapshotStandby}); !errdefs.IsInvalidState(err) {
+	if _, err := h.M.CreateSnapshot(ctx, "web", instances.SnapshotRequest{Kind: instances.SnapshotStandby}); !errdefs.IsInvalidState(err) {
 		t.Fatalf("standby snapshot of a stopped instance: %v", err)
 	}
-	stopped, err := h.M.CreateSnapshot(ctx, "web", instances.SnapshotRequest{Kind: store.SnapshotStopped, Name: "cold"})
+	stopped, err := h.M.CreateSnapshot(ctx, "web", instances.SnapshotRequest{Kind: instances.SnapshotStopped, Name: "cold"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +176,7 @@ func TestSnapshotErrors(t *testing.T) {
 	if len(list) != 2 {
 		t.Fatalf("filter by name: %d", len(list))
 	}
-	list, _ = h.M.ListSnapshots(ctx, instances.SnapshotFilter{Kind: store.SnapshotStopped})
+	list, _ = h.M.ListSnapshots(ctx, instances.SnapshotFilter{Kind: instances.SnapshotStopped})
 	if len(list) != 1 || list[0].ID != stopped.ID {
 		t.Fatalf("filter by kind: %v", list)
 	}

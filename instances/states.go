@@ -54,9 +54,9 @@ func (m *Manager) bringTo(ctx context.Context, inst *store.Instance, target Stat
 
 // targetFor applies a snapshot kind's default target state and refuses a
 // Standby target for a snapshot without memory.
-func targetFor(kind store.SnapshotKind, target State) (State, error) {
+func targetFor(kind SnapshotKind, target State) (State, error) {
 	if target == "" {
-		if kind == store.SnapshotStandby {
+		if kind == SnapshotStandby {
 			return StateRunning, nil
 		}
 		return StateStopped, nil
@@ -65,7 +65,7 @@ func targetFor(kind store.SnapshotKind, target State) (State, error) {
 	case StateRunning, StateStopped:
 		return target, nil
 	case StateStandby:
-		if kind == store.SnapshotStandby {
+		if kind == SnapshotStandby {
 			return target, nil
 		}
 		return "", fmt.Errorf("a Stopped snapshot holds no memory: target state Standby is impossible: %w", errdefs.ErrInvalidArgument)

@@ -8,19 +8,8 @@ import (
 	"github.com/zygote/zygote/store"
 )
 
-// Instance is an instance record with its derived state.
-type Instance struct {
-	store.Instance
-	State      State
-	StateError string
-	// HasSavedState: a standby image (memory + device state) exists.
-	HasSavedState bool
-	// Accelerator is the VMM's accelerator when known ("kvm", "tcg").
-	Accelerator string
-}
-
 func (m *Manager) view(inst store.Instance) Instance {
-	v := Instance{Instance: inst}
+	v := instanceOf(inst)
 	switch inst.State {
 	case store.Stopped:
 		v.State = StateStopped

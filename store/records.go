@@ -32,10 +32,10 @@ type Spec struct {
 	Env         map[string]string `json:"env,omitempty"`
 	Image       string            `json:"image,omitempty"`
 	// DriverState is opaque to everyone but the driver that wrote it
-	// (machine type, accelerator, …); DriverStateVersion lets the driver
-	// refuse state it does not understand.
-	DriverState        json.RawMessage `json:"driver_state,omitempty"`
-	DriverStateVersion int             `json:"driver_state_version,omitempty"`
+	// (machine type, accelerator, …); a driver versions its own encoding
+	// inside it. (Schema 1 also declared driver_state_version; nothing
+	// ever wrote or read it, and decoding ignores it if present.)
+	DriverState json.RawMessage `json:"driver_state,omitempty"`
 }
 
 // Process identifies a VMM process across daemon restarts: a pid alone may
