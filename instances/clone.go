@@ -10,7 +10,8 @@ import (
 // fork, snapshot restore) and every densify goes through it, so the
 // daemon's clone options — strict mode above all — apply to each.
 // *clone.Cloner implements it; cmd/zygote builds that once from its
-// configuration.
+// configuration. The manager calls the clone package directly only for
+// helpers that take no options (FileLayout, IsTempName).
 type Cloner interface {
 	// Dir copies the directory tree src to dst (which must not exist),
 	// reflink-first, and reports how.
