@@ -53,15 +53,11 @@ func (m *Manager) resumeAfterReconcile(id string) {
 	go func() { // owner: the manager: an operation Close waits for
 		defer leave()
 		ctx := context.Background()
-		l := m.lockFor(id)
-		if err := l.lock(ctx); err != nil {
+		inst, unlock, err := m.lockInstance(ctx, id)
+		if err != nil {
 			return
 		}
-		defer l.unlock()
-		var inst store.Instance
-		if err := m.store.View(func(tx *store.Tx) (err error) { inst, err = tx.Instance(id); return }); err != nil {
-			return
-		}
+		defer unlock()
 		if m.view(inst).State != StateStandby {
 			return
 		}
