@@ -45,7 +45,8 @@
 //
 // # Operations
 //
-// Every operation of the API goes through one runner (operation.go): it
+// Every operation (the API's, and Kill) goes through one runner
+// (operation.go): it
 // admits the call (refused once Close has begun), validates the request,
 // takes the locks the operation names (instance, then snapshot), re-reads
 // the records under them, checks the states the operation may run from
