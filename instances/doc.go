@@ -46,16 +46,16 @@
 // # Operations
 //
 // Every operation (the API's, and Kill) goes through one runner
-// (operation.go): it
-// admits the call (refused once Close has begun), validates the request,
-// takes the locks the operation names (instance, then snapshot), re-reads
-// the records under them, checks the states the operation may run from
-// (409 otherwise), and runs it timed in the metrics, its error wrapped with
-// the operation's name. One operation per file: create.go, start.go,
-// stop.go, standby.go, restore.go, delete.go, fork.go, snapshot_create.go,
-// snapshot_restore.go, snapshot_delete.go. park.go parks a running source
-// for a copy (fork, snapshot). states.go holds the states, bringTo (walk an
-// instance to a target state) and the 409 error.
+// (operation.go): it admits the call (refused once Close has begun),
+// validates the request, takes the locks the operation names (instance,
+// then snapshot), re-reads the records under them, checks the states the
+// operation may run from (409 otherwise), and runs it timed in the
+// metrics, its error wrapped with the operation's name. One operation per
+// file: create.go, start.go, stop.go, standby.go, restore.go, delete.go,
+// fork.go, snapshot_create.go, snapshot_restore.go, snapshot_delete.go,
+// kill.go. park.go parks a running source for a copy (fork, snapshot).
+// states.go holds the states, bringTo (walk an instance to a target state)
+// and the 409 error.
 //
 // # Seams
 //
