@@ -61,14 +61,12 @@ func (m *Manager) densifyLater(inst store.Instance) {
 			return
 		}
 		defer prepared.Abort()
-		l := m.lockFor(inst.ID)
-		if err := l.lock(ctx); err != nil {
+		cur, unlock, err := m.lockInstance(ctx, inst.ID)
+		if err != nil {
 			return
 		}
-		defer l.unlock()
-		var cur store.Instance
-		if err := m.store.View(func(tx *store.Tx) (err error) { cur, err = tx.Instance(inst.ID); return }); err != nil ||
-			cur.State != store.Standby || cur.CacheKey != key {
+		defer unlock()
+		if cur.State != store.Standby || cur.CacheKey != key {
 			m.log.Debug("densify dropped: the instance changed meanwhile", "instance", inst.ID)
 			return
 		}
