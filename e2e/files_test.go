@@ -232,20 +232,7 @@ func copyTree(t *testing.T, d *daemon) {
 	}
 }
 
-// daemonPeakGrowth runs f and returns how far the daemon's peak RSS rose
-// above its RSS when f began (clear_refs 5 resets the peak).
-func daemonPeakGrowth(t *testing.T, d *daemon, f func()) int64 {
-	t.Helper()
-	pid := d.cmd.Process.Pid
-	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
-		t.Fatalf("reset the daemon's peak RSS: %v", err)
-	}
-	start := statusKB(t, pid, "VmRSS")
-	f()
-	return (statusKB(t, pid, "VmHWM") - start) << 10
-}
-
-func statusKB(t *testing.T, pid int, field string) int64 {
+func statusKB(t testing.TB, pid int, field string) int64 {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
@@ -269,7 +256,7 @@ func copyLarge(t *testing.T, d *daemon) {
 	guestSum := strings.Fields(d.sh("box", "sha256sum /root/big"))[0]
 	dst := filepath.Join(t.TempDir(), "big")
 	var took time.Duration
-	growth := daemonPeakGrowth(t, d, func() {
+	growth := peakGrowth(t, d, func() {
 		begin := time.Now()
 		if out, code := d.cli("cp", "box:/root/big", dst); code != 0 {
 			t.Fatalf("cp out: %d %s", code, out)
@@ -290,7 +277,7 @@ func copyLarge(t *testing.T, d *daemon) {
 	data := make([]byte, inSize)
 	rand.Read(data)
 	os.WriteFile(src, data, 0o644)
-	growth = daemonPeakGrowth(t, d, func() {
+	growth = peakGrowth(t, d, func() {
 		begin := time.Now()
 		if out, code := d.cli("cp", src, "box:/root/up"); code != 0 {
 			t.Fatalf("cp in: %d %s", code, out)
