@@ -36,8 +36,8 @@ type CpRequest struct {
 	KeepLinks bool `json:"keep_links,omitempty"`
 }
 
-// CpMessage is every text frame the server sends on a cp WebSocket; Type
-// says which fields are set: "header" (an entry of a copy from the guest),
+// CpMessage decodes every text frame of a cp WebSocket (clients use it);
+// Type says which fields are set: "header" (an entry of a copy from the guest),
 // "end" (the entry's bytes are complete; Final on the last), "result",
 // "error".
 type CpMessage struct {
@@ -61,6 +61,36 @@ type CpMessage struct {
 	Error        string `json:"error,omitempty"`
 	// error
 	Message string `json:"message,omitempty"`
+}
+
+// CpHeader, CpEnd and CpResult are what the server writes, with every
+// field hypeman's client reads present (CpMessage omits empty ones).
+type CpHeader struct {
+	Type       string `json:"type"` // "header"
+	Path       string `json:"path"`
+	Mode       uint32 `json:"mode"`
+	IsDir      bool   `json:"is_dir"`
+	IsSymlink  bool   `json:"is_symlink"`
+	LinkTarget string `json:"link_target"`
+	Size       int64  `json:"size"`
+	Mtime      int64  `json:"mtime"`
+	MtimeNsec  int64  `json:"mtime_nsec"`
+	UID        uint32 `json:"uid"`
+	GID        uint32 `json:"gid"`
+}
+
+// CpEnd ends an entry of a copy out of the guest; Final on the last.
+type CpEnd struct {
+	Type  string `json:"type"` // "end"
+	Final bool   `json:"final"`
+}
+
+// CpResult answers a "to" transfer, and closes a "from" one.
+type CpResult struct {
+	Type         string `json:"type"` // "result"
+	Success      bool   `json:"success"`
+	BytesWritten int64  `json:"bytes_written"`
+	Error        string `json:"error,omitempty"`
 }
 
 // cpChunk is the largest binary frame the server sends.
@@ -125,7 +155,7 @@ func (w *wsWriter) frame(mt int, raw []byte) error {
 	return w.conn.WriteMessage(mt, raw)
 }
 
-func (w *wsWriter) msg(m CpMessage) error {
+func (w *wsWriter) msg(m any) error {
 	raw, _ := json.Marshal(m)
 	return w.frame(websocket.TextMessage, raw)
 }
@@ -148,12 +178,12 @@ func (s *Server) cpFrom(ctx context.Context, ref string, req CpRequest, out *wsW
 				return nil
 			}
 			if pendingEnd {
-				if err := out.msg(CpMessage{Type: "end"}); err != nil {
+				if err := out.msg(CpEnd{Type: "end"}); err != nil {
 					clientGone = err
 					return err
 				}
 			}
-			if err := out.msg(CpMessage{Type: "header", Path: h.Path, Mode: h.Mode, IsDir: h.IsDir, IsSymlink: h.IsSymlink,
+			if err := out.msg(CpHeader{Type: "header", Path: h.Path, Mode: h.Mode, IsDir: h.IsDir, IsSymlink: h.IsSymlink,
 				LinkTarget: h.LinkTarget, Size: h.Size, Mtime: h.Mtime, MtimeNsec: h.MtimeNsec, UID: h.UID, GID: h.GID}); err != nil {
 				clientGone = err
 				return err
@@ -186,8 +216,8 @@ func (s *Server) cpFrom(ctx context.Context, ref string, req CpRequest, out *wsW
 		out.msg(CpMessage{Type: "error", Message: err.Error(), Path: req.GuestPath})
 		return
 	}
-	out.msg(CpMessage{Type: "end", Final: true})
-	out.msg(CpMessage{Type: "result", Success: true})
+	out.msg(CpEnd{Type: "end", Final: true})
+	out.msg(CpResult{Type: "result", Success: true})
 }
 
 // cpTo runs one "to" transfer and reports whether the connection can take
@@ -204,9 +234,9 @@ func (s *Server) cpTo(ctx context.Context, ref string, req CpRequest, conn *webs
 	}
 	if err != nil {
 		s.log.Info("cp to failed", "instance", ref, "path", req.GuestPath, "err", err)
-		return out.msg(CpMessage{Type: "result", Success: false, Error: err.Error()}) == nil
+		return out.msg(CpResult{Type: "result", Success: false, Error: err.Error()}) == nil
 	}
-	return out.msg(CpMessage{Type: "result", Success: true, BytesWritten: n}) == nil
+	return out.msg(CpResult{Type: "result", Success: true, BytesWritten: n}) == nil
 }
 
 // wsFileReader reads a file's binary frames up to the text {"type":"end"}.

@@ -461,3 +461,75 @@ func TestSessionLimit(t *testing.T) {
 		ws.Close()
 	}
 }
+
+// The cp WebSocket as hypeman's client speaks it: one request per
+// connection, uid/gid 0, no extensions.
+func TestCpHypemanProtocol(t *testing.T) {
+	e := newEnv(t)
+	in := e.run(t, "web")
+	root := e.guestRoot(t, in)
+	put := func(req map[string]any, data ...[]byte) api.CpMessage {
+		t.Helper()
+		ws, _, err := websocket.DefaultDialer.Dial(wsURL(e.url, "/instances/web/cp"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ws.Close()
+		ws.WriteJSON(req)
+		for _, d := range data {
+			ws.WriteMessage(websocket.BinaryMessage, d)
+		}
+		ws.WriteJSON(map[string]string{"type": "end"})
+		var m api.CpMessage
+		if err := ws.ReadJSON(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	if m := put(map[string]any{"direction": "to", "guest_path": "/app", "is_dir": true, "mode": 0o755, "uid": 0, "gid": 0}); m.Type != "result" || !m.Success {
+		t.Fatalf("mkdir: %+v", m)
+	}
+	if m := put(map[string]any{"direction": "to", "guest_path": "/app/f.txt", "mode": 0o640, "uid": 0, "gid": 0},
+		[]byte("hello "), []byte("world")); m.Type != "result" || !m.Success || m.BytesWritten != 11 {
+		t.Fatalf("file: %+v", m)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, "app", "f.txt")); string(b) != "hello world" {
+		t.Fatalf("guest file %q", b)
+	}
+	if m := put(map[string]any{"direction": "to", "guest_path": "relative"}, []byte("x")); m.Type != "result" || m.Success || m.Error == "" {
+		t.Fatalf("relative path: %+v", m)
+	}
+
+	// from, a single file: one header with path "", its bytes, a final end.
+	ws, _, err := websocket.DefaultDialer.Dial(wsURL(e.url, "/instances/web/cp"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	ws.WriteJSON(map[string]any{"direction": "from", "guest_path": "/app/f.txt"})
+	var got []string
+	for {
+		mt, raw, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mt == websocket.BinaryMessage {
+			got = append(got, "data:"+string(raw))
+			continue
+		}
+		var m map[string]any
+		json.Unmarshal(raw, &m)
+		switch m["type"] {
+		case "header":
+			got = append(got, fmt.Sprintf("header:%q:%v:%v", m["path"], m["mode"], m["size"]))
+		case "end":
+			got = append(got, fmt.Sprintf("end:%v", m["final"]))
+		}
+		if m["type"] == "end" && m["final"] == true {
+			break
+		}
+	}
+	if s := strings.Join(got, " "); s != `header:"":416:11 data:hello world end:true` {
+		t.Fatalf("from stream: %s", s)
+	}
+}
