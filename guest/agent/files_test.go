@@ -253,6 +253,16 @@ func TestCopyEdgeCases(t *testing.T) {
 	if len(got) != 1 || got[0].h.Path != "" || got[0].h.Mode != 0o755 || string(got[0].data) != "#!/bin/sh\necho hi\n" {
 		t.Errorf("single file: %+v", got)
 	}
+	// A fifo is left out (opening it would block the walk).
+	fifoDir := filepath.Join(dir, "withfifo")
+	os.Mkdir(fifoDir, 0o755)
+	if err := syscall.Mkfifo(filepath.Join(fifoDir, "pipe"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(fifoDir, "after"), []byte("z"), 0o644)
+	if got := copyFrom(t, c, fifoDir); len(got) != 2 || got[1].h.Path != "withfifo/after" {
+		t.Errorf("tree with a fifo: %+v", got)
+	}
 	// Missing source: not found, before any entry.
 	if _, err := c.CopyFrom(ctx, agentproto.CopyFromRequest{Path: filepath.Join(dir, "nope")}, nil); !errdefs.IsNotFound(err) {
 		t.Errorf("copy from a missing path: %v", err)
