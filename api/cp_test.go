@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -531,5 +532,61 @@ func TestCpHypemanProtocol(t *testing.T) {
 	}
 	if s := strings.Join(got, " "); s != `header:"":416:11 data:hello world end:true` {
 		t.Fatalf("from stream: %s", s)
+	}
+}
+
+// -a keeps owners both ways (needs root to chown).
+func TestCpArchiveKeepsOwners(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	e := newEnv(t)
+	in := e.run(t, "web")
+	root := e.guestRoot(t, in)
+	src := filepath.Join(t.TempDir(), "owned")
+	os.MkdirAll(filepath.Join(src, "d"), 0o755)
+	os.WriteFile(filepath.Join(src, "d", "f"), []byte("x"), 0o644)
+	os.Symlink("f", filepath.Join(src, "d", "l"))
+	for _, p := range []string{"d/f", "d", "."} {
+		os.Chown(filepath.Join(src, p), 1234, 5678)
+	}
+	os.Lchown(filepath.Join(src, "d", "l"), 1234, 5678)
+	owner := func(p string) string {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		return fmt.Sprintf("%d:%d", st.Uid, st.Gid)
+	}
+	if _, err := e.c.CopyToGuest(ctx, "web", src, "/plain", client.CopyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := owner(filepath.Join(root, "plain", "d", "f")); got != "0:0" {
+		t.Errorf("without -a the guest file belongs to %s, want root", got)
+	}
+	if _, err := e.c.CopyToGuest(ctx, "web", src, "/kept", client.CopyOptions{Archive: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"d/f", "d/l", "d", "."} {
+		if got := owner(filepath.Join(root, "kept", p)); got != "1234:5678" {
+			t.Errorf("-a into the guest: %s belongs to %s", p, got)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	if _, err := e.c.CopyFromGuest(ctx, "web", "/kept", out, client.CopyOptions{Archive: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"d/f", "d/l", "d", "."} {
+		if got := owner(filepath.Join(out, p)); got != "1234:5678" {
+			t.Errorf("-a out of the guest: %s belongs to %s", p, got)
+		}
+	}
+	plain := filepath.Join(t.TempDir(), "plain")
+	if _, err := e.c.CopyFromGuest(ctx, "web", "/kept", plain, client.CopyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := owner(filepath.Join(plain, "d", "f")); got != "0:0" {
+		t.Errorf("without -a the host file belongs to %s, want the caller", got)
 	}
 }

@@ -185,6 +185,11 @@ func (a *FakeAgent) CopyTo(ctx context.Context, req agentproto.CopyToRequest, r 
 		}
 		os.Chmod(hp, mode)
 	}
+	if req.UID != 0 || req.GID != 0 {
+		if err := os.Lchown(hp, int(req.UID), int(req.GID)); err != nil {
+			return n, err
+		}
+	}
 	if req.Mtime != 0 {
 		t := time.Unix(req.Mtime, req.MtimeNsec)
 		if req.LinkTarget == "" {
