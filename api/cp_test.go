@@ -342,7 +342,7 @@ func TestExecTTYOverWebSocket(t *testing.T) {
 	out := &lockedBuffer{}
 	done := make(chan error, 1)
 	go func() {
-		code, err := e.c.Exec(ctx, "web", client.ExecOptions{Command: []string{"tty-size"}, TTY: true, Rows: 24, Cols: 80,
+		code, err := e.c.Exec(ctx, "web", client.ExecOptions{Command: []string{"tty-echo"}, TTY: true, Rows: 24, Cols: 80,
 			Resize: resize, Stdin: stdinR, Stdout: out})
 		if err == nil && code != 0 {
 			err = fmt.Errorf("exit %d", code)
@@ -364,7 +364,7 @@ func TestExecTTYOverWebSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ws.Close()
-	ws.WriteJSON(map[string]any{"command": []string{"tty-size"}, "tty": true, "rows": 10, "cols": 20})
+	ws.WriteJSON(map[string]any{"command": []string{"tty-echo"}, "tty": true, "rows": 10, "cols": 20})
 	ws.WriteJSON(map[string]any{"resize": map[string]int{"rows": 11, "cols": 22}})
 	var got string
 	for !strings.Contains(got, "11 22") {

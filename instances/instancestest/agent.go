@@ -35,8 +35,8 @@ type guestState struct {
 // FakeAgent is a guest agent double for drivertest.Fake VMs: a test
 // double, not an agent. Its Exec understands a few commands: echo, true,
 // false, exit N, cat, hostname, bootid, write OFFSET TEXT (into guest RAM),
-// read OFFSET N, tty-size (prints the TTY size and each resize until stdin
-// ends), tty-echo (the same, echoing stdin, until a 'q'). Its file operations work on FakeGuestRoot.
+// read OFFSET N, tty-echo (prints the TTY size and each resize, echoes
+// stdin, and exits at a 'q' or at stdin's end). Its file operations work on FakeGuestRoot.
 type FakeAgent struct {
 	vm   *drivertest.FakeVM
 	mu   sync.Mutex
@@ -161,30 +161,6 @@ func (a *FakeAgent) Exec(ctx context.Context, req agent.ExecRequest) (int, error
 	case "cat":
 		if req.Stdin != nil {
 			io.Copy(out, req.Stdin)
-		}
-	case "tty-size":
-		// Prints the terminal size, then every resize, until stdin ends.
-		if !req.TTY {
-			fmt.Fprintln(errw, "not a tty")
-			return 1, nil
-		}
-		fmt.Fprintf(out, "%d %d\r\n", req.Rows, req.Cols)
-		eof := make(chan struct{})
-		go func() { // owner: this exec; ends at stdin's EOF
-			if req.Stdin != nil {
-				io.Copy(io.Discard, req.Stdin)
-			}
-			close(eof)
-		}()
-		for {
-			select {
-			case ws := <-req.Resize:
-				fmt.Fprintf(out, "%d %d\r\n", ws.Rows, ws.Cols)
-			case <-eof:
-				return 0, nil
-			case <-ctx.Done():
-				return -1, ctx.Err()
-			}
 		}
 	case "tty-echo":
 		// Prints the terminal size and each resize, echoes stdin, and
