@@ -172,6 +172,14 @@ func TestCpRoundTrip(t *testing.T) {
 			t.Errorf("%s: %q %v", p, b, err)
 		}
 	}
+	// -L: a link to a directory copies the directory, under the link's name.
+	os.Symlink(src, filepath.Join(filepath.Dir(src), "tree-link"))
+	if _, err := e.c.CopyToGuest(ctx, "web", filepath.Join(filepath.Dir(src), "tree-link"), "/srv", client.CopyOptions{FollowLinks: true}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "srv", "tree-link", "sub", "secret")); err != nil || string(b) != "s3cret" {
+		t.Errorf("-L copy of a link to a directory: %q %v", b, err)
+	}
 	// docker cp's refusals.
 	if _, err := e.c.CopyToGuest(ctx, "web", filepath.Join(src, "run.sh"), "/nodir/", client.CopyOptions{}); !errdefs.IsNotFound(err) {
 		t.Errorf("file to a missing directory: %v", err)

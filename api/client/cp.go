@@ -124,6 +124,13 @@ func (c *Client) CopyToGuest(ctx context.Context, ref, src, dst string, opt Copy
 	if err != nil {
 		return stats, fmt.Errorf("cp: %w", err)
 	}
+	base := filepath.Base(src)
+	if opt.FollowLinks && fi.IsDir() {
+		// A link to a directory: walk the directory, under the link's name.
+		if src, err = filepath.EvalSymlinks(src); err != nil {
+			return stats, fmt.Errorf("cp: %w", err)
+		}
+	}
 	if !strings.HasPrefix(dst, "/") {
 		return stats, fmt.Errorf("cp: guest path %q must be absolute: %w", dst, errdefs.ErrInvalidArgument)
 	}
@@ -149,7 +156,7 @@ func (c *Client) CopyToGuest(ctx context.Context, ref, src, dst string, opt Copy
 		}
 	case di.IsDir:
 		if !fi.IsDir() || !contentsOnly {
-			target = path.Join(target, filepath.Base(src))
+			target = path.Join(target, base)
 		}
 	default: // an existing file
 		if fi.IsDir() {

@@ -277,6 +277,15 @@ func TestCopyEdgeCases(t *testing.T) {
 	if err != nil {
 		t.Error(err)
 	}
+	// Following a link to a directory walks the directory.
+	os.Symlink("sub", filepath.Join(dir, "sub-link"))
+	var names []string
+	if _, err := c.CopyFrom(ctx, agentproto.CopyFromRequest{Path: filepath.Join(dir, "sub-link"), FollowLinks: true}, func(h agentproto.FileHeader, r io.Reader) error {
+		names = append(names, h.Path)
+		return nil
+	}); err != nil || !strings.Contains(strings.Join(names, " "), "sub-link/deep/big") {
+		t.Errorf("copy following a link to a directory: %v %v", names, err)
+	}
 	// A file over a directory is refused; parents are created.
 	if _, err := c.CopyTo(ctx, agentproto.CopyToRequest{Path: filepath.Join(dir, "sub")}, strings.NewReader("x")); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("file over a directory: %v", err)

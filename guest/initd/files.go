@@ -124,6 +124,15 @@ func (s *session) copyFrom(st *yamux.Stream, req *agentproto.CopyFromRequest) {
 		if base == "/" {
 			base = ""
 		}
+		walkRoot := root
+		if req.FollowLinks {
+			// A link to a directory: walk the directory (entries keep
+			// the link's name).
+			if walkRoot, err = filepath.EvalSymlinks(root); err != nil {
+				walkRoot = root
+			}
+		}
+		root := walkRoot
 		err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return err
