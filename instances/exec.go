@@ -31,7 +31,17 @@ func (m *Manager) ExecTarget(ctx context.Context, ref string) (Instance, error) 
 // to waitForAgent for a booting guest's agent. A standby, stop or delete
 // of the instance ends it with an error.
 func (m *Manager) Exec(ctx context.Context, ref string, req agent.ExecRequest, waitForAgent time.Duration) (int, error) {
-	ag, err := m.readyAgent(ctx, ref, waitForAgent)
+	v, err := m.ExecTarget(ctx, ref)
+	if err != nil {
+		return -1, err
+	}
+	rt := m.runtimeOf(v.ID)
+	if rt == nil {
+		return -1, errNotRunnable(v.Instance, StateUnknown)
+	}
+	wctx, cancel := context.WithTimeout(ctx, max(waitForAgent, time.Millisecond))
+	ag, err := rt.waitAgent(wctx)
+	cancel()
 	if err != nil {
 		return -1, err
 	}

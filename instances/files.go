@@ -21,7 +21,7 @@ type FileAgent interface {
 }
 
 // readyAgent returns the guest agent of the instance ref names once it
-// answers, waiting up to wait for a booting guest.
+// answers, waiting up to wait for a booting guest (as Exec does).
 func (m *Manager) readyAgent(ctx context.Context, ref string, wait time.Duration) (Agent, error) {
 	v, err := m.ExecTarget(ctx, ref)
 	if err != nil {
@@ -29,7 +29,7 @@ func (m *Manager) readyAgent(ctx context.Context, ref string, wait time.Duration
 	}
 	rt := m.runtimeOf(v.ID)
 	if rt == nil {
-		return nil, errNotRunnable(v.Instance, StateUnknown)
+		return nil, fmt.Errorf("instance %s has no running VMM: %w", v.Name, errdefs.ErrInvalidState)
 	}
 	wctx, cancel := context.WithTimeout(ctx, max(wait, time.Millisecond))
 	defer cancel()
