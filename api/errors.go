@@ -27,6 +27,7 @@ var errorClasses = []struct {
 	{errdefs.ErrNotImplemented, http.StatusNotImplemented, "not_supported"},
 	{errdefs.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
 	{errdefs.ErrResourceExhausted, http.StatusInsufficientStorage, "insufficient_storage"},
+	{errdefs.ErrLimitExceeded, http.StatusTooManyRequests, "too_many_sessions"},
 	// A full disk is a full disk whichever layer hit it.
 	{syscall.ENOSPC, http.StatusInsufficientStorage, "insufficient_storage"},
 }
@@ -75,6 +76,10 @@ func writeError(w http.ResponseWriter, err error) {
 	// twice.
 	if status == http.StatusConflict || status >= 500 {
 		w.Header().Set("x-should-retry", "false")
+	}
+	if status == http.StatusTooManyRequests {
+		// A session slot frees when another exec or cp ends.
+		w.Header().Set("Retry-After", "1")
 	}
 	writeJSON(w, status, body)
 }

@@ -29,10 +29,12 @@ const defaultWaitForAgent = 30 * time.Second
 // exec serves hypeman's exec WebSocket protocol (see openapi.yaml).
 func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	ref := r.PathValue("id")
-	if _, err := s.m.ExecTarget(r.Context(), ref); err != nil {
-		writeError(w, err) // before the upgrade: a plain 404/409
+	_, release, err := s.m.OpenSession(r.Context(), ref)
+	if err != nil {
+		writeError(w, err) // before the upgrade: a plain 404/409/429
 		return
 	}
+	defer release()
 	conn, err := upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader has answered
@@ -56,6 +58,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	stdinR, stdinW := io.Pipe()
+	resize := make(chan agent.WindowSize, 1)
 	readerDone := make(chan struct{})
 	go func() { // owner: this handler; ends when the connection closes
 		defer close(readerDone)
@@ -66,12 +69,22 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 				cancel()
 				return
 			}
-			if mt == websocket.TextMessage && req.StreamTags {
+			if mt == websocket.TextMessage {
 				var ctl ExecControl
-				if json.Unmarshal(raw, &ctl) == nil && ctl.StdinEOF {
-					stdinW.Close()
+				isCtl := json.Unmarshal(raw, &ctl) == nil
+				if isCtl && ctl.Resize != nil {
+					if req.TTY && ctl.Resize.Rows > 0 && ctl.Resize.Cols > 0 {
+						latest(resize, agent.WindowSize{Rows: clampSize(ctl.Resize.Rows), Cols: clampSize(ctl.Resize.Cols)})
+					}
+					continue
 				}
-				continue
+				if req.StreamTags {
+					if isCtl && ctl.StdinEOF {
+						stdinW.Close()
+					}
+					continue
+				}
+				// hypeman: any other text frame is stdin.
 			}
 			if _, err := stdinW.Write(raw); err != nil {
 				continue // stdin closed: drain until the client leaves
@@ -84,6 +97,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	}
 	code, err := s.m.Exec(ctx, ref, agent.ExecRequest{
 		Command: req.Command, Env: req.Env, Cwd: req.Cwd, TTY: req.TTY,
+		Rows: clampSize(req.Rows), Cols: clampSize(req.Cols), Resize: resize,
 		Timeout: time.Duration(req.Timeout) * time.Second,
 		Stdin:   stdinR, Stdout: out.stream(StreamStdout), Stderr: out.stream(StreamStderr),
 	}, wait)
@@ -97,6 +111,25 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
 	conn.Close()
 	<-readerDone
+}
+
+// clampSize fits a terminal dimension into the guest's 16 bits.
+func clampSize(n uint32) uint16 { return uint16(min(n, 0xffff)) }
+
+// latest puts v in the one-slot channel c, replacing a value not yet
+// taken: only the newest terminal size matters.
+func latest(c chan agent.WindowSize, v agent.WindowSize) {
+	for {
+		select {
+		case c <- v:
+			return
+		default:
+		}
+		select {
+		case <-c:
+		default:
+		}
+	}
 }
 
 // wsWriter serialises frames onto one WebSocket (gorilla allows one

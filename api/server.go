@@ -76,6 +76,8 @@ func (s *Server) routes() {
 	h("GET /instances/{id}/wait", s.waitInstance)
 	h("GET /instances/{id}/logs", s.logs)
 	h("GET /instances/{id}/exec", s.exec)
+	h("GET /instances/{id}/cp", s.cp)
+	h("GET /instances/{id}/stat", s.statPath)
 	s.snapshotRoutes()
 	s.forkRoutes()
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

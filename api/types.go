@@ -89,9 +89,17 @@ type ExecRequest struct {
 	StreamTags bool `json:"stream_tags,omitempty"`
 }
 
-// ExecControl is a client text frame in stream_tags mode.
+// ExecControl is a client text frame: a resize (TTY mode, hypeman's
+// control message) or, in stream_tags mode, the end of stdin.
 type ExecControl struct {
-	StdinEOF bool `json:"stdin_eof,omitempty"`
+	StdinEOF bool        `json:"stdin_eof,omitempty"`
+	Resize   *ExecResize `json:"resize,omitempty"`
+}
+
+// ExecResize is a new terminal size; both must be > 0.
+type ExecResize struct {
+	Rows uint32 `json:"rows"`
+	Cols uint32 `json:"cols"`
 }
 
 // ExecExit is the last server frame of an exec.

@@ -34,6 +34,9 @@ var (
 	ErrResourceExhausted = errors.New("resource exhausted")
 	// ErrUnauthorized: missing or wrong credentials. 401.
 	ErrUnauthorized = errors.New("unauthorized")
+	// ErrLimitExceeded: a per-resource bound on concurrent use (open
+	// exec/cp sessions) is reached; retry later. 429.
+	ErrLimitExceeded = errors.New("limit exceeded")
 )
 
 func IsInvalidArgument(err error) bool   { return errors.Is(err, ErrInvalidArgument) }
@@ -46,3 +49,4 @@ func IsNotImplemented(err error) bool    { return errors.Is(err, ErrNotImplement
 func IsUnavailable(err error) bool       { return errors.Is(err, ErrUnavailable) }
 func IsResourceExhausted(err error) bool { return errors.Is(err, ErrResourceExhausted) }
 func IsUnauthorized(err error) bool      { return errors.Is(err, ErrUnauthorized) }
+func IsLimitExceeded(err error) bool     { return errors.Is(err, ErrLimitExceeded) }

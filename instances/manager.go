@@ -41,8 +41,11 @@ type Config struct {
 	// files after standby (densify.go): fork chains then slow down with
 	// every generation, and disk use stays lower.
 	NoDensify bool
-	Metrics   *Metrics
-	Logger    *slog.Logger
+	// MaxSessions bounds the exec and cp sessions open at once per
+	// instance (sessions.go; default DefaultMaxSessions).
+	MaxSessions int
+	Metrics     *Metrics
+	Logger      *slog.Logger
 }
 
 // Manager runs instances. It is safe for concurrent use.
@@ -65,6 +68,8 @@ type Manager struct {
 
 	watchers sync.WaitGroup // runtime watchers and background jobs
 	ops      sync.WaitGroup // operations in flight (enter/leave)
+
+	sessions sessionTable // open exec/cp sessions per instance (sessions.go)
 
 	densifySem chan struct{}      // one background densify at a time
 	closingCtx context.Context    // done once Close has begun: background jobs stop

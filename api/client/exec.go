@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/gorilla/websocket"
 
@@ -17,10 +18,14 @@ import (
 
 // ExecOptions describe a command to run in a guest.
 type ExecOptions struct {
-	Command      []string
-	Env          map[string]string
-	Cwd          string
+	Command []string
+	Env     map[string]string
+	Cwd     string
+	// TTY runs the command on a pseudo-terminal of Rows x Cols (0: the
+	// guest's default, 24x80); Resize carries new sizes while it runs.
 	TTY          bool
+	Rows, Cols   uint32
+	Resize       <-chan api.ExecResize
 	Timeout      int32     // seconds, 0 = none
 	WaitForAgent int32     // seconds
 	Stdin        io.Reader // nil: no stdin (EOF at once)
@@ -50,21 +55,47 @@ func (c *Client) Exec(ctx context.Context, ref string, opt ExecOptions) (int, er
 	defer stop()
 
 	first, _ := json.Marshal(api.ExecRequest{
-		Command: opt.Command, Env: opt.Env, Cwd: opt.Cwd, TTY: opt.TTY,
+		Command: opt.Command, Env: opt.Env, Cwd: opt.Cwd, TTY: opt.TTY, Rows: opt.Rows, Cols: opt.Cols,
 		Timeout: opt.Timeout, WaitForAgent: opt.WaitForAgent, StreamTags: true,
 	})
 	if err := conn.WriteMessage(websocket.TextMessage, first); err != nil {
 		return -1, err
 	}
-	// Output frames and stdin frames flow concurrently; gorilla allows one
-	// reader and one writer at a time, which is what this is.
+	// Output frames flow in while stdin and resize frames flow out; gorilla
+	// allows one reader and one writer at a time: writes take wmu.
+	var wmu sync.Mutex
+	write := func(mt int, b []byte) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		return conn.WriteMessage(mt, b)
+	}
+	done := make(chan struct{})
+	defer close(done)
+	if opt.TTY && opt.Resize != nil {
+		go func() { // owner: Exec; ends when Exec returns
+			for {
+				select {
+				case <-done:
+					return
+				case rs, ok := <-opt.Resize:
+					if !ok {
+						return
+					}
+					b, _ := json.Marshal(api.ExecControl{Resize: &rs})
+					if write(websocket.TextMessage, b) != nil {
+						return
+					}
+				}
+			}
+		}()
+	}
 	go func() { // owner: Exec; ends when stdin ends or the connection closes
 		if opt.Stdin != nil {
 			buf := make([]byte, 32<<10)
 			for {
 				n, err := opt.Stdin.Read(buf)
 				if n > 0 {
-					if conn.WriteMessage(websocket.BinaryMessage, buf[:n]) != nil {
+					if write(websocket.BinaryMessage, buf[:n]) != nil {
 						return
 					}
 				}
@@ -74,7 +105,7 @@ func (c *Client) Exec(ctx context.Context, ref string, opt ExecOptions) (int, er
 			}
 		}
 		eof, _ := json.Marshal(api.ExecControl{StdinEOF: true})
-		conn.WriteMessage(websocket.TextMessage, eof)
+		write(websocket.TextMessage, eof)
 	}()
 	stdout, stderr := orDiscard(opt.Stdout), orDiscard(opt.Stderr)
 	for {

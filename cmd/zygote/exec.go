@@ -19,18 +19,21 @@ const execFailed = 125
 func newExecCmd() *cobra.Command {
 	var (
 		interactive bool
+		tty         bool
 		env         []string
 		cwd         string
 		timeout     int32
 	)
 	cmd := &cobra.Command{
-		Use:   "exec [-i] NAME|ID -- COMMAND [ARG...]",
+		Use:   "exec [-i] [-t] NAME|ID -- COMMAND [ARG...]",
 		Short: "Run a command in a running guest; its exit code becomes zygote's",
 		Args:  cobra.MinimumNArgs(2),
 		Example: `  zygote exec web -- sh -c 'echo hello > /dev/shm/note'
-  echo data | zygote exec -i web -- cat`,
+  echo data | zygote exec -i web -- cat
+  zygote exec -it web -- sh`,
 	}
 	cmd.Flags().BoolVarP(&interactive, "interactive", "i", false, "stream stdin to the command")
+	cmd.Flags().BoolVarP(&tty, "tty", "t", false, "run the command on a terminal of this terminal's size (raw mode here, resizes follow)")
 	cmd.Flags().StringArrayVarP(&env, "env", "e", nil, "environment KEY=VALUE (repeatable)")
 	cmd.Flags().StringVar(&cwd, "cwd", "", "working directory in the guest")
 	cmd.Flags().Int32Var(&timeout, "timeout", 0, "kill the command after this many seconds (0: never)")
@@ -44,7 +47,15 @@ func newExecCmd() *cobra.Command {
 		if interactive {
 			opt.Stdin = os.Stdin
 		}
+		restore := func() {}
+		if tty {
+			if restore, err = setupTTY(&opt, interactive); err != nil {
+				return err
+			}
+			defer restore()
+		}
 		code, err := c.Exec(ctx, args[0], opt)
+		restore() // before printing: a raw terminal has no output processing
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "zygote:", err)
 			return exitCodeError{code: execFailed}

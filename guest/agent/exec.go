@@ -31,6 +31,11 @@ type ExecRequest struct {
 	// TTY runs the command on a pseudo-terminal of Rows x Cols.
 	TTY        bool
 	Rows, Cols uint16
+	// Resize, when not nil and TTY is set, carries new terminal sizes
+	// while the command runs; each is applied in the guest (TIOCSWINSZ,
+	// which sends the command SIGWINCH). Exec stops reading it when the
+	// command ends; it need not be closed.
+	Resize <-chan WindowSize
 	// Timeout, when > 0, kills the command after that long.
 	Timeout time.Duration
 	// Started, when not nil, is called once the command runs, with the id
@@ -115,6 +120,15 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
 	if resp.Exec.Pid > 0 && req.Started != nil {
 		req.Started(id, resp.Exec.Pid)
 	}
+	if req.TTY && req.Resize != nil {
+		stopResize := make(chan struct{})
+		resized := make(chan struct{})
+		defer func() { close(stopResize); <-resized }()
+		go func() { // owner: Exec; ends when Exec returns
+			defer close(resized)
+			c.forwardResizes(ctx, id, name, req.Resize, stopResize)
+		}()
+	}
 
 	if req.Stdin == nil {
 		if err := agentproto.WriteMsg(st, agentproto.MsgStdinClose, nil); err != nil {
@@ -152,6 +166,33 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
 				return -1, fmt.Errorf("agent exec %q: %w", name, err)
 			}
 			return x.Code, nil
+		}
+	}
+}
+
+// WindowSize is a terminal size.
+type WindowSize struct{ Rows, Cols uint16 }
+
+// forwardResizes applies terminal sizes from in until stop is closed.
+func (c *Client) forwardResizes(ctx context.Context, id uint64, name string, in <-chan WindowSize, stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		case ws, ok := <-in:
+			if !ok {
+				return
+			}
+			if ws.Rows == 0 || ws.Cols == 0 {
+				continue
+			}
+			rctx, cancel := context.WithTimeout(ctx, killTimeout)
+			err := c.Resize(rctx, id, ws.Rows, ws.Cols)
+			cancel()
+			// The command may just have ended (not_found): not worth a warning.
+			if err != nil && !errors.Is(err, errdefs.ErrNotFound) && ctx.Err() == nil {
+				c.log.Warn("resize exec terminal", "command", name, "err", err)
+			}
 		}
 	}
 }

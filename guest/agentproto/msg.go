@@ -47,6 +47,14 @@ func (t MsgType) String() string {
 		return "stderr"
 	case MsgExit:
 		return "exit"
+	case MsgFileHeader:
+		return "file-header"
+	case MsgFileData:
+		return "file-data"
+	case MsgFileEnd:
+		return "file-end"
+	case MsgCopyDone:
+		return "copy-done"
 	}
 	return fmt.Sprintf("msg(%d)", uint8(t))
 }

@@ -55,6 +55,9 @@ type Request struct {
 	Signal    *SignalRequest    `json:"signal,omitempty"`
 	Resize    *ResizeRequest    `json:"resize,omitempty"`
 	Restored  *RestoredRequest  `json:"restored,omitempty"`
+	Stat      *StatRequest      `json:"stat,omitempty"`
+	CopyFrom  *CopyFromRequest  `json:"copy_from,omitempty"`
+	CopyTo    *CopyToRequest    `json:"copy_to,omitempty"`
 }
 
 // Response answers a Request. Error is set on failure; otherwise the body
@@ -64,6 +67,7 @@ type Response struct {
 	Exec     *ExecStarted    `json:"exec,omitempty"`
 	Restored *RestoredResult `json:"restored,omitempty"`
 	Ping     *PingResult     `json:"ping,omitempty"`
+	Stat     *PathInfo       `json:"stat,omitempty"`
 }
 
 // Error codes. The host maps them onto errdefs classes.

@@ -111,6 +111,17 @@ func (s *session) handle(st *yamux.Stream) {
 		replyErr(st, s.signal(req.Signal))
 	case agentproto.OpResize:
 		replyErr(st, s.resize(req.Resize))
+	case agentproto.OpStat:
+		info, err := s.stat(req.Stat)
+		if err != nil {
+			replyErr(st, err)
+			return
+		}
+		reply(st, agentproto.Response{Stat: info})
+	case agentproto.OpCopyFrom:
+		s.copyFrom(st, req.CopyFrom)
+	case agentproto.OpCopyTo:
+		s.copyTo(st, req.CopyTo)
 	case agentproto.OpRestored:
 		res, err := a.restored(req.Restored)
 		if err != nil {

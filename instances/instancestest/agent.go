@@ -2,6 +2,7 @@ package instancestest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -34,7 +35,8 @@ type guestState struct {
 // FakeAgent is a guest agent double for drivertest.Fake VMs: a test
 // double, not an agent. Its Exec understands a few commands: echo, true,
 // false, exit N, cat, hostname, bootid, write OFFSET TEXT (into guest RAM),
-// read OFFSET N.
+// read OFFSET N, tty-echo (prints the TTY size and each resize, echoes
+// stdin, and exits at a 'q' or at stdin's end). Its file operations work on FakeGuestRoot.
 type FakeAgent struct {
 	vm   *drivertest.FakeVM
 	mu   sync.Mutex
@@ -159,6 +161,53 @@ func (a *FakeAgent) Exec(ctx context.Context, req agent.ExecRequest) (int, error
 	case "cat":
 		if req.Stdin != nil {
 			io.Copy(out, req.Stdin)
+		}
+	case "tty-echo":
+		// Prints the terminal size and each resize, echoes stdin, and
+		// exits at a 'q' or at stdin's end.
+		if !req.TTY {
+			fmt.Fprintln(errw, "not a tty")
+			return 1, nil
+		}
+		fmt.Fprintf(out, "%d %d\r\n", req.Rows, req.Cols)
+		in := make(chan []byte)
+		quit := make(chan struct{})
+		defer close(quit)
+		go func() { // owner: this exec; ends at stdin's end or when it returns
+			defer close(in)
+			if req.Stdin == nil {
+				return
+			}
+			for {
+				buf := make([]byte, 256)
+				n, err := req.Stdin.Read(buf)
+				if n > 0 {
+					select {
+					case in <- buf[:n]:
+					case <-quit:
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+		for {
+			select {
+			case ws := <-req.Resize:
+				fmt.Fprintf(out, "%d %d\r\n", ws.Rows, ws.Cols)
+			case b, ok := <-in:
+				if !ok {
+					return 0, nil
+				}
+				out.Write(b)
+				if bytes.IndexByte(b, 'q') >= 0 {
+					return 0, nil
+				}
+			case <-ctx.Done():
+				return -1, ctx.Err()
+			}
 		}
 	case "hostname", "bootid":
 		a.mu.Lock()
