@@ -29,6 +29,7 @@ type Manager interface {
 	ExecTarget(ctx context.Context, ref string) (instances.Instance, error)
 	Exec(ctx context.Context, ref string, req agent.ExecRequest, waitForAgent time.Duration) (int, error)
 	LogPath(ctx context.Context, ref, source string) (instances.Instance, string, error)
+	GuestFileManager
 
 	// Snapshots.
 	CreateSnapshot(ctx context.Context, ref string, req instances.SnapshotRequest) (instances.Snapshot, error)
