@@ -27,8 +27,12 @@ const maxUnixPath = 107
 
 // baseKernelArgs: ttyS0 is captured to console.log; panic=-1 reboots at
 // once, and -no-reboot turns a reboot into a VMM exit, so a dead guest
-// never lingers.
-const baseKernelArgs = "console=ttyS0 quiet panic=-1"
+// never lingers. The rest keeps the pages a guest writes after a restore
+// few, since a re-standby writes every one of them (README, "Re-standby
+// writes"): transparent_hugepage=never, or a 4 KiB anonymous fault zeroes
+// 2 MiB; init_on_alloc=0, or every page the kernel allocates is zeroed
+// whole (user pages are zeroed on fault either way).
+const baseKernelArgs = "console=ttyS0 quiet panic=-1 transparent_hugepage=never init_on_alloc=0"
 
 // optEscape doubles commas, QEMU's option separator, in a value.
 func optEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
