@@ -18,6 +18,7 @@ import (
 
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/hypervisor"
+	"github.com/zygote/zygote/internal/logfile"
 	"github.com/zygote/zygote/internal/proc"
 )
 
@@ -43,7 +44,10 @@ type Config struct {
 	// guest write then dirties 2 MiB of the memory file, and a re-standby
 	// writes all of it. Off by default.
 	HostHugePages bool
-	Logger        *slog.Logger
+	// LogLimits caps console.log and vmm.log (zero fields: 10 MiB × 2
+	// files each).
+	LogLimits logfile.Limits
+	Logger    *slog.Logger
 }
 
 // Driver runs VMs with QEMU. It is safe for concurrent use.
@@ -163,6 +167,7 @@ func (d *Driver) launch(ctx context.Context, spec hypervisor.Spec, st driverStat
 	if d.sandbox {
 		args = append(args, sandboxArgs...)
 	}
+	rotateVMMLog(spec.Dir, d.cfg.LogLimits)
 	logf, err := os.OpenFile(filepath.Join(spec.Dir, hypervisor.VMMLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -172,6 +177,7 @@ func (d *Driver) launch(ctx context.Context, spec hypervisor.Spec, st driverStat
 	// Stale sockets from a previous VMM would make QMP dial the dead one.
 	os.Remove(filepath.Join(spec.Dir, qmpSocket))
 	os.Remove(filepath.Join(spec.Dir, agentSocket))
+	os.Remove(filepath.Join(spec.Dir, consoleSocket))
 
 	// Not CommandContext: the VMM must outlive the request that starts it.
 	cmd := exec.Command(d.cfg.Binary, args...)
@@ -203,9 +209,16 @@ func (d *Driver) launch(ctx context.Context, spec hypervisor.Spec, st driverStat
 		log: d.log.With("instance", spec.ID, "pid", cmd.Process.Pid)}
 	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	// The console first: QEMU waits for it before it opens QMP.
+	if v.con, err = dialConsole(qctx, spec.Dir, d.cfg.LogLimits, exited, v.log); err != nil {
+		cmd.Process.Kill()
+		<-exited
+		return nil, errors.New(d.tailLog(spec.Dir, err))
+	}
 	if v.qmp, err = dialQMP(qctx, filepath.Join(spec.Dir, qmpSocket), exited); err != nil {
 		cmd.Process.Kill()
 		<-exited
+		v.con.close()
 		return nil, errors.New(d.tailLog(spec.Dir, err))
 	}
 	return v, nil
@@ -322,6 +335,13 @@ func (d *Driver) Attach(ctx context.Context, spec hypervisor.Spec, p hypervisor.
 	if v.qmp, err = dialQMP(qctx, filepath.Join(spec.Dir, qmpSocket), exited); err != nil {
 		stopWatch()
 		return nil, fmt.Errorf("qemu attach %s: %w", spec.ID, err)
+	}
+	// Reconnect the console drain. A VMM started before consoles were
+	// sockets writes console.log itself and has no socket: not an error.
+	cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+	defer ccancel()
+	if v.con, err = dialConsole(cctx, spec.Dir, d.cfg.LogLimits, exited, v.log); err != nil {
+		v.log.Warn("adopted VMM: console not drained", "err", err)
 	}
 	return v, nil
 }

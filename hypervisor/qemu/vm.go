@@ -26,6 +26,7 @@ type vm struct {
 	spec      hypervisor.Spec
 	proc      hypervisor.Process
 	qmp       *qmp
+	con       *console // nil when an adopted VMM has no console socket
 	exited    chan struct{}
 	stopWatch context.CancelFunc // adopted VMMs only: stops the pidfd watcher
 	log       *slog.Logger
@@ -266,6 +267,7 @@ func (v *vm) Close() error {
 	if v.stopWatch != nil {
 		v.stopWatch()
 	}
+	v.con.close()
 	return v.qmp.close()
 }
 
