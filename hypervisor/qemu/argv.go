@@ -25,14 +25,10 @@ const AgentPortName = agentproto.AgentPortName
 // maxUnixPath is sun_path's size minus the terminating NUL.
 const maxUnixPath = 107
 
-// baseKernelArgs: ttyS0 is drained into console.log (console.go); panic=-1 reboots at
-// once, and -no-reboot turns a reboot into a VMM exit, so a dead guest
-// never lingers. The rest keeps the pages a guest writes after a restore
-// few, since a re-standby writes every one of them (README, "Re-standby
-// writes"): transparent_hugepage=never, or a 4 KiB anonymous fault zeroes
-// 2 MiB; init_on_alloc=0, or every page the kernel allocates is zeroed
-// whole (user pages are zeroed on fault either way).
-const baseKernelArgs = "console=ttyS0 quiet panic=-1 transparent_hugepage=never init_on_alloc=0"
+// baseKernelArgs: ttyS0 is drained into console.log (console.go);
+// panic=-1 reboots at once, and -no-reboot turns a reboot into a VMM exit,
+// so a dead guest never lingers.
+const baseKernelArgs = "console=ttyS0 quiet panic=-1"
 
 // optEscape doubles commas, QEMU's option separator, in a value.
 func optEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }

@@ -19,7 +19,7 @@ import (
 	"github.com/zygote/zygote/internal/logfile"
 )
 
-func guestSh(t *testing.T, vm hypervisor.VM, script string) string {
+func guestSh(t testing.TB, vm hypervisor.VM, script string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
