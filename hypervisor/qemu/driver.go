@@ -56,6 +56,8 @@ type Driver struct {
 	log     *slog.Logger
 	version string
 	sandbox bool // QEMU supports -sandbox and Config.Unconfined is off
+	// keepPageCache skips the eviction after a standby (benchmarks only).
+	keepPageCache bool
 
 	accelMu sync.Mutex // guards accel
 	accel   string     // resolved "auto", once probed

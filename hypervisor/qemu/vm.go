@@ -226,7 +226,7 @@ func (v *vm) Quit(ctx context.Context) error {
 	case <-ctx.Done():
 		v.kill()
 	}
-	if v.saved.Load() {
+	if v.saved.Load() && !v.drv.keepPageCache {
 		evictPageCache(filepath.Join(v.spec.Dir, memoryFile), v.log)
 	}
 	v.Close()
