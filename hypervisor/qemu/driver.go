@@ -339,8 +339,11 @@ func (d *Driver) Attach(ctx context.Context, spec hypervisor.Spec, p hypervisor.
 		return nil, fmt.Errorf("qemu attach %s: %w", spec.ID, err)
 	}
 	// Reconnect the console drain. A VMM started before consoles were
-	// sockets writes console.log itself and has no socket: not an error.
-	cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+	// sockets writes console.log itself: nothing to drain.
+	if !strings.Contains(strings.Join(argv, " "), "path="+optEscape(filepath.Join(spec.Dir, consoleSocket))) {
+		return v, nil
+	}
+	cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
 	defer ccancel()
 	if v.con, err = dialConsole(cctx, spec.Dir, d.cfg.LogLimits, exited, v.log); err != nil {
 		v.log.Warn("adopted VMM: console not drained", "err", err)
