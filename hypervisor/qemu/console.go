@@ -81,12 +81,18 @@ func (c *console) drain(vmmLog string, limits logfile.Limits, log *slog.Logger) 
 	defer c.out.Close()
 	buf := make([]byte, 32<<10)
 	lastCheck := time.Now()
+	failing := false // log a write failure once, not once per read
 	for {
 		c.conn.SetReadDeadline(time.Now().Add(logCheckEvery))
 		n, err := c.conn.Read(buf)
 		if n > 0 {
-			if _, werr := c.out.Write(buf[:n]); werr != nil {
-				log.Warn("write console log", "err", werr) // keep draining: the guest must not stall
+			// Keep draining whatever happens: the guest must not stall.
+			if _, werr := c.out.Write(buf[:n]); werr != nil && !failing {
+				log.Warn("write console log: dropping console output until it works again", "err", werr)
+				failing = true
+			} else if werr == nil && failing {
+				log.Info("console log writable again")
+				failing = false
 			}
 		}
 		if time.Since(lastCheck) >= logCheckEvery {

@@ -43,9 +43,10 @@ type Writer struct {
 	path   string
 	limits Limits
 
-	mu   sync.Mutex // guards f and size
-	f    *os.File
-	size int64
+	mu     sync.Mutex // guards f, size and closed
+	f      *os.File   // nil after a failed reopen: the next Write retries
+	size   int64
+	closed bool
 }
 
 // Open opens (or creates) path for appending under limits (zero fields
@@ -81,8 +82,13 @@ func (w *Writer) Write(p []byte) (int, error) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.f == nil {
+	if w.closed {
 		return 0, os.ErrClosed
+	}
+	if w.f == nil {
+		if err := w.open(); err != nil { // a full disk, say: try again next time
+			return 0, err
+		}
 	}
 	if w.size > 0 && w.size+int64(len(p)) > w.limits.MaxBytes {
 		if err := w.rotate(); err != nil {
@@ -140,6 +146,7 @@ var errOneFile = errors.New("a single file: truncate")
 func (w *Writer) Close() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.closed = true
 	if w.f == nil {
 		return nil
 	}

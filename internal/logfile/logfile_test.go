@@ -147,3 +147,26 @@ func TestCapAppended(t *testing.T) {
 		t.Fatal("a file under the cap was rotated")
 	}
 }
+
+func TestWriterRecoversFromAFailedReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.log")
+	w, err := Open(path, Limits{MaxBytes: 100, Files: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("before\n"))
+	// The state a failed reopen after a rotation leaves (a full disk, say):
+	// no file. The next write opens one instead of failing forever.
+	w.f.Close()
+	w.f = nil
+	if _, err := w.Write([]byte("after\n")); err != nil {
+		t.Fatalf("write after a failed reopen: %v", err)
+	}
+	w.Close()
+	if _, err := w.Write([]byte("late\n")); err == nil {
+		t.Fatal("write after Close succeeded")
+	}
+	if raw, _ := os.ReadFile(path); string(raw) != "before\nafter\n" {
+		t.Fatalf("file holds %q", raw)
+	}
+}
