@@ -17,6 +17,7 @@ import (
 	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/hypervisor/qemu"
 	"github.com/zygote/zygote/internal/logfile"
+	"github.com/zygote/zygote/internal/testutil"
 )
 
 func guestSh(t testing.TB, vm hypervisor.VM, script string) string {
@@ -92,9 +93,7 @@ func checkConfined(t *testing.T, vm hypervisor.VM, dir string) {
 // within it, with the newest output in console.log.
 func TestConfinedVMMAndCappedConsole(t *testing.T) {
 	guesttest.QEMU(t)
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the test checks that the VMM drops root's capabilities")
-	}
+	testutil.RequirePrivileged(t, "the test checks that the VMM drops root's capabilities")
 	assets := guesttest.Assets(t)
 	limits := logfile.Limits{MaxBytes: 64 << 10, Files: 2}
 	d, err := qemu.New(qemu.Config{
