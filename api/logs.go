@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/zygote/zygote/errdefs"
+	"github.com/zygote/zygote/internal/logfile"
 )
 
 // maxTailRead bounds how much of a log file a tail reads; maxLine how much
@@ -58,12 +59,25 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	}
 	var offset int64
 	var lines []string
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+	}()
 	if f != nil {
-		defer f.Close()
 		lines, offset, err = lastLines(f, tail)
 		if err != nil {
 			writeError(w, err)
 			return
+		}
+	}
+	if len(lines) < tail {
+		// Just after a rotation the live file is short: the rest of the
+		// tail is at the end of the previous file.
+		if old, err := os.Open(logfile.Rotated(path, 1)); err == nil {
+			more, _, _ := lastLines(old, tail-len(lines))
+			old.Close()
+			lines = append(more, lines...)
 		}
 	}
 	h := w.Header()
@@ -122,6 +136,20 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 		}
 		if wrote {
 			rc.Flush()
+		}
+		if f != nil {
+			// The log is capped (internal/logfile): a rotation puts a new
+			// file at path once the old one is complete, and a cap of a
+			// file another process appends to truncates it in place.
+			if cur, err := os.Stat(path); err == nil {
+				if old, err := f.Stat(); err == nil && !os.SameFile(cur, old) {
+					f.Close()
+					f, offset = nil, 0
+					continue // read the new file at once
+				} else if cur.Size() < offset {
+					offset = 0
+				}
+			}
 		}
 		select {
 		case <-r.Context().Done():

@@ -120,7 +120,7 @@ func maxOf(ds []time.Duration) time.Duration {
 
 // loopWritten returns bytes written to the block device under dir so far
 // (sectors written × 512, from /sys/block/<dev>/stat).
-func loopWritten(b *testing.B, dir string) int64 {
+func loopWritten(b testing.TB, dir string) int64 {
 	out, err := exec.Command("findmnt", "-n", "-o", "SOURCE", "--target", dir).Output()
 	if err != nil {
 		b.Fatal(err)

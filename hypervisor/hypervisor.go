@@ -107,8 +107,10 @@ type AcceleratorReporter interface {
 // Layout names the files every driver keeps in an instance directory that
 // the rest of the daemon reads.
 const (
-	// ConsoleLog is the guest's serial console, appended across boots.
+	// ConsoleLog is the guest's serial console, appended across boots,
+	// capped and rotated by internal/logfile ("console.1.log" holds the
+	// previous file).
 	ConsoleLog = "console.log"
-	// VMMLog is the VMM process's own stdout and stderr.
+	// VMMLog is the VMM process's own stdout and stderr, capped likewise.
 	VMMLog = "vmm.log"
 )

@@ -21,11 +21,14 @@ import (
 
 	"github.com/zygote/zygote/api"
 	"github.com/zygote/zygote/clone"
+	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/guest"
 	"github.com/zygote/zygote/guest/agent"
 	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/hypervisor/qemu"
 	"github.com/zygote/zygote/instances"
+	"github.com/zygote/zygote/internal/bytesize"
+	"github.com/zygote/zygote/internal/logfile"
 	"github.com/zygote/zygote/store"
 	"github.com/zygote/zygote/uffd/pagerapi"
 	"github.com/zygote/zygote/uffd/pagerclient"
@@ -38,6 +41,8 @@ type serveConfig struct {
 	cacheDir, initBinary, accel        string
 	hypervisor, logLevel               string
 	reflinkStrict, pager, densify      bool
+	logMaxSize                         string // per console.log / vmm.log file
+	logFiles                           int
 }
 
 func newServeCmd() *cobra.Command {
@@ -68,6 +73,8 @@ restarted daemon adopts them.`,
 	f.BoolVar(&cfg.densify, "densify", true, "after a standby, rewrite a memory file that fork-shared writes fragmented, in the background, so forks of it stay fast (costs disk: the file stops sharing blocks)")
 	f.BoolVar(&cfg.pager, "pager", true, "start and supervise the userfaultfd pager (zygote pager) for lazy restores; state in <data-dir>/pager")
 	f.BoolVar(&cfg.reflinkStrict, "reflink-strict", false, "refuse the sparse-copy fallback: snapshots and forks fail unless reflink works (also env "+clone.EnvStrict+"=1)")
+	f.StringVar(&cfg.logMaxSize, "log-max-size", envOr("ZYGOTE_LOG_MAX_SIZE", "10MB"), "cap of each instance's console.log and vmm.log; at the cap a file is rotated to console.1.log (env ZYGOTE_LOG_MAX_SIZE)")
+	f.IntVar(&cfg.logFiles, "log-files", 2, "files kept per log, the live one included: an instance's logs use at most log-max-size × log-files each")
 	return cmd
 }
 
@@ -113,9 +120,14 @@ func serve(ctx context.Context, cfg serveConfig) error {
 		_, err := cloner.File(ctx, src, dst)
 		return err
 	}
+	logMax, err := bytesize.Parse(cfg.logMaxSize)
+	if err != nil || logMax < 4096 || cfg.logFiles < 1 {
+		return fmt.Errorf("--log-max-size %q (at least 4KB) and --log-files %d (at least 1): %w", cfg.logMaxSize, cfg.logFiles, errors.Join(err, errdefs.ErrInvalidArgument))
+	}
+	logLimits := logfile.Limits{MaxBytes: logMax, Files: cfg.logFiles}
 	var drivers []hypervisor.Driver
 	for _, machine := range []string{"q35", "microvm"} {
-		d, err := qemu.New(qemu.Config{Machine: machine, Accel: cfg.accel, ProbeCacheDir: cfg.cacheDir, CopyFile: copyFile, Logger: log})
+		d, err := qemu.New(qemu.Config{Machine: machine, Accel: cfg.accel, ProbeCacheDir: cfg.cacheDir, CopyFile: copyFile, LogLimits: logLimits, Logger: log})
 		if err != nil {
 			return err
 		}

@@ -25,9 +25,9 @@ const AgentPortName = agentproto.AgentPortName
 // maxUnixPath is sun_path's size minus the terminating NUL.
 const maxUnixPath = 107
 
-// baseKernelArgs: ttyS0 is captured to console.log; panic=-1 reboots at
-// once, and -no-reboot turns a reboot into a VMM exit, so a dead guest
-// never lingers.
+// baseKernelArgs: ttyS0 is drained into console.log (console.go);
+// panic=-1 reboots at once, and -no-reboot turns a reboot into a VMM exit,
+// so a dead guest never lingers.
 const baseKernelArgs = "console=ttyS0 quiet panic=-1"
 
 // optEscape doubles commas, QEMU's option separator, in a value.
@@ -62,8 +62,6 @@ func buildArgs(spec hypervisor.Spec, st driverState, incoming bool) []string {
 		"-initrd", filepath.Join(dir, initrdFile),
 		"-append", cmdline,
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-chardev", fmt.Sprintf("file,id=con0,path=%s,append=on", optEscape(filepath.Join(dir, hypervisor.ConsoleLog))),
-		"-serial", "chardev:con0",
 		"-device", "virtio-serial-" + bus + ",id=vser0",
 		"-chardev", fmt.Sprintf("socket,id=agent0,path=%s,server=on,wait=off", optEscape(filepath.Join(dir, agentSocket))),
 		"-device", "virtserialport,bus=vser0.0,chardev=agent0,name=" + AgentPortName,
@@ -71,6 +69,7 @@ func buildArgs(spec hypervisor.Spec, st driverState, incoming bool) []string {
 		"-device", "virtio-rng-" + bus + ",rng=rng0",
 		"-qmp", fmt.Sprintf("unix:%s,server=on,wait=off", optEscape(filepath.Join(dir, qmpSocket))),
 	}
+	args = append(args, consoleArgs(dir)...)
 	if incoming {
 		// -S: stay paused after the state loads, so the driver consumes the
 		// state file before the guest runs (see hypervisor's package doc).
@@ -82,7 +81,7 @@ func buildArgs(spec hypervisor.Spec, st driverState, incoming bool) []string {
 // checkPaths fails early, with a clear message, when a socket path would
 // not fit in a sockaddr_un.
 func checkPaths(dir string) error {
-	for _, name := range []string{qmpSocket, agentSocket} {
+	for _, name := range []string{qmpSocket, agentSocket, consoleSocket} {
 		if p := filepath.Join(dir, name); len(p) > maxUnixPath {
 			return fmt.Errorf("socket path %s is %d bytes, over the %d-byte unix socket limit: use a shorter data directory", p, len(p), maxUnixPath)
 		}

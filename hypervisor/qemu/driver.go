@@ -18,6 +18,7 @@ import (
 
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/hypervisor"
+	"github.com/zygote/zygote/internal/logfile"
 	"github.com/zygote/zygote/internal/proc"
 )
 
@@ -35,7 +36,18 @@ type Config struct {
 	// CopyFile copies a boot asset into an instance directory (the clone
 	// package's reflink-first copy).
 	CopyFile func(ctx context.Context, src, dst string) error
-	Logger   *slog.Logger
+	// Unconfined runs QEMU without its -sandbox seccomp filter and with
+	// the daemon's capabilities (debugging only; see confine.go).
+	Unconfined bool
+	// HostHugePages lets QEMU back guest RAM with 2 MiB page-cache folios
+	// (its madvise(MADV_HUGEPAGE)): fewer TLB misses under KVM, but a 4 KiB
+	// guest write then dirties 2 MiB of the memory file, and a re-standby
+	// writes all of it. Off by default.
+	HostHugePages bool
+	// LogLimits caps console.log and vmm.log (zero fields: 10 MiB × 2
+	// files each).
+	LogLimits logfile.Limits
+	Logger    *slog.Logger
 }
 
 // Driver runs VMs with QEMU. It is safe for concurrent use.
@@ -43,6 +55,9 @@ type Driver struct {
 	cfg     Config
 	log     *slog.Logger
 	version string
+	sandbox bool // QEMU supports -sandbox and Config.Unconfined is off
+	// keepPageCache skips the eviction after a standby (benchmarks only).
+	keepPageCache bool
 
 	accelMu sync.Mutex // guards accel
 	accel   string     // resolved "auto", once probed
@@ -72,7 +87,14 @@ func New(cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("qemu: %s --version: %w (install the Debian package qemu-system-x86)", cfg.Binary, err)
 	}
 	version := strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
-	return &Driver{cfg: cfg, log: cfg.Logger.With("driver", "qemu"), version: version}, nil
+	d := &Driver{cfg: cfg, log: cfg.Logger.With("driver", "qemu"), version: version}
+	if !cfg.Unconfined {
+		help, _ := exec.Command(cfg.Binary, "-help").Output()
+		if d.sandbox = sandboxSupported(string(help)); !d.sandbox {
+			d.log.Warn("this QEMU has no -sandbox (built without seccomp): VMMs run without a system call filter", "qemu", version)
+		}
+	}
+	return d, nil
 }
 
 // Name is "qemu" for q35 and "qemu-microvm" for microvm, hypeman's names.
@@ -144,6 +166,10 @@ func (d *Driver) Boot(ctx context.Context, spec hypervisor.Spec, assets hypervis
 // as fd 3, and connects to QMP.
 func (d *Driver) launch(ctx context.Context, spec hypervisor.Spec, st driverState, state *os.File) (*vm, error) {
 	args := buildArgs(spec, st, state != nil)
+	if d.sandbox {
+		args = append(args, sandboxArgs...)
+	}
+	rotateVMMLog(spec.Dir, d.cfg.LogLimits)
 	logf, err := os.OpenFile(filepath.Join(spec.Dir, hypervisor.VMMLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -153,6 +179,7 @@ func (d *Driver) launch(ctx context.Context, spec hypervisor.Spec, st driverStat
 	// Stale sockets from a previous VMM would make QMP dial the dead one.
 	os.Remove(filepath.Join(spec.Dir, qmpSocket))
 	os.Remove(filepath.Join(spec.Dir, agentSocket))
+	os.Remove(filepath.Join(spec.Dir, consoleSocket))
 
 	// Not CommandContext: the VMM must outlive the request that starts it.
 	cmd := exec.Command(d.cfg.Binary, args...)
@@ -165,7 +192,8 @@ func (d *Driver) launch(ctx context.Context, spec hypervisor.Spec, st driverStat
 	if state != nil {
 		cmd.ExtraFiles = []*os.File{state} // fd 3
 	}
-	if err := cmd.Start(); err != nil {
+	confine := confinement{dropCaps: !d.cfg.Unconfined, noHostHugePages: !d.cfg.HostHugePages}
+	if _, err := confine.start(cmd); err != nil {
 		return nil, fmt.Errorf("start %s: %w", d.cfg.Binary, err)
 	}
 	exited := make(chan struct{})
@@ -183,9 +211,16 @@ func (d *Driver) launch(ctx context.Context, spec hypervisor.Spec, st driverStat
 		log: d.log.With("instance", spec.ID, "pid", cmd.Process.Pid)}
 	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	// The console first: QEMU waits for it before it opens QMP.
+	if v.con, err = dialConsole(qctx, spec.Dir, d.cfg.LogLimits, exited, v.log); err != nil {
+		cmd.Process.Kill()
+		<-exited
+		return nil, errors.New(d.tailLog(spec.Dir, err))
+	}
 	if v.qmp, err = dialQMP(qctx, filepath.Join(spec.Dir, qmpSocket), exited); err != nil {
 		cmd.Process.Kill()
 		<-exited
+		v.con.close()
 		return nil, errors.New(d.tailLog(spec.Dir, err))
 	}
 	return v, nil
@@ -302,6 +337,16 @@ func (d *Driver) Attach(ctx context.Context, spec hypervisor.Spec, p hypervisor.
 	if v.qmp, err = dialQMP(qctx, filepath.Join(spec.Dir, qmpSocket), exited); err != nil {
 		stopWatch()
 		return nil, fmt.Errorf("qemu attach %s: %w", spec.ID, err)
+	}
+	// Reconnect the console drain. A VMM started before consoles were
+	// sockets writes console.log itself: nothing to drain.
+	if !strings.Contains(strings.Join(argv, " "), "path="+optEscape(filepath.Join(spec.Dir, consoleSocket))) {
+		return v, nil
+	}
+	cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+	defer ccancel()
+	if v.con, err = dialConsole(cctx, spec.Dir, d.cfg.LogLimits, exited, v.log); err != nil {
+		v.log.Warn("adopted VMM: console not drained", "err", err)
 	}
 	return v, nil
 }
