@@ -3,7 +3,6 @@ package instances
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/snapshots"
@@ -55,7 +54,8 @@ func (m *Manager) ListSnapshots(ctx context.Context, f SnapshotFilter) ([]Snapsh
 	return out, nil
 }
 
-// GetSnapshot finds a snapshot by exact id or unique id prefix.
+// GetSnapshot resolves ref (id, name or unique id prefix, as for
+// instances; store.Tx.ResolveSnapshot).
 func (m *Manager) GetSnapshot(ctx context.Context, ref string) (Snapshot, error) {
 	s, err := m.findSnapshot(ref)
 	if err != nil {
@@ -64,31 +64,11 @@ func (m *Manager) GetSnapshot(ctx context.Context, ref string) (Snapshot, error)
 	return snapshotOf(s), nil
 }
 
-// findSnapshot resolves ref (exact id or unique id prefix) to a record.
+// findSnapshot resolves ref (id, name or unique id prefix) to a record.
 func (m *Manager) findSnapshot(ref string) (store.Snapshot, error) {
-	var found []store.Snapshot
-	err := m.store.View(func(tx *store.Tx) error {
-		if s, err := tx.Snapshot(ref); err == nil {
-			found = []store.Snapshot{s}
-			return nil
-		}
-		all, err := tx.Snapshots()
-		for _, s := range all {
-			if ref != "" && strings.HasPrefix(s.ID, ref) {
-				found = append(found, s)
-			}
-		}
-		return err
-	})
-	switch {
-	case err != nil:
-		return store.Snapshot{}, err
-	case len(found) == 0:
-		return store.Snapshot{}, fmt.Errorf("snapshot %q: %w", ref, errdefs.ErrNotFound)
-	case len(found) > 1:
-		return store.Snapshot{}, fmt.Errorf("snapshot %q: several snapshots match, use the full id: %w", ref, errdefs.ErrAmbiguous)
-	}
-	return found[0], nil
+	var s store.Snapshot
+	err := m.store.View(func(tx *store.Tx) (err error) { s, err = tx.ResolveSnapshot(ref); return })
+	return s, err
 }
 
 // verifiedSnapshot checks a snapshot's manifest before its files are
