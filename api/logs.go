@@ -52,19 +52,20 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f, err := os.Open(path)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
+	if errors.Is(err, os.ErrNotExist) {
+		writeError(w, withCode(http.StatusNotFound, "log_not_found",
+			fmt.Errorf("instance %s has no %s log yet: %w", inst.Name, source, errdefs.ErrNotFound)))
+		return
+	}
+	if err != nil {
 		writeError(w, err)
 		return
 	}
-	var offset int64
-	var lines []string
-	if f != nil {
-		defer f.Close()
-		lines, offset, err = lastLines(f, tail)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
+	defer f.Close()
+	lines, offset, err := lastLines(f, tail)
+	if err != nil {
+		writeError(w, err)
+		return
 	}
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -90,11 +91,8 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	var partial []byte
 	buf := make([]byte, 64<<10)
 	for {
-		if f == nil {
-			f, _ = os.Open(path) // the log appears at first boot
-		}
 		wrote := false
-		for f != nil {
+		for {
 			n, err := f.ReadAt(buf, offset)
 			offset += int64(n)
 			data := append(partial, buf[:n]...)

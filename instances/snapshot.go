@@ -3,6 +3,7 @@ package instances
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/snapshots"
@@ -82,4 +83,33 @@ func (m *Manager) verifiedSnapshot(snap store.Snapshot) error {
 		return fmt.Errorf("snapshot %s: its manifest names snapshot %s: %w", snap.ID, man.ID, errdefs.ErrInvalidState)
 	}
 	return nil
+}
+
+// CheckTargetHypervisor checks a fork's or an in-place restore's
+// target_hypervisor against the snapshot snapRef: the snapshot's own
+// hypervisor (or none) passes; a Standby snapshot restores only into the
+// hypervisor that saved it, and a hypervisor this host lacks is refused
+// (both errdefs.ErrInvalidArgument, 400, as hypeman answers); moving a
+// Stopped snapshot to another available hypervisor is not implemented.
+func (m *Manager) CheckTargetHypervisor(ctx context.Context, snapRef, target string) error {
+	if target == "" {
+		return nil
+	}
+	snap, err := m.findSnapshot(snapRef)
+	if err != nil {
+		return err
+	}
+	switch {
+	case target == snap.Spec.Hypervisor:
+		return nil
+	case SnapshotKind(snap.Kind) == SnapshotStandby:
+		return fmt.Errorf("target_hypervisor %s: snapshot %s holds a running machine saved by %s, which only %s can restore: %w",
+			target, snap.ID, snap.Spec.Hypervisor, snap.Spec.Hypervisor, errdefs.ErrInvalidArgument)
+	}
+	if _, ok := m.drivers[target]; !ok {
+		return fmt.Errorf("target_hypervisor %q is not available on this host (available: %s): %w",
+			target, strings.Join(m.Hypervisors(), ", "), errdefs.ErrInvalidArgument)
+	}
+	return fmt.Errorf("target_hypervisor %s: moving Stopped snapshot %s from %s to another hypervisor: %w",
+		target, snap.ID, snap.Spec.Hypervisor, errdefs.ErrNotImplemented)
 }
