@@ -148,17 +148,18 @@ func newRequestID() string {
 var apiRoots = map[string]bool{"instances": true, "snapshots": true, "images": true, "health": true, "spec": true,
 	"spec.yaml": true, "spec.json": true, "metrics": true}
 
-// absPath matches an absolute path in a message.
-var absPath = regexp.MustCompile(`(^|[^A-Za-z0-9_.~-])(/[^\s"'),;|]*)`)
+// absPath matches an absolute path of two or more components in a
+// message, without a trailing ':' or '.' (the message's own punctuation).
+var absPath = regexp.MustCompile(`(^|[^A-Za-z0-9_.~-])(/[^\s"'),;|/]+/[^\s"'),;|]*[^\s"'),;|:.])`)
 
 // redactPaths replaces every host path in msg with "<path>". A client
 // learns nothing of the host's layout from an error body; the daemon log
-// has the full error under the request id.
+// has the full error under the request id. A path under one of the API's
+// own roots (/instances/web/start) is a route, not a host path.
 func redactPaths(msg string) string {
 	return absPath.ReplaceAllStringFunc(msg, func(m string) string {
 		i := strings.IndexByte(m, '/')
-		p := m[i:]
-		first, _, _ := strings.Cut(strings.TrimPrefix(p, "/"), "/")
+		first, _, _ := strings.Cut(m[i+1:], "/")
 		if apiRoots[first] {
 			return m
 		}
@@ -211,7 +212,9 @@ func recorderOf(w http.ResponseWriter) *statusRecorder {
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v)
 }
 
 // snapshotConflict answers a state or name conflict on a snapshot route
