@@ -34,8 +34,8 @@ func newRunCmd() *cobra.Command {
 	var (
 		name, hv, kernelArgs, memory string
 		vcpus                        int
-		env, tags            []string
-		detach, asJSON       bool
+		env, tags                    []string
+		detach, asJSON               bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run [flags] [-- COMMAND [ARG...]]",
