@@ -205,18 +205,28 @@ func (t *Tx) ResolveSnapshot(ref string) (Snapshot, error) {
 	default:
 		return Snapshot{}, fmt.Errorf("snapshot %q: %d snapshots (of different instances) have this name, use the id: %w", ref, len(named), errdefs.ErrAmbiguous)
 	}
+	id, err := uniquePrefix(t.tx.Bucket(bucketSnapshots), ref, "snapshot")
+	if err != nil {
+		return Snapshot{}, err
+	}
+	return t.Snapshot(id)
+}
+
+// uniquePrefix returns the one key of b (an id) that starts with ref:
+// errdefs.ErrNotFound when none does, ErrAmbiguous when several do.
+func uniquePrefix(b *bolt.Bucket, ref, what string) (string, error) {
 	var match []byte
-	c := t.tx.Bucket(bucketSnapshots).Cursor()
+	c := b.Cursor()
 	for k, _ := c.Seek([]byte(ref)); k != nil && strings.HasPrefix(string(k), ref); k, _ = c.Next() {
 		if match != nil {
-			return Snapshot{}, fmt.Errorf("snapshot %q: multiple snapshots match, use the full id: %w", ref, errdefs.ErrAmbiguous)
+			return "", fmt.Errorf("%s %q: multiple %ss match, use the full id: %w", what, ref, what, errdefs.ErrAmbiguous)
 		}
 		match = append([]byte(nil), k...)
 	}
 	if match == nil {
-		return Snapshot{}, fmt.Errorf("snapshot %q: %w", ref, errdefs.ErrNotFound)
+		return "", fmt.Errorf("%s %q: %w", what, ref, errdefs.ErrNotFound)
 	}
-	return t.Snapshot(string(match))
+	return string(match), nil
 }
 
 // snapshotsNamed returns the ids of the snapshots named name, of any
@@ -312,17 +322,9 @@ func (t *Tx) ResolveInstance(ref string) (Instance, error) {
 	} else if !errdefs.IsNotFound(err) {
 		return Instance{}, err
 	}
-	var match []byte
-	c := t.tx.Bucket(bucketInstances).Cursor()
-	prefix := []byte(ref)
-	for k, _ := c.Seek(prefix); k != nil && strings.HasPrefix(string(k), ref); k, _ = c.Next() {
-		if match != nil {
-			return Instance{}, fmt.Errorf("instance %q: multiple instances match, use the full id: %w", ref, errdefs.ErrAmbiguous)
-		}
-		match = append([]byte(nil), k...)
+	id, err := uniquePrefix(t.tx.Bucket(bucketInstances), ref, "instance")
+	if err != nil {
+		return Instance{}, err
 	}
-	if match == nil {
-		return Instance{}, fmt.Errorf("instance %q: %w", ref, errdefs.ErrNotFound)
-	}
-	return t.Instance(string(match))
+	return t.Instance(id)
 }
