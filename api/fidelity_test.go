@@ -132,6 +132,8 @@ func TestFieldsWorkOrAreRefused(t *testing.T) {
 		{"volumes", "POST", "/instances", `{"name":"a","size":"64MB","volumes":[{"volume_id":"v","mount_path":"/data"}]}`, 501, "not_supported", "volumes"},
 		{"skip_guest_agent", "POST", "/instances", `{"name":"a","size":"64MB","skip_guest_agent":true}`, 501, "not_supported", "skip_guest_agent"},
 		{"unknown field", "POST", "/instances", `{"name":"a","size":"64MB","bogus":1}`, 400, "invalid_request", "bogus"},
+		{"trailing data", "POST", "/instances", `{"name":"a","size":"64MB"}}`, 400, "invalid_request", "after the value"},
+		{"two objects", "POST", "/instances", `{"name":"a","size":"64MB"} {"name":"b"}`, 400, "invalid_request", "after the value"},
 		{"bad platform", "POST", "/instances", `{"name":"a","size":"64MB","platform":"linux/s390x"}`, 400, "invalid_platform", "linux/s390x"},
 		{"other platform", "POST", "/instances", `{"name":"a","size":"64MB","platform":"` + other + `"}`, 404, "platform_not_available", other},
 		{"overlay without image", "POST", "/instances", `{"name":"a","size":"64MB","overlay_size":"10GB"}`, 400, "invalid_overlay_size", "overlay_size"},

@@ -215,8 +215,8 @@ func decodeRequest(r *http.Request, v any, unsupported []string) error {
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("invalid JSON body: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
-	if dec.More() {
-		return fmt.Errorf("invalid JSON body: data after the object: %w", errdefs.ErrInvalidArgument)
+	if _, err := dec.Token(); err != io.EOF {
+		return fmt.Errorf("invalid JSON body: data after the value: %w", errdefs.ErrInvalidArgument)
 	}
 	return nil
 }
