@@ -205,6 +205,7 @@ func TestHypemanErrorCodes(t *testing.T) {
 		{"wait for Unknown", "GET", "/instances/web/wait?state=Unknown", "", 400, "invalid_state", "Unknown"},
 		{"wait timeout zero", "GET", "/instances/web/wait?state=Running&timeout=0s", "", 400, "invalid_timeout", "0s"},
 		{"no log yet", "GET", "/instances/web/logs?source=vmm", "", 404, "log_not_found", "web"},
+		{"hypeman's log source", "GET", "/instances/web/logs?source=hypeman", "", 501, "not_supported", "hypeman"},
 		{"wrong method", "PUT", "/instances", "{}", 405, "method_not_allowed", "GET, POST"},
 		{"wrong method on a verb", "GET", "/instances/web/start", "", 405, "method_not_allowed", "POST"},
 		{"wrong method on a snapshot", "PATCH", "/snapshots/x", "", 405, "method_not_allowed", "DELETE"},

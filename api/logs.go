@@ -42,8 +42,13 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	source := q.Get("source")
-	if source == "" {
+	switch source {
+	case "":
 		source = "app"
+	case "hypeman":
+		writeError(w, withCode(http.StatusNotImplemented, "not_supported",
+			fmt.Errorf("log source hypeman: zygote keeps no per-instance operations log (the daemon's own log has them): %w", errdefs.ErrNotImplemented)))
+		return
 	}
 	ref := r.PathValue("id")
 	inst, path, err := s.m.LogPath(r.Context(), ref, source)
