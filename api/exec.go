@@ -104,7 +104,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	stdinR.Close()
 	if err != nil {
 		s.log.Info("exec failed", "instance", ref, "err", err)
-		out.stream(StreamStderr).Write([]byte("Error: " + err.Error() + "\r\n"))
+		out.stream(StreamStderr).Write([]byte("Error: " + redactPaths(err.Error()) + "\r\n")) // the log has the path
 		code = 127
 	}
 	out.text(ExecExit{ExitCode: code})

@@ -65,7 +65,7 @@ func (s *Server) forkSnapshot(w http.ResponseWriter, r *http.Request) {
 		Name: req.Name, NamePrefix: req.NamePrefix, Count: req.Count, TargetState: target,
 	})
 	if err != nil {
-		writeError(w, err)
+		writeError(w, snapshotConflict(err))
 		return
 	}
 	writeForks(w, req.Count > 0 || req.NamePrefix != "", forks)

@@ -43,8 +43,13 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	source := q.Get("source")
-	if source == "" {
+	switch source {
+	case "":
 		source = "app"
+	case "hypeman":
+		writeError(w, withCode(http.StatusNotImplemented, "not_supported",
+			fmt.Errorf("log source hypeman: zygote keeps no per-instance operations log (the daemon's own log has them): %w", errdefs.ErrNotImplemented)))
+		return
 	}
 	ref := r.PathValue("id")
 	inst, path, err := s.m.LogPath(r.Context(), ref, source)
@@ -52,8 +57,17 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	// Just after a rotation the live file may not exist yet while the
+	// previous one does: only when neither exists is there no log.
 	f, err := os.Open(path)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
+	if errors.Is(err, os.ErrNotExist) {
+		if _, serr := os.Stat(logfile.Rotated(path, 1)); serr != nil {
+			writeError(w, withCode(http.StatusNotFound, "log_not_found",
+				fmt.Errorf("instance %s has no %s log yet: %w", inst.Name, source, errdefs.ErrNotFound)))
+			return
+		}
+		f = nil
+	} else if err != nil {
 		writeError(w, err)
 		return
 	}
@@ -104,11 +118,8 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	var partial []byte
 	buf := make([]byte, 64<<10)
 	for {
-		if f == nil {
-			f, _ = os.Open(path) // the log appears at first boot
-		}
 		wrote := false
-		for f != nil {
+		for {
 			n, err := f.ReadAt(buf, offset)
 			offset += int64(n)
 			data := append(partial, buf[:n]...)

@@ -38,6 +38,7 @@ type Manager interface {
 	DeleteSnapshot(ctx context.Context, ref string) error
 	RestoreSnapshot(ctx context.Context, ref, snapRef string, target instances.State) (instances.Instance, error)
 	ForkSnapshot(ctx context.Context, snapRef string, req instances.ForkRequest) ([]instances.Instance, error)
+	CheckTargetHypervisor(ctx context.Context, snapRef, target string) error
 }
 
 var _ Manager = (*instances.Manager)(nil)

@@ -2,6 +2,7 @@ package api
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/subtle"
 	_ "embed"
@@ -62,6 +63,7 @@ func (s *Server) routes() {
 	h("GET /health", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, Health{Status: "ok"}) })
 	h("GET /spec", s.spec)
 	h("GET /spec.yaml", s.spec)
+	h("GET /spec.json", s.specJSON)
 	if s.cfg.Metrics != nil {
 		s.mux.Handle("GET /metrics", s.cfg.Metrics)
 	}
@@ -69,10 +71,10 @@ func (s *Server) routes() {
 	h("POST /instances", s.createInstance)
 	h("GET /instances/{id}", s.getInstance)
 	h("DELETE /instances/{id}", s.deleteInstance)
-	h("POST /instances/{id}/start", s.instanceOp(s.m.Start))
-	h("POST /instances/{id}/stop", s.instanceOp(s.m.Stop))
-	h("POST /instances/{id}/standby", s.instanceOp(s.m.Standby))
-	h("POST /instances/{id}/restore", s.instanceOp(s.m.Restore))
+	h("POST /instances/{id}/start", s.instanceOp(s.m.Start, checkStart))
+	h("POST /instances/{id}/stop", s.instanceOp(s.m.Stop, noBody))
+	h("POST /instances/{id}/standby", s.instanceOp(s.m.Standby, checkStandby))
+	h("POST /instances/{id}/restore", s.instanceOp(s.m.Restore, noBody))
 	h("GET /instances/{id}/wait", s.waitInstance)
 	h("GET /instances/{id}/logs", s.logs)
 	h("GET /instances/{id}/exec", s.exec)
@@ -80,21 +82,42 @@ func (s *Server) routes() {
 	h("GET /instances/{id}/stat", s.statPath)
 	s.snapshotRoutes()
 	s.forkRoutes()
-	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, fmt.Errorf("no route for %s %s: %w", r.Method, r.URL.Path, errdefs.ErrNotFound))
-	})
+	s.mux.HandleFunc("/", s.noRoute)
+}
+
+// noRoute answers a path no route serves with 404, and a path served for
+// other methods only with 405 and an Allow header.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range []string{"GET", "POST", "PUT", "PATCH", "DELETE"} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := s.mux.Handler(probe); pattern != "/" && pattern != "" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeError(w, withCode(http.StatusMethodNotAllowed, "method_not_allowed",
+			fmt.Errorf("%s is not allowed on %s (allowed: %s): %w", r.Method, r.URL.Path, strings.Join(allow, ", "), errdefs.ErrInvalidArgument)))
+		return
+	}
+	writeError(w, fmt.Errorf("no route for %s %s: %w", r.Method, r.URL.Path, errdefs.ErrNotFound))
 }
 
 // Handler serves the API without authentication (the unix socket, whose
 // file mode is the access control).
 func (s *Server) Handler() http.Handler { return s.logged(s.mux) }
 
+// openRoutes need no token (hypeman leaves them open too).
+var openRoutes = map[string]bool{"/health": true, "/spec": true, "/spec.yaml": true, "/spec.json": true}
+
 // TokenHandler serves the API and requires the bearer token on every
-// route but /health.
+// route but /health and the spec.
 func (s *Server) TokenHandler() http.Handler {
 	want := []byte("Bearer " + s.cfg.Token)
 	return s.logged(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/health" {
+		if !openRoutes[r.URL.Path] {
 			got := []byte(r.Header.Get("Authorization"))
 			if s.cfg.Token == "" || subtle.ConstantTimeCompare(got, want) != 1 {
 				writeError(w, fmt.Errorf("missing or invalid bearer token: %w", errdefs.ErrUnauthorized))
@@ -108,6 +131,7 @@ func (s *Server) TokenHandler() http.Handler {
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
+	err    error // what writeError answered, for the log
 }
 
 func (r *statusRecorder) WriteHeader(code int) { r.status = code; r.ResponseWriter.WriteHeader(code) }
@@ -125,9 +149,19 @@ func (r *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 func (s *Server) logged(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		begin := time.Now()
+		id := newRequestID()
+		w.Header().Set(requestIDHeader, id)
 		rec := &statusRecorder{ResponseWriter: w, status: 200}
 		next.ServeHTTP(rec, r)
-		s.log.Debug("api", "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration", time.Since(begin))
+		attrs := []any{"request_id", id, "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration", time.Since(begin)}
+		switch {
+		case rec.err != nil && rec.status == http.StatusInternalServerError:
+			s.log.Error("api", append(attrs, "err", rec.err)...)
+		case rec.err != nil:
+			s.log.Info("api", append(attrs, "err", rec.err)...)
+		default:
+			s.log.Debug("api", attrs...)
+		}
 	})
 }
 
@@ -136,21 +170,70 @@ func (s *Server) spec(w http.ResponseWriter, r *http.Request) {
 	w.Write(specYAML)
 }
 
+func (s *Server) specJSON(w http.ResponseWriter, r *http.Request) {
+	raw, err := SpecJSON()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(raw)
+}
+
 // decode reads an optional JSON body into v; an empty body leaves v zero.
-func decode(r *http.Request, v any) error {
+// A field v does not know is a 400 naming it.
+func decode(r *http.Request, v any) error { return decodeRequest(r, v, nil) }
+
+// decodeRequest is decode for a body that may carry fields of hypeman's
+// that zygote does not implement: such a field, unless it holds its zero
+// value (null, false, "", 0, [] or {}), is a 501 not_supported naming it.
+func decodeRequest(r *http.Request, v any, unsupported []string) error {
 	raw, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	if err != nil {
 		return fmt.Errorf("read request body: %w", errors.Join(err, errdefs.ErrInvalidArgument))
 	}
-	if len(strings.TrimSpace(string(raw))) == 0 {
+	if len(bytes.TrimSpace(raw)) == 0 {
 		return nil
 	}
-	dec := json.NewDecoder(strings.NewReader(string(raw)))
+	if len(unsupported) > 0 {
+		var fields map[string]json.RawMessage
+		if json.Unmarshal(raw, &fields) == nil && fields != nil { // not an object: the strict decode says why
+			for _, name := range unsupported {
+				val, ok := fields[name]
+				if !ok {
+					continue
+				}
+				if !zeroJSON(val) {
+					return withCode(http.StatusNotImplemented, "not_supported",
+						fmt.Errorf("field %s: zygote does not implement it; leave it out: %w", name, errdefs.ErrNotImplemented))
+				}
+				delete(fields, name)
+			}
+			raw, _ = json.Marshal(fields)
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("invalid JSON body: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
+	if _, err := dec.Token(); err != io.EOF {
+		return fmt.Errorf("invalid JSON body: data after the value: %w", errdefs.ErrInvalidArgument)
+	}
 	return nil
+}
+
+// zeroJSON reports whether a JSON value is its type's zero value.
+func zeroJSON(v json.RawMessage) bool {
+	var buf bytes.Buffer
+	if json.Compact(&buf, v) != nil {
+		return false
+	}
+	switch buf.String() {
+	case "null", "false", `""`, "0", "[]", "{}":
+		return true
+	}
+	return false
 }
 
 func toInstance(v instances.Instance) Instance {
@@ -160,7 +243,7 @@ func toInstance(v instances.Instance) Instance {
 		Hypervisor: v.Spec.Hypervisor, Accelerator: v.Accelerator, Hostname: v.Hostname,
 		Env: v.Spec.Env, Tags: v.Tags, Cmd: v.Spec.Command, KernelArgs: v.Spec.KernelArgs,
 		CreatedAt: v.CreatedAt, StartedAt: v.StartedAt, StoppedAt: v.StoppedAt,
-		ExitCode: v.ExitCode, ExitMessage: v.ExitMessage, HasSnapshot: v.HasSavedState,
+		ExitCode: v.ExitCode, ExitMessage: v.ExitMessage, HasSnapshot: v.HasSavedState, HotplugSize: bytesize.Format(0),
 	}
 	if v.StateError != "" {
 		out.StateError = &v.StateError
@@ -206,27 +289,13 @@ func (s *Server) listInstances(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) createInstance(w http.ResponseWriter, r *http.Request) {
 	var req CreateInstanceRequest
-	if err := decode(r, &req); err != nil {
+	if err := decodeRequest(r, &req, unsupportedCreateFields); err != nil {
 		writeError(w, err)
 		return
 	}
-	creq := instances.CreateRequest{
-		Name: req.Name, Hypervisor: req.Hypervisor, VCPUs: req.VCPUs, KernelArgs: req.KernelArgs,
-		Command: append(append([]string{}, req.Entrypoint...), req.Cmd...), Env: req.Env, Tags: req.Tags, Image: req.Image,
-	}
-	if len(creq.Command) == 0 {
-		creq.Command = nil
-	}
-	if req.Size != "" {
-		n, err := bytesize.Parse(req.Size)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		creq.MemoryBytes = n
-	}
-	if req.VCPUs < 0 {
-		writeError(w, fmt.Errorf("vcpus must be positive: %w", errdefs.ErrInvalidArgument))
+	creq, err := createRequest(req)
+	if err != nil {
+		writeError(w, err)
 		return
 	}
 	v, err := s.m.Create(r.Context(), creq)
@@ -259,11 +328,10 @@ func (s *Server) deleteInstance(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// instanceOp serves the bodiless (or `{}`) lifecycle verbs.
-func (s *Server) instanceOp(op func(ctx context.Context, ref string) (instances.Instance, error)) http.HandlerFunc {
+// instanceOp serves a lifecycle verb; check reads and checks its body.
+func (s *Server) instanceOp(op func(ctx context.Context, ref string) (instances.Instance, error), check func(*http.Request) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		var body map[string]any
-		if err := decode(r, &body); err != nil {
+		if err := check(r); err != nil {
 			writeError(w, err)
 			return
 		}
@@ -280,17 +348,17 @@ func (s *Server) waitInstance(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	state, err := instances.ParseState(q.Get("state"))
 	if err != nil {
-		writeError(w, err)
+		writeError(w, withCode(http.StatusBadRequest, "invalid_state", err))
 		return
 	}
 	if state == instances.StateUnknown {
-		writeError(w, fmt.Errorf("cannot wait for state Unknown: %w", errdefs.ErrInvalidArgument))
+		writeError(w, invalidf("invalid_state", "cannot wait for state Unknown"))
 		return
 	}
 	timeout := 60 * time.Second
 	if t := q.Get("timeout"); t != "" {
 		if timeout, err = time.ParseDuration(t); err != nil || timeout <= 0 {
-			writeError(w, fmt.Errorf("timeout %q: want a positive Go duration such as 30s: %w", t, errdefs.ErrInvalidArgument))
+			writeError(w, invalidf("invalid_timeout", "timeout %q: want a positive Go duration such as 30s", t))
 			return
 		}
 	}

@@ -193,16 +193,16 @@ func TestErrorStatusesAndCodes(t *testing.T) {
 		code                     string
 	}{
 		{"bad name", "POST", "/instances", `{"name":"Bad_Name"}`, 400, "invalid_request"},
-		{"bad size", "POST", "/instances", `{"name":"x","size":"1.5GB"}`, 400, "invalid_request"},
+		{"bad size", "POST", "/instances", `{"name":"x","size":"1.5GB"}`, 400, "invalid_size"},
 		{"unknown field", "POST", "/instances", `{"name":"x","bogus":1}`, 400, "invalid_request"},
 		{"not json", "POST", "/instances", `{`, 400, "invalid_request"},
 		{"duplicate name", "POST", "/instances", `{"name":"web","size":"64MB"}`, 409, "name_conflict"},
-		{"unknown hypervisor", "POST", "/instances", `{"name":"x","hypervisor":"vz"}`, 501, "not_supported"},
+		{"unavailable hypervisor", "POST", "/instances", `{"name":"x","hypervisor":"vz"}`, 400, "invalid_request"},
 		{"unknown id", "GET", "/instances/nope", "", 404, "not_found"},
 		{"illegal transition", "POST", "/instances/web/restore", "", 409, "invalid_state"},
 		{"start running", "POST", "/instances/web/start", "{}", 409, "invalid_state"},
-		{"bad wait state", "GET", "/instances/web/wait?state=Bogus", "", 400, "invalid_request"},
-		{"bad wait timeout", "GET", "/instances/web/wait?state=Running&timeout=soon", "", 400, "invalid_request"},
+		{"bad wait state", "GET", "/instances/web/wait?state=Bogus", "", 400, "invalid_state"},
+		{"bad wait timeout", "GET", "/instances/web/wait?state=Running&timeout=soon", "", 400, "invalid_timeout"},
 		{"bad force", "DELETE", "/instances/web?force=maybe", "", 400, "invalid_request"},
 		{"bad log source", "GET", "/instances/web/logs?source=kernel", "", 400, "invalid_request"},
 		{"no route", "GET", "/nope", "", 404, "not_found"},
@@ -364,16 +364,16 @@ func TestSnapshotsOverHTTP(t *testing.T) {
 		status                   int
 		code                     string
 	}{
-		{"duplicate name", "POST", "/instances/web/snapshots", `{"kind":"Standby","name":"base"}`, 409, "name_conflict"},
+		{"duplicate name", "POST", "/instances/web/snapshots", `{"kind":"Standby","name":"base"}`, 409, "conflict"},
 		{"bad kind", "POST", "/instances/web/snapshots", `{"kind":"Full"}`, 400, "invalid_request"},
 		{"bad name", "POST", "/instances/web/snapshots", `{"kind":"Standby","name":"-x"}`, 400, "invalid_request"},
 		{"compression", "POST", "/instances/web/snapshots", `{"kind":"Standby","compression":{"enabled":true}}`, 501, "not_supported"},
-		{"stopped kind of running", "POST", "/instances/web/snapshots", `{"kind":"Stopped"}`, 409, "invalid_state"},
+		{"stopped kind of running", "POST", "/instances/web/snapshots", `{"kind":"Stopped"}`, 409, "conflict"},
 		{"unknown instance", "POST", "/instances/nope/snapshots", `{"kind":"Standby"}`, 404, "not_found"},
 		{"unknown snapshot", "GET", "/snapshots/nope", "", 404, "not_found"},
 		{"restore into running", "POST", "/instances/web/snapshots/" + sn.ID + "/restore", "{}", 409, "invalid_state"},
 		{"bad target", "POST", "/instances/web/snapshots/" + sn.ID + "/restore", `{"target_state":"Paused"}`, 400, "invalid_request"},
-		{"other hypervisor", "POST", "/instances/web/snapshots/" + sn.ID + "/restore", `{"target_hypervisor":"firecracker"}`, 501, "not_supported"},
+		{"other hypervisor", "POST", "/instances/web/snapshots/" + sn.ID + "/restore", `{"target_hypervisor":"firecracker"}`, 400, "invalid_request"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body := rawDo(t, tc.method, e.url+tc.path, tc.body, nil)
@@ -430,7 +430,7 @@ func TestForkOverHTTP(t *testing.T) {
 		{"bad target", "/instances/child/fork", `{"name":"x","target_state":"Paused"}`, 400, "invalid_request"},
 		{"unknown source", "/instances/nope/fork", `{"name":"x"}`, 404, "not_found"},
 		{"unknown snapshot", "/snapshots/nope/fork", `{"name":"x"}`, 404, "not_found"},
-		{"other hypervisor", "/snapshots/" + sn.ID + "/fork", `{"name":"x","target_hypervisor":"firecracker"}`, 501, "not_supported"},
+		{"other hypervisor", "/snapshots/" + sn.ID + "/fork", `{"name":"x","target_hypervisor":"firecracker"}`, 400, "invalid_request"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body := rawDo(t, "POST", e.url+tc.path, tc.body, nil)

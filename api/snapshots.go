@@ -35,18 +35,18 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if req.Compression != nil && req.Compression.Enabled {
-		writeError(w, fmt.Errorf("snapshot compression is not supported: %w", errdefs.ErrNotImplemented))
-		return
-	}
 	kind, err := instances.ParseSnapshotKind(req.Kind)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
+	if err := checkCompression(req.Compression, req.Kind); err != nil {
+		writeError(w, err)
+		return
+	}
 	sn, err := s.m.CreateSnapshot(r.Context(), r.PathValue("id"), instances.SnapshotRequest{Kind: kind, Name: req.Name, Tags: req.Tags})
 	if err != nil {
-		writeError(w, err)
+		writeError(w, snapshotConflict(err))
 		return
 	}
 	writeJSON(w, http.StatusCreated, toSnapshot(sn))
@@ -127,18 +127,11 @@ func (s *Server) restoreSnapshot(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, toInstance(v))
 }
 
-// sameHypervisor refuses a target_hypervisor other than the snapshot's:
-// a saved machine restores only into the VMM that saved it.
+// sameHypervisor checks a target_hypervisor against the snapshot: the
+// enum here, the rest in the manager.
 func (s *Server) sameHypervisor(r *http.Request, target string) error {
-	if target == "" {
-		return nil
-	}
-	sn, err := s.m.GetSnapshot(r.Context(), r.PathValue("snapshotId"))
-	if err != nil {
+	if err := checkHypervisor("target_hypervisor", target); err != nil {
 		return err
 	}
-	if target != sn.Spec.Hypervisor {
-		return fmt.Errorf("a %s snapshot cannot be used by %s: %w", sn.Spec.Hypervisor, target, errdefs.ErrNotImplemented)
-	}
-	return nil
+	return s.m.CheckTargetHypervisor(r.Context(), r.PathValue("snapshotId"), target)
 }

@@ -15,12 +15,16 @@ type Health struct {
 type Error struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// RequestID (extension) names the request in the daemon log, where
+	// the full error is.
+	RequestID string `json:"request_id,omitempty"`
 }
 
 // CreateInstanceRequest is POST /instances.
 type CreateInstanceRequest struct {
 	Name        string            `json:"name"`
 	Image       string            `json:"image,omitempty"`
+	Platform    string            `json:"platform,omitempty"`
 	Size        string            `json:"size,omitempty"`
 	HotplugSize string            `json:"hotplug_size,omitempty"`
 	OverlaySize string            `json:"overlay_size,omitempty"`
@@ -65,6 +69,22 @@ type Instance struct {
 	ExitMessage string            `json:"exit_message,omitempty"`
 	HasSnapshot bool              `json:"has_snapshot"`
 	ForkedFrom  *Origin           `json:"forked_from,omitempty"`
+	// HotplugSize is always "0 B": zygote has no memory hotplug.
+	HotplugSize string `json:"hotplug_size"`
+}
+
+// StartInstanceRequest is POST /instances/{id}/start. zygote refuses
+// entrypoint and cmd (501): the workload is fixed at create.
+type StartInstanceRequest struct {
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+}
+
+// StandbyInstanceRequest is POST /instances/{id}/standby. Only disabled
+// compression is supported.
+type StandbyInstanceRequest struct {
+	Compression      *SnapshotCompressionConfig `json:"compression,omitempty"`
+	CompressionDelay string                     `json:"compression_delay,omitempty"`
 }
 
 // WaitForStateResponse is GET /instances/{id}/wait.

@@ -62,11 +62,18 @@ func (m *Manager) validateCreate(req *CreateRequest) error {
 	if err := names.Validate("instance name", req.Name); err != nil {
 		return err
 	}
+	// Until images land, an image is refused, never stored and ignored:
+	// booting the built-in initramfs instead would run something else.
+	if req.Image != "" {
+		return &FieldError{Field: "image", Err: fmt.Errorf("image %q: OCI images are not supported yet; omit image to boot the built-in initramfs: %w",
+			req.Image, errdefs.ErrNotImplemented)}
+	}
 	if req.Hypervisor == "" {
 		req.Hypervisor = m.cfg.DefaultHypervisor
 	}
-	if _, err := m.driver(req.Hypervisor); err != nil {
-		return err
+	if _, ok := m.drivers[req.Hypervisor]; !ok {
+		return fmt.Errorf("hypervisor %q is not available on this host (available: %s): %w",
+			req.Hypervisor, strings.Join(m.Hypervisors(), ", "), errdefs.ErrInvalidArgument)
 	}
 	if req.VCPUs == 0 {
 		req.VCPUs = DefaultVCPUs
@@ -78,7 +85,13 @@ func (m *Manager) validateCreate(req *CreateRequest) error {
 		req.MemoryBytes = DefaultMemoryBytes
 	}
 	if req.MemoryBytes < MinMemoryBytes || req.MemoryBytes%(1<<20) != 0 {
-		return fmt.Errorf("memory must be a whole number of MiB and at least %d MiB, got %d bytes: %w", MinMemoryBytes>>20, req.MemoryBytes, errdefs.ErrInvalidArgument)
+		return &FieldError{Field: "size", Err: fmt.Errorf("size must be a whole number of MiB and at least %d MiB, got %d bytes: %w",
+			MinMemoryBytes>>20, req.MemoryBytes, errdefs.ErrInvalidArgument)}
+	}
+	if c, err := hostCapacity(m.cfg.DataDir); err != nil {
+		m.log.Warn("cannot check the guest RAM against the host", "err", err)
+	} else if err := checkMemory(req.MemoryBytes, c); err != nil {
+		return err
 	}
 	if len(req.KernelArgs) > maxKernelArgs || strings.ContainsAny(req.KernelArgs, "\n\r\x00") {
 		return fmt.Errorf("kernel args must be one line of at most %d bytes: %w", maxKernelArgs, errdefs.ErrInvalidArgument)

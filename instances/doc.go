@@ -55,7 +55,9 @@
 // fork.go, snapshot_create.go, snapshot_restore.go, snapshot_delete.go,
 // kill.go. park.go parks a running source for a copy (fork, snapshot).
 // states.go holds the states, bringTo (walk an instance to a target state)
-// and the 409 error.
+// and the 409 error. capacity.go checks a create's guest RAM against the
+// host (its memory; the data directory's free space) and declares
+// FieldError, a refusal that names its request field.
 //
 // # Seams
 //

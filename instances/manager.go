@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -174,6 +175,16 @@ func (m *Manager) driver(name string) (hypervisor.Driver, error) {
 		return nil, fmt.Errorf("hypervisor %q is not available on this host: %w", name, errdefs.ErrNotImplemented)
 	}
 	return d, nil
+}
+
+// Hypervisors names the hypervisors this host has a driver for, sorted.
+func (m *Manager) Hypervisors() []string {
+	out := make([]string, 0, len(m.drivers))
+	for name := range m.drivers {
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // notify wakes everyone waiting for a state change.

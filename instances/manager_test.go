@@ -104,7 +104,7 @@ func TestCreateRejectsBadInputAndChangesNothing(t *testing.T) {
 		{"odd memory", instances.CreateRequest{Name: "m", MemoryBytes: 256<<20 + 1}, errdefs.ErrInvalidArgument},
 		{"too many vcpus", instances.CreateRequest{Name: "m", VCPUs: 1000}, errdefs.ErrInvalidArgument},
 		{"negative vcpus", instances.CreateRequest{Name: "m", VCPUs: -1}, errdefs.ErrInvalidArgument},
-		{"unknown hypervisor", instances.CreateRequest{Name: "m", Hypervisor: "firecracker"}, errdefs.ErrNotImplemented},
+		{"unavailable hypervisor", instances.CreateRequest{Name: "m", Hypervisor: "firecracker"}, errdefs.ErrInvalidArgument},
 		{"multi-line kernel args", instances.CreateRequest{Name: "m", KernelArgs: "a\nb"}, errdefs.ErrInvalidArgument},
 		{"bad tag", instances.CreateRequest{Name: "m", Tags: map[string]string{"": "x"}}, errdefs.ErrInvalidArgument},
 		{"bad env", instances.CreateRequest{Name: "m", Env: map[string]string{"A=B": "x"}}, errdefs.ErrInvalidArgument},

@@ -55,7 +55,8 @@ func (m *Manager) ListSnapshots(ctx context.Context, f SnapshotFilter) ([]Snapsh
 	return out, nil
 }
 
-// GetSnapshot finds a snapshot by exact id or unique id prefix.
+// GetSnapshot resolves ref (id, name or unique id prefix, as for
+// instances; store.Tx.ResolveSnapshot).
 func (m *Manager) GetSnapshot(ctx context.Context, ref string) (Snapshot, error) {
 	s, err := m.findSnapshot(ref)
 	if err != nil {
@@ -64,31 +65,11 @@ func (m *Manager) GetSnapshot(ctx context.Context, ref string) (Snapshot, error)
 	return snapshotOf(s), nil
 }
 
-// findSnapshot resolves ref (exact id or unique id prefix) to a record.
+// findSnapshot resolves ref (id, name or unique id prefix) to a record.
 func (m *Manager) findSnapshot(ref string) (store.Snapshot, error) {
-	var found []store.Snapshot
-	err := m.store.View(func(tx *store.Tx) error {
-		if s, err := tx.Snapshot(ref); err == nil {
-			found = []store.Snapshot{s}
-			return nil
-		}
-		all, err := tx.Snapshots()
-		for _, s := range all {
-			if ref != "" && strings.HasPrefix(s.ID, ref) {
-				found = append(found, s)
-			}
-		}
-		return err
-	})
-	switch {
-	case err != nil:
-		return store.Snapshot{}, err
-	case len(found) == 0:
-		return store.Snapshot{}, fmt.Errorf("snapshot %q: %w", ref, errdefs.ErrNotFound)
-	case len(found) > 1:
-		return store.Snapshot{}, fmt.Errorf("snapshot %q: several snapshots match, use the full id: %w", ref, errdefs.ErrAmbiguous)
-	}
-	return found[0], nil
+	var s store.Snapshot
+	err := m.store.View(func(tx *store.Tx) (err error) { s, err = tx.ResolveSnapshot(ref); return })
+	return s, err
 }
 
 // verifiedSnapshot checks a snapshot's manifest before its files are
@@ -102,4 +83,33 @@ func (m *Manager) verifiedSnapshot(snap store.Snapshot) error {
 		return fmt.Errorf("snapshot %s: its manifest names snapshot %s: %w", snap.ID, man.ID, errdefs.ErrInvalidState)
 	}
 	return nil
+}
+
+// CheckTargetHypervisor checks a fork's or an in-place restore's
+// target_hypervisor against the snapshot snapRef: the snapshot's own
+// hypervisor (or none) passes; a Standby snapshot restores only into the
+// hypervisor that saved it, and a hypervisor this host lacks is refused
+// (both errdefs.ErrInvalidArgument, 400, as hypeman answers); moving a
+// Stopped snapshot to another available hypervisor is not implemented.
+func (m *Manager) CheckTargetHypervisor(ctx context.Context, snapRef, target string) error {
+	if target == "" {
+		return nil
+	}
+	snap, err := m.findSnapshot(snapRef)
+	if err != nil {
+		return err
+	}
+	switch {
+	case target == snap.Spec.Hypervisor:
+		return nil
+	case SnapshotKind(snap.Kind) == SnapshotStandby:
+		return fmt.Errorf("target_hypervisor %s: snapshot %s holds a running machine saved by %s, which only %s can restore: %w",
+			target, snap.ID, snap.Spec.Hypervisor, snap.Spec.Hypervisor, errdefs.ErrInvalidArgument)
+	}
+	if _, ok := m.drivers[target]; !ok {
+		return fmt.Errorf("target_hypervisor %q is not available on this host (available: %s): %w",
+			target, strings.Join(m.Hypervisors(), ", "), errdefs.ErrInvalidArgument)
+	}
+	return fmt.Errorf("target_hypervisor %s: moving Stopped snapshot %s from %s to another hypervisor: %w",
+		target, snap.ID, snap.Spec.Hypervisor, errdefs.ErrNotImplemented)
 }

@@ -15,5 +15,7 @@ echo "==> layout: import rules" >&2
 go test -count=1 -run TestImportRules .
 echo "==> race detector on the concurrent packages" >&2
 go test -count=1 -race -timeout 15m ./store/... ./instances/... ./api/... ./internal/... ./uffd/... ./guest/agentproto/...
+echo "==> fuzz: the API's decoding and name, ref and size parsing (20 s)" >&2
+go test -count=1 -run '^$' -fuzz '^FuzzAPI$' -fuzztime 20s ./api/
 echo "==> every test" >&2
 go test -count=1 -timeout 40m ./...

@@ -178,6 +178,70 @@ func (t *Tx) SnapshotNameTaken(sourceID, name string) bool {
 	return name != "" && t.tx.Bucket(bucketSnapshotNames).Get(snapshotNameKey(sourceID, name)) != nil
 }
 
+// ResolveSnapshot finds a snapshot by exact id, exact name, or unique id
+// prefix, in that order, as ResolveInstance does for instances. Snapshot
+// names are unique per source instance, so a name two instances' snapshots
+// share, a prefix matching several ids, or a ref that is one snapshot's id
+// and another's name fails with errdefs.ErrAmbiguous.
+func (t *Tx) ResolveSnapshot(ref string) (Snapshot, error) {
+	if ref == "" {
+		return Snapshot{}, fmt.Errorf("empty snapshot reference: %w", errdefs.ErrInvalidArgument)
+	}
+	named := t.snapshotsNamed(ref)
+	if s, err := t.Snapshot(ref); err == nil {
+		for _, id := range named {
+			if id != s.ID {
+				return Snapshot{}, fmt.Errorf("%q is one snapshot's id and another's name: %w", ref, errdefs.ErrAmbiguous)
+			}
+		}
+		return s, nil
+	} else if !errdefs.IsNotFound(err) {
+		return Snapshot{}, err
+	}
+	switch len(named) {
+	case 0:
+	case 1:
+		return t.Snapshot(named[0])
+	default:
+		return Snapshot{}, fmt.Errorf("snapshot %q: %d snapshots (of different instances) have this name, use the id: %w", ref, len(named), errdefs.ErrAmbiguous)
+	}
+	id, err := uniquePrefix(t.tx.Bucket(bucketSnapshots), ref, "snapshot")
+	if err != nil {
+		return Snapshot{}, err
+	}
+	return t.Snapshot(id)
+}
+
+// uniquePrefix returns the one key of b (an id) that starts with ref:
+// errdefs.ErrNotFound when none does, ErrAmbiguous when several do.
+func uniquePrefix(b *bolt.Bucket, ref, what string) (string, error) {
+	var match []byte
+	c := b.Cursor()
+	for k, _ := c.Seek([]byte(ref)); k != nil && strings.HasPrefix(string(k), ref); k, _ = c.Next() {
+		if match != nil {
+			return "", fmt.Errorf("%s %q: multiple %ss match, use the full id: %w", what, ref, what, errdefs.ErrAmbiguous)
+		}
+		match = append([]byte(nil), k...)
+	}
+	if match == nil {
+		return "", fmt.Errorf("%s %q: %w", what, ref, errdefs.ErrNotFound)
+	}
+	return string(match), nil
+}
+
+// snapshotsNamed returns the ids of the snapshots named name, of any
+// source instance.
+func (t *Tx) snapshotsNamed(name string) []string {
+	var ids []string
+	t.tx.Bucket(bucketSnapshotNames).ForEach(func(k, v []byte) error {
+		if _, n, ok := strings.Cut(string(k), "/"); ok && n == name {
+			ids = append(ids, string(v))
+		}
+		return nil
+	})
+	return ids
+}
+
 // PutSnapshot stores a new snapshot. Snapshots are immutable: a second put
 // of the same id, or a name the source instance already used, fails.
 func (t *Tx) PutSnapshot(s Snapshot) error {
@@ -258,17 +322,9 @@ func (t *Tx) ResolveInstance(ref string) (Instance, error) {
 	} else if !errdefs.IsNotFound(err) {
 		return Instance{}, err
 	}
-	var match []byte
-	c := t.tx.Bucket(bucketInstances).Cursor()
-	prefix := []byte(ref)
-	for k, _ := c.Seek(prefix); k != nil && strings.HasPrefix(string(k), ref); k, _ = c.Next() {
-		if match != nil {
-			return Instance{}, fmt.Errorf("instance %q: multiple instances match, use the full id: %w", ref, errdefs.ErrAmbiguous)
-		}
-		match = append([]byte(nil), k...)
+	id, err := uniquePrefix(t.tx.Bucket(bucketInstances), ref, "instance")
+	if err != nil {
+		return Instance{}, err
 	}
-	if match == nil {
-		return Instance{}, fmt.Errorf("instance %q: %w", ref, errdefs.ErrNotFound)
-	}
-	return t.Instance(string(match))
+	return t.Instance(id)
 }

@@ -280,7 +280,7 @@ func (c *Client) ListSnapshots(ctx context.Context, opt SnapshotListOptions) ([]
 	return out, c.do(ctx, "GET", "/snapshots?"+q.Encode(), nil, &out)
 }
 
-// GetSnapshot gets a snapshot by id or unique id prefix.
+// GetSnapshot gets a snapshot by id, name or unique id prefix.
 func (c *Client) GetSnapshot(ctx context.Context, id string) (api.Snapshot, error) {
 	var out api.Snapshot
 	return out, c.do(ctx, "GET", "/snapshots/"+esc(id), nil, &out)

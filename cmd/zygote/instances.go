@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -31,19 +32,20 @@ func randomName() string {
 
 func newRunCmd() *cobra.Command {
 	var (
-		name, hv, kernelArgs string
-		memory, vcpus        int
-		env, tags            []string
-		detach, asJSON       bool
+		name, hv, kernelArgs, memory string
+		vcpus                        int
+		env, tags                    []string
+		detach, asJSON               bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run [flags] [-- COMMAND [ARG...]]",
 		Short: "Create and boot a VM, and wait until its guest agent is ready",
 		Example: `  zygote run --name web
+  zygote run --name big --memory 1GB
   zygote run --name job --memory 512 -- sh -c 'while true; do date; sleep 1; done'`,
 	}
 	cmd.Flags().StringVar(&name, "name", "", "instance name (default: a random vm-xxxx)")
-	cmd.Flags().IntVar(&memory, "memory", 0, "guest RAM in MiB (default 256)")
+	cmd.Flags().StringVar(&memory, "memory", "", `guest RAM: a size with binary units ("512MB", "1GB", "2G") or a number of MiB ("512"); default 256MB`)
 	cmd.Flags().IntVar(&vcpus, "vcpus", 0, "virtual CPUs (default 1)")
 	cmd.Flags().StringVar(&hv, "hypervisor", "", "qemu or qemu-microvm (default: the daemon's)")
 	cmd.Flags().StringVar(&kernelArgs, "kernel-args", "", "extra guest kernel command line")
@@ -64,9 +66,7 @@ func newRunCmd() *cobra.Command {
 			name = randomName()
 		}
 		req := api.CreateInstanceRequest{Name: name, VCPUs: vcpus, Hypervisor: hv, KernelArgs: kernelArgs, Env: envMap, Tags: tagMap, Cmd: args}
-		if memory > 0 {
-			req.Size = fmt.Sprintf("%dMB", memory)
-		}
+		req.Size = memorySize(memory)
 		begin := time.Now()
 		p := startProgress("booting " + name)
 		in, err := c.CreateInstance(ctx, req)
@@ -89,6 +89,17 @@ func newRunCmd() *cobra.Command {
 		fmt.Println(statusLine(in, suffix))
 		return nil
 	})
+}
+
+// memorySize turns --memory into the API's size string: a plain number
+// is MiB (the flag's old unit), anything else goes as written and the
+// daemon parses it (hypeman's size strings).
+func memorySize(v string) string {
+	v = strings.TrimSpace(v)
+	if v != "" && strings.Trim(v, "0123456789") == "" {
+		return v + "MB"
+	}
+	return v
 }
 
 func newPsCmd() *cobra.Command {

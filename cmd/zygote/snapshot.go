@@ -47,7 +47,7 @@ func newSnapshotCreateCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 	}
 	cmd.Flags().StringVar(&kind, "kind", "Standby", "Standby (memory, device state and disks) or Stopped (disks only; the instance must be stopped)")
-	cmd.Flags().StringVar(&name, "name", "", "snapshot name, unique per instance")
+	cmd.Flags().StringVar(&name, "name", "", "snapshot name, unique per instance; other snapshot verbs take it in place of the id")
 	cmd.Flags().StringArrayVar(&tags, "tag", nil, "tag KEY=VALUE (repeatable)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the snapshot as JSON")
 	return clientCommand(cmd, func(ctx context.Context, c *client.Client, args []string) error {
@@ -117,7 +117,7 @@ func newSnapshotLsCmd() *cobra.Command {
 }
 
 func newSnapshotInspectCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "inspect SNAPSHOT", Short: "Print a snapshot as JSON", Args: cobra.ExactArgs(1)}
+	cmd := &cobra.Command{Use: "inspect SNAPSHOT", Short: "Print a snapshot (id, name or unique id prefix) as JSON", Args: cobra.ExactArgs(1)}
 	cmd.Flags().Bool("json", true, "print JSON (always on)")
 	return clientCommand(cmd, func(ctx context.Context, c *client.Client, args []string) error {
 		s, err := c.GetSnapshot(ctx, args[0])
@@ -129,7 +129,7 @@ func newSnapshotInspectCmd() *cobra.Command {
 }
 
 func newSnapshotRmCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "rm SNAPSHOT...", Short: "Delete snapshots (forks and sources are untouched)", Args: cobra.MinimumNArgs(1)}
+	cmd := &cobra.Command{Use: "rm SNAPSHOT...", Short: "Delete snapshots by id, name or unique id prefix (forks and sources are untouched)", Args: cobra.MinimumNArgs(1)}
 	return clientCommand(cmd, func(ctx context.Context, c *client.Client, args []string) error {
 		for _, id := range args {
 			if err := c.DeleteSnapshot(ctx, id); err != nil {
