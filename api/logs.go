@@ -119,7 +119,10 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	buf := make([]byte, 64<<10)
 	for {
 		wrote := false
-		for {
+		if f == nil {
+			f, _ = os.Open(path) // the live file reappears after a rotation
+		}
+		for f != nil {
 			n, err := f.ReadAt(buf, offset)
 			offset += int64(n)
 			data := append(partial, buf[:n]...)
