@@ -140,8 +140,8 @@ func (d *Driver) Boot(ctx context.Context, spec hypervisor.Spec, assets hypervis
 	return v, raw, nil
 }
 
-// launch starts QEMU with the arguments for spec, passes stateFile (if any)
-// as fd 3, and connects to QMP.
+// launch starts QEMU with the arguments for spec, passes the NIC's TAP as
+// tapFD and the state file (if any) as stateFD(spec), and connects to QMP.
 func (d *Driver) launch(ctx context.Context, spec hypervisor.Spec, st driverState, state *os.File) (*vm, error) {
 	args := buildArgs(spec, st, state != nil)
 	logf, err := os.OpenFile(filepath.Join(spec.Dir, hypervisor.VMMLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -162,8 +162,11 @@ func (d *Driver) launch(ctx context.Context, spec hypervisor.Spec, st driverStat
 	// terminal's ^C, a supervisor's stop) never reach the VMs, which a
 	// restarted daemon adopts.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if spec.NIC != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, spec.NIC.TAP) // tapFD
+	}
 	if state != nil {
-		cmd.ExtraFiles = []*os.File{state} // fd 3
+		cmd.ExtraFiles = append(cmd.ExtraFiles, state) // stateFD(spec)
 	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", d.cfg.Binary, err)
@@ -376,6 +379,9 @@ func validateSpec(spec hypervisor.Spec) error {
 		return fmt.Errorf("qemu: vcpus must be at least 1: %w", errdefs.ErrInvalidArgument)
 	case spec.MemoryBytes < 64<<20 || spec.MemoryBytes%(1<<20) != 0:
 		return fmt.Errorf("qemu: memory must be a whole number of MiB, at least 64 MiB: %w", errdefs.ErrInvalidArgument)
+	}
+	if err := hypervisor.CheckDevices(spec); err != nil {
+		return fmt.Errorf("qemu %s: %w", spec.ID, err)
 	}
 	return checkPaths(spec.Dir)
 }

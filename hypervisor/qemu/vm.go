@@ -165,13 +165,13 @@ func (v *vm) waitMigration(ctx context.Context) error {
 	}
 }
 
-// loadState runs the incoming migration from fd 3 and waits until the
+// loadState runs the incoming migration from stateFD and waits until the
 // machine is loaded and paused.
 func (v *vm) loadState(ctx context.Context) error {
 	if err := v.ignoreShared(ctx); err != nil {
 		return err
 	}
-	if err := v.qmp.execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:3"}, nil); err != nil {
+	if err := v.qmp.execute(ctx, "migrate-incoming", map[string]any{"uri": fmt.Sprintf("fd:%d", stateFD(v.spec))}, nil); err != nil {
 		return err
 	}
 	for {
