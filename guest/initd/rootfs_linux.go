@@ -154,7 +154,10 @@ func (p LinuxProvisioner) Root(r agentproto.RootFS, vols []agentproto.Volume) (s
 		if err != nil {
 			return "", err
 		}
-		if err := mountAt(odev, rwDir, "ext4", unix.MS_NODEV, ""); err != nil {
+		// noinit_itable: the host formatted it with lazy_itable_init, and
+		// zeroing the inode tables in the background would fill the sparse
+		// file (and the forks that copy it) with zeros.
+		if err := mountAt(odev, rwDir, "ext4", unix.MS_NODEV, "noinit_itable"); err != nil {
 			return "", fmt.Errorf("overlay disk: %w", err)
 		}
 	} else if err := mountAt("tmpfs", rwDir, "tmpfs", unix.MS_NODEV, "mode=0755"); err != nil {
