@@ -42,7 +42,8 @@ type BuildOptions struct {
 //	/init                          zygote-init
 //	/bin/busybox + applet symlinks (from busybox --list-full)
 //	/lib/modules/zygote/*.ko       the kernel's modules
-//	/lib/modules/zygote/modules.order   their load order
+//	/lib/modules/zygote/modules.order   their load order (boot modules)
+//	/lib/modules/zygote/<fs>.ko    filesystem modules loaded on demand
 //	/dev/console                   so the kernel can give init a console
 //	/etc/{passwd,group}, /proc /sys /dev /tmp /run /root ... directories
 //
@@ -161,6 +162,11 @@ func initramfsEntries(ctx context.Context, opts BuildOptions) ([]entry, error) {
 		fmt.Fprintln(&order, name)
 	}
 	add(entry{name: strings.TrimPrefix(agentproto.InitramfsModuleOrder, "/"), perm: 0o644, data: order.Bytes()})
+	// Filesystem modules: present, not in modules.order; zygote-init loads
+	// them when a Configure mounts that filesystem.
+	for i, p := range opts.Kernel.FSModulePaths() {
+		add(entry{name: modDir + "/" + opts.Kernel.FSModules[i], perm: 0o644, src: p})
+	}
 
 	out := make([]entry, 0, len(m))
 	for _, e := range m {

@@ -34,6 +34,22 @@ var Modules = []string{
 	"vmw_vsock_virtio_transport",
 }
 
+// FilesystemModules are modules zygote-init loads on demand, when the
+// workload's root or a volume needs the filesystem (Configure), so a guest
+// without disks boots no slower: overlay for the workload root, erofs for
+// erofs root disks. ext4 (with jbd2, mbcache, crc16) is built into the
+// 6.1 cloud kernel. The initramfs carries them as <name>.ko in
+// agentproto.InitramfsModulesDir, outside modules.order; zygote-init loads
+// <fstype>.ko, so each name is its filesystem's name.
+var FilesystemModules = []string{
+	"overlay",
+	"erofs",
+}
+
+// moduleSetVersion names the content of Modules + FilesystemModules: a
+// cache entry made for an older set is completed in place by FetchKernel.
+const moduleSetVersion = 2
+
 // modName normalises a module name: the kernel treats - and _ alike.
 func modName(s string) string { return strings.ReplaceAll(s, "-", "_") }
 
