@@ -217,12 +217,12 @@ func unpackKernel(ctx context.Context, deb, tmp string, log *slog.Logger) (Kerne
 		}
 	}
 
-	mods, err := selectModules(modDir, append(append([]string{}, Modules...), FilesystemModules...))
+	mods, err := selectModules(modDir, append(append([]string{}, Modules...), fsModuleNames()...))
 	if err != nil {
 		return Kernel{}, fmt.Errorf("kernel %s: %w", k.Version, err)
 	}
 	onDemand := map[string]bool{}
-	for _, m := range FilesystemModules {
+	for _, m := range fsModuleNames() {
 		onDemand[modName(m)] = true
 	}
 	for _, name := range mods.order {

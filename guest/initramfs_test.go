@@ -111,6 +111,9 @@ func TestBuildInitramfs(t *testing.T) {
 	if e := byName["lib/modules/zygote/overlay.ko"]; string(e.data) != "module overlay.ko" {
 		t.Errorf("overlay.ko (on demand, not in modules.order) = %q", e.data)
 	}
+	if e := byName["lib/modules/zygote/filesystems"]; string(e.data) != "overlay overlay.ko\nerofs\n" {
+		t.Errorf("filesystems = %q", e.data)
+	}
 	if e := byName["tmp"]; e.h.Mode != 0o041777 {
 		t.Errorf("tmp mode %o", e.h.Mode)
 	}

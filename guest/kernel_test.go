@@ -26,6 +26,7 @@ var realDepends = map[string][]string{
 	"virtio-rng":                        {"virtio", "virtio_ring"},
 	"vmw_vsock_virtio_transport_common": {"vsock"},
 	"vmw_vsock_virtio_transport":        {"virtio", "vmw_vsock_virtio_transport_common", "virtio_ring", "vsock"},
+	"erofs":                             {"libcrc32c"},
 }
 
 // fakeModuleTree writes lib/modules/<version> under root with a .ko for
@@ -142,7 +143,7 @@ func makeKernelDeb(t *testing.T, version string, elf []byte) string {
 	os.MkdirAll(filepath.Join(root, "boot"), 0o755)
 	os.WriteFile(filepath.Join(root, "boot", "vmlinuz-"+version), makeBzImage(lz4Legacy(t, elf), uint32(len(elf))), 0o644)
 	os.WriteFile(filepath.Join(root, "boot", "config-"+version), []byte("CONFIG_PVH=y\n"), 0o644)
-	fakeModuleTree(t, root, version, append(append([]string{}, Modules...), FilesystemModules...))
+	fakeModuleTree(t, root, version, append(append([]string{}, Modules...), fsModuleNames()...))
 	deb := filepath.Join(t.TempDir(), pkg+".deb")
 	if out, err := exec.Command("dpkg-deb", "--root-owner-group", "-b", root, deb).CombinedOutput(); err != nil {
 		t.Fatalf("dpkg-deb -b: %v: %s", err, out)
@@ -172,7 +173,7 @@ func TestFetchKernelFromDeb(t *testing.T) {
 	if len(k.Modules) != len(Modules) || k.Modules[11] != "virtio_rng.ko" {
 		t.Errorf("modules = %v", k.Modules)
 	}
-	if !slices.Equal(k.FSModules, []string{"overlay.ko", "erofs.ko"}) || k.ModuleSet != moduleSetVersion {
+	if !slices.Equal(k.FSModules, []string{"overlay.ko", "libcrc32c.ko", "erofs.ko"}) || k.ModuleSet != moduleSetVersion {
 		t.Errorf("fs modules = %v, module set %d", k.FSModules, k.ModuleSet)
 	}
 	for _, p := range append(k.ModulePaths(), k.FSModulePaths()...) {
@@ -234,7 +235,7 @@ func TestFetchKernelCompletesOldEntry(t *testing.T) {
 	}
 
 	k2, fetched, err := FetchKernel(ctx, FetchOptions{CacheDir: cache, DebFile: deb})
-	if err != nil || !fetched || k2.Dir != k.Dir || k2.ModuleSet != moduleSetVersion || len(k2.FSModules) != 2 {
+	if err != nil || !fetched || k2.Dir != k.Dir || k2.ModuleSet != moduleSetVersion || len(k2.FSModules) != 3 {
 		t.Fatalf("completing fetch: %+v fetched %v err %v", k2, fetched, err)
 	}
 	for _, p := range k2.FSModulePaths() {

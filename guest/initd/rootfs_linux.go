@@ -307,12 +307,23 @@ func loadFilesystem(fstype string) error {
 	if knownFilesystem(fstype) {
 		return nil
 	}
-	mod := filepath.Join(agentproto.InitramfsModulesDir, fstype+".ko")
-	if err := loadModule(mod); err != nil {
-		return fmt.Errorf("filesystem %s is not built into the guest kernel and its module did not load: %w", fstype, err)
+	b, err := os.ReadFile(agentproto.InitramfsFSModules)
+	if err != nil {
+		return fmt.Errorf("filesystem %s is not built into the guest kernel and the initramfs has no module list: %w", fstype, err)
+	}
+	var mods []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && f[0] == fstype {
+			mods = f[1:]
+		}
+	}
+	for _, m := range mods {
+		if err := loadModule(filepath.Join(agentproto.InitramfsModulesDir, m)); err != nil {
+			return fmt.Errorf("filesystem %s: load %s: %w", fstype, m, err)
+		}
 	}
 	if !knownFilesystem(fstype) {
-		return fmt.Errorf("filesystem %s still unknown after loading %s", fstype, mod)
+		return fmt.Errorf("filesystem %s is unknown to the guest kernel (modules loaded: %v)", fstype, mods)
 	}
 	return nil
 }
