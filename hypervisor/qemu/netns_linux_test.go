@@ -3,17 +3,18 @@ package qemu_test
 import (
 	"bufio"
 	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"time"
-	"encoding/hex"
 	"os"
 	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -159,4 +160,50 @@ func (s *testSlot) serve(t *testing.T, addr, body string) {
 	done := make(chan struct{})
 	go func() { srv.Serve(ln); close(done) }() // ends at Close below
 	t.Cleanup(func() { srv.Close(); <-done })
+}
+
+var touched byte
+
+// pageDirty reports whether the host page cache holds the first page of
+// path dirty (written, not yet written back): it maps the page, finds its
+// frame in /proc/self/pagemap and reads KPF_DIRTY from /proc/kpageflags
+// (root only).
+func pageDirty(t *testing.T, path string) bool {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, err := unix.Mmap(int(f.Fd()), 0, 4096, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	touched = m[0] // fault the page in
+	pm, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pm.Close()
+	var ent [8]byte
+	if _, err := pm.ReadAt(ent[:], int64(uintptr(unsafe.Pointer(&m[0]))/4096*8)); err != nil {
+		t.Fatal(err)
+	}
+	v := binary.LittleEndian.Uint64(ent[:])
+	pfn := v & (1<<55 - 1)
+	if v&(1<<63) == 0 || pfn == 0 {
+		t.Fatalf("pagemap entry %#x: page not present or PFN hidden", v)
+	}
+	kf, err := os.Open("/proc/kpageflags")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kf.Close()
+	if _, err := kf.ReadAt(ent[:], int64(pfn*8)); err != nil {
+		t.Fatal(err)
+	}
+	const kpfDirty, kpfWriteback = 4, 8
+	flags := binary.LittleEndian.Uint64(ent[:])
+	return flags&(1<<kpfDirty|1<<kpfWriteback) != 0
 }
