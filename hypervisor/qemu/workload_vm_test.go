@@ -476,3 +476,66 @@ func fileSum(t *testing.T, path string) string {
 	}
 	return strings.Fields(string(out))[0]
 }
+
+// TestMicrovmDisksAndNIC: the same devices on the microvm machine
+// (virtio-mmio transports): the guest finds its disks by serial and its NIC
+// by MAC there too.
+func TestMicrovmDisksAndNIC(t *testing.T) {
+	guesttest.QEMU(t)
+	testutil.RequirePrivileged(t, "network namespaces and TAP devices", "ip", "mkfs.ext4")
+	assets := guesttest.Assets(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	d, err := qemu.New(qemu.Config{Machine: "microvm", CopyFile: func(ctx context.Context, src, dst string) error {
+		_, err := clone.File(ctx, src, dst, clone.Options{NoSync: true, Logger: slog.New(slog.DiscardHandler)})
+		return err
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "zmv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	buildImageDisk(t, filepath.Join(dir, "rootfs.ext4"))
+	if err := guest.FormatOverlay(ctx, filepath.Join(dir, "overlay.ext4"), 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	slot := newSlot(t)
+	spec := hypervisor.Spec{ID: "microvmdisks", Dir: dir, VCPUs: 1, MemoryBytes: 256 << 20,
+		Disks: []hypervisor.Disk{
+			{Path: "rootfs.ext4", ReadOnly: true, Serial: agentproto.RootDiskSerial},
+			{Path: "overlay.ext4", Serial: agentproto.OverlayDiskSerial},
+		},
+		NIC: &hypervisor.NIC{TAP: slot.tap, MAC: agentproto.GuestMAC}}
+	vm, _, err := d.Boot(ctx, spec, hypervisor.BootAssets{Kernel: assets.Kernel, Initramfs: assets.Initramfs})
+	if err != nil {
+		t.Fatalf("Boot: %v", err)
+	}
+	defer vm.Quit(context.Background())
+	c := dialGuest(t, vm)
+	defer c.Close()
+	err = c.Configure(ctx, agent.Config{
+		Network: &agentproto.NetworkConfig{Address: agentproto.GuestCIDR, Gateway: agentproto.GatewayIP},
+		Root:    &agentproto.RootFS{Serial: agentproto.RootDiskSerial, FSType: "ext4", OverlaySerial: agentproto.OverlayDiskSerial},
+		Process: &agentproto.Process{Args: []string{"httpd", "-f", "-p", "8080", "-h", "/www"}},
+	})
+	if err != nil {
+		b, _ := os.ReadFile(filepath.Join(dir, hypervisor.ConsoleLog))
+		t.Fatalf("Configure: %v\nconsole:\n%s", err, b)
+	}
+	if got := mustExec(t, ctx, c, "cat", "/image-marker"); got != "from-the-image\n" {
+		t.Errorf("marker %q", got)
+	}
+	var got string
+	for i := 0; i < 50; i++ {
+		if got, err = slot.httpGet(t, "169.254.0.2:8080", "/index.html"); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil || got != "served-by-the-guest\n" {
+		t.Fatalf("slot -> microvm guest: %q %v", got, err)
+	}
+}
