@@ -514,6 +514,12 @@ func TestMicrovmDisksAndNIC(t *testing.T) {
 		t.Fatalf("Boot: %v", err)
 	}
 	defer vm.Quit(context.Background())
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, hypervisor.ConsoleLog))
+			t.Logf("console.log:\n%s", b)
+		}
+	})
 	c := dialGuest(t, vm)
 	defer c.Close()
 	err = c.Configure(ctx, agent.Config{
@@ -525,7 +531,7 @@ func TestMicrovmDisksAndNIC(t *testing.T) {
 		b, _ := os.ReadFile(filepath.Join(dir, hypervisor.ConsoleLog))
 		t.Fatalf("Configure: %v\nconsole:\n%s", err, b)
 	}
-	if got := mustExec(t, ctx, c, "cat", "/image-marker"); got != "from-the-image\n" {
+	if got := mustExec(t, ctx, c, "sh", "-c", "cat /image-marker || { cat /proc/mounts; ls -la /; }"); got != "from-the-image\n" {
 		t.Errorf("marker %q", got)
 	}
 	var got string
