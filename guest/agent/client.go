@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -55,6 +56,8 @@ type Hello struct {
 	// Workload is the boot's workload (nil: none started); its Exited is
 	// set when it exited, also while no host was connected.
 	Workload *agentproto.WorkloadStatus
+	// Features are the agent's optional abilities (agentproto.Feature*).
+	Features []string
 }
 
 // Options tune DialOptions.
@@ -192,7 +195,7 @@ func dialOnce(ctx context.Context, path string, dial func(context.Context) (net.
 					ErrVersionMismatch, agentproto.Version, h.Version, h.Error))
 			}
 			c.hello = Hello{Version: h.Version, BootID: h.BootID, Configured: h.Configured,
-				Hostname: h.Hostname, Kernel: h.Kernel, Restores: h.Restores, Workload: h.Workload}
+				Hostname: h.Hostname, Kernel: h.Kernel, Restores: h.Restores, Workload: h.Workload, Features: h.Features}
 			return c.start(opts, readErr)
 		case err := <-readErr:
 			readErr <- err
@@ -420,6 +423,11 @@ type Config struct {
 // errdefs.ErrInvalidArgument, a *RemoteError whose ExitCode is 127 (not
 // found) or 126 (not executable), and leaves the guest unconfigured.
 func (c *Client) Configure(ctx context.Context, cfg Config) error {
+	if (cfg.Root != nil || cfg.Process != nil || cfg.Network != nil || len(cfg.Volumes) > 0) && !slices.Contains(c.hello.Features, agentproto.FeatureWorkload) {
+		// An older agent would drop these fields and "succeed".
+		return fmt.Errorf("agent configure: the guest agent cannot run an image workload (no %q feature; "+
+			"boot the instance with this zygote's initramfs): %w", agentproto.FeatureWorkload, errdefs.ErrNotImplemented)
+	}
 	_, err := c.call(ctx, agentproto.Request{Op: agentproto.OpConfigure, Configure: &agentproto.ConfigureRequest{
 		Hostname: cfg.Hostname, Command: cfg.Command, Env: cfg.Env,
 		Network: cfg.Network, Root: cfg.Root, Volumes: cfg.Volumes, Process: cfg.Process,

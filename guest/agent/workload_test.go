@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -23,8 +24,8 @@ func TestWorkloadExit(t *testing.T) {
 	if _, err := c.WaitWorkload(ctx); !errdefs.IsNotFound(err) {
 		t.Fatalf("WaitWorkload without a workload: %v, want NotFound", err)
 	}
-	if h := c.Hello(); h.Workload != nil {
-		t.Fatalf("hello before any workload: %+v", h.Workload)
+	if h := c.Hello(); h.Workload != nil || !slices.Contains(h.Features, agentproto.FeatureWorkload) {
+		t.Fatalf("hello before any workload: %+v", h)
 	}
 	err := c.Configure(ctx, agent.Config{Process: &agentproto.Process{
 		Args: []string{"sh", "-c", `echo "in $PWD as $GREETING"; sleep 0.3; exit 5`}, Env: []string{"GREETING=hi"}, WorkingDir: "/"}})

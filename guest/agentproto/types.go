@@ -37,6 +37,10 @@ type Hello struct {
 	// Workload is the boot's workload (nil: none started); Exited tells a
 	// reconnecting host about an exit that happened while it was away.
 	Workload *WorkloadStatus `json:"workload,omitempty"`
+	// Features lists optional abilities of this agent (Feature*): a host
+	// must not send a request an agent without the feature would ignore
+	// (an unknown JSON field is silently dropped).
+	Features []string `json:"features,omitempty"`
 }
 
 // Ops carried in Request.Op.

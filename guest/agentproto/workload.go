@@ -95,6 +95,13 @@ type WorkloadStatus struct {
 	Exited *ExitStatus `json:"exited,omitempty"`
 }
 
+// Features an agent reports in Hello.Features.
+const (
+	// FeatureWorkload: Configure understands Root, Volumes, Process and
+	// Network, and the agent serves OpWaitWorkload.
+	FeatureWorkload = "workload"
+)
+
 // OpWaitWorkload blocks until the workload exits and answers with
 // Response.Workload (Exited set). It answers at once if it already exited,
 // and with CodeNotFound when this boot has no workload.

@@ -271,6 +271,7 @@ func (a *Agent) hello(refusal string) agentproto.Hello {
 		Restores:   a.restores,
 		Error:      refusal,
 		Workload:   a.workloadStatusLocked(),
+		Features:   []string{agentproto.FeatureWorkload},
 	}
 }
 
