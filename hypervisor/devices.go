@@ -66,6 +66,22 @@ func CheckDevices(spec Spec) error {
 	return nil
 }
 
+// DeviceSignature describes the devices a saved state belongs to: the
+// disks' serials and modes in order, and the NIC's MAC. The files and the
+// TAP behind them may differ between boot and restore (a fork's own
+// copies, its own slot); the devices may not. Drivers store it with a
+// saved state and refuse a restore whose spec has another one.
+func DeviceSignature(spec Spec) string {
+	var b strings.Builder
+	for _, d := range spec.Disks {
+		fmt.Fprintf(&b, "disk %s ro=%v;", d.Serial, d.ReadOnly)
+	}
+	if spec.NIC != nil {
+		fmt.Fprintf(&b, "nic %s;", strings.ToLower(spec.NIC.MAC))
+	}
+	return b.String()
+}
+
 func errorsJoinInvalid(err error) error {
 	return fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 }

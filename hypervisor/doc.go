@@ -24,9 +24,11 @@
 //     path outside the instance directory is refused (CheckDevices).
 //   - NIC (Spec.NIC): an already-open TAP handed to the VMM, and a MAC.
 //     The disks (serials, modes, order) and the NIC's presence and MAC
-//     are part of the machine: Restore must pass the same ones; the files
-//     and the TAP behind them may differ (a fork's own copies, its own
-//     network slot).
+//     are part of the machine: Restore must pass the same ones
+//     (DeviceSignature; a driver stores it with the saved state and
+//     refuses another with errdefs.ErrInvalidState, QEMU in
+//     state.devices); the files and the TAP behind them may differ (a
+//     fork's own copies, its own network slot).
 //
 // # Disk durability
 //

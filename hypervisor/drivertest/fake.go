@@ -153,8 +153,8 @@ func (f *Fake) Restore(ctx context.Context, spec hypervisor.Spec) (hypervisor.VM
 	// different memory is exactly the corruption zygote must never cause.
 	want, devices, _ := strings.Cut(string(bytes.TrimPrefix(raw, fakeMagic)), "\n")
 	// QEMU loads a state only into the same device set; so does the fake.
-	if devices != deviceSignature(spec) {
-		return nil, fmt.Errorf("fake restore %s: the saved state has devices %q, the spec %q: %w", spec.ID, devices, deviceSignature(spec), errdefs.ErrInvalidState)
+	if devices != hypervisor.DeviceSignature(spec) {
+		return nil, fmt.Errorf("fake restore %s: the saved state has devices %q, the spec %q: %w", spec.ID, devices, hypervisor.DeviceSignature(spec), errdefs.ErrInvalidState)
 	}
 	got, err := hashFile(filepath.Join(spec.Dir, MemoryFile))
 	if err != nil {
@@ -316,7 +316,7 @@ func (v *FakeVM) SaveState(ctx context.Context) (hypervisor.SaveStats, error) {
 	if err != nil {
 		return hypervisor.SaveStats{}, err
 	}
-	content := append(append([]byte{}, fakeMagic...), sum+"\n"+deviceSignature(v.spec)...)
+	content := append(append([]byte{}, fakeMagic...), sum+"\n"+hypervisor.DeviceSignature(v.spec)...)
 	tmp := filepath.Join(v.spec.Dir, StateFile+".tmp")
 	if err := os.WriteFile(tmp, content, 0o600); err != nil {
 		return hypervisor.SaveStats{}, err
@@ -354,20 +354,6 @@ func (v *FakeVM) kill() {
 }
 
 func (v *FakeVM) Close() error { return nil }
-
-// deviceSignature describes the devices a saved state holds: the disks'
-// serials and modes in order, and the NIC's MAC. A TAP or a disk file may
-// differ between boot and restore (a fork's own copies); the devices may not.
-func deviceSignature(spec hypervisor.Spec) string {
-	var b strings.Builder
-	for _, d := range spec.Disks {
-		fmt.Fprintf(&b, "disk %s ro=%v;", d.Serial, d.ReadOnly)
-	}
-	if spec.NIC != nil {
-		fmt.Fprintf(&b, "nic %s;", spec.NIC.MAC)
-	}
-	return b.String()
-}
 
 // hashFile hashes a file's content: its size and every non-zero 4 KiB
 // page with its offset. Holes and zero-filled blocks hash alike (content,

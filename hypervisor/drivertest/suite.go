@@ -48,6 +48,12 @@ func Suite(t *testing.T, h Harness) {
 	t.Run("bad devices are refused before a VMM starts", func(t *testing.T) {
 		refuseBadDevices(t, h, spec)
 	})
+	// The VM has one writable disk (the guest may ignore it): a disk is
+	// part of the machine, so a restore without it must fail.
+	if err := os.WriteFile(filepath.Join(dir, "suite-disk.raw"), make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec.Disks = []hypervisor.Disk{{Path: "suite-disk.raw", Serial: "suite-disk"}}
 
 	vm, state, err := d.Boot(ctx, spec, h.Assets)
 	if err != nil {
@@ -171,6 +177,28 @@ func Suite(t *testing.T, h Harness) {
 			}
 			if found, _ := d.Find(spec); len(found) != 0 {
 				t.Fatalf("a refused restore left a VMM: %v", found)
+			}
+		}
+		if err := os.WriteFile(statePath, good, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// The same state with another device set (the disk missing, or
+		// read-only): refused, every file kept.
+		for name, disks := range map[string][]hypervisor.Disk{
+			"without its disk":       nil,
+			"with its disk readonly": {{Path: "suite-disk.raw", Serial: "suite-disk", ReadOnly: true}},
+		} {
+			other := spec
+			other.Disks = disks
+			if vm, err := d.Restore(ctx, other); err == nil {
+				vm.Quit(ctx)
+				t.Fatalf("Restore %s succeeded", name)
+			}
+			if !d.HasSavedState(dir) {
+				t.Fatalf("a refused restore (%s) consumed the state file", name)
+			}
+			if found, _ := d.Find(spec); len(found) != 0 {
+				t.Fatalf("a refused restore (%s) left a VMM: %v", name, found)
 			}
 		}
 		if err := os.WriteFile(statePath, good, 0o600); err != nil {

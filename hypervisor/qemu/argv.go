@@ -11,10 +11,11 @@ import (
 
 // Files the QEMU driver keeps in an instance directory.
 const (
-	memoryFile  = "memory"    // guest RAM, memory-backend-file share=on
-	stateFile   = "state"     // device state saved by SaveState
-	kernelFile  = "kernel"    // the instance's own copy of the guest kernel
-	initrdFile  = "initramfs" // and of the initramfs
+	memoryFile  = "memory"        // guest RAM, memory-backend-file share=on
+	stateFile   = "state"         // device state saved by SaveState
+	devicesFile = "state.devices" // hypervisor.DeviceSignature of the saved state
+	kernelFile  = "kernel"        // the instance's own copy of the guest kernel
+	initrdFile  = "initramfs"     // and of the initramfs
 	qmpSocket   = "qmp.sock"
 	agentSocket = "agent.sock"
 )

@@ -222,6 +222,10 @@ func (d *Driver) Restore(ctx context.Context, spec hypervisor.Spec) (hypervisor.
 		return nil, err
 	}
 	statePath := filepath.Join(spec.Dir, stateFile)
+	if want, err := os.ReadFile(filepath.Join(spec.Dir, devicesFile)); err == nil && string(want) != hypervisor.DeviceSignature(spec) {
+		return nil, fmt.Errorf("qemu restore %s: the saved state has devices %q, the spec %q: %w",
+			spec.ID, want, hypervisor.DeviceSignature(spec), errdefs.ErrInvalidState)
+	}
 	f, err := openState(statePath)
 	if err != nil {
 		return nil, fmt.Errorf("qemu restore %s: %w", spec.ID, err)
@@ -246,6 +250,7 @@ func (d *Driver) Restore(ctx context.Context, spec hypervisor.Spec) (hypervisor.
 		v.kill()
 		return nil, fmt.Errorf("qemu restore %s: consume state: %w", spec.ID, err)
 	}
+	os.Remove(filepath.Join(spec.Dir, devicesFile))
 	syncDir(spec.Dir)
 	if err := v.Resume(ctx); err != nil {
 		v.kill()
@@ -363,7 +368,7 @@ func (d *Driver) HasSavedState(dir string) bool {
 
 // DiscardSavedState removes the state and memory files.
 func (d *Driver) DiscardSavedState(dir string) error {
-	for _, name := range []string{stateFile, memoryFile} {
+	for _, name := range []string{stateFile, devicesFile, memoryFile} {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("discard %s: %w", name, err)
 		}
