@@ -342,12 +342,13 @@ func (a *Agent) configure(req *agentproto.ConfigureRequest) error {
 		}
 	}
 	if req.Root != nil && a.wl.rootReq == "" {
+		t := time.Now()
 		root, err := a.cfg.Provisioner.Root(*req.Root, req.Volumes)
 		if err != nil {
 			return &agentproto.Error{Code: agentproto.CodeInternal, Message: fmt.Sprintf("assemble root filesystem: %v", err)}
 		}
 		a.wl.root, a.wl.rootReq = root, rootKey(req.Root, req.Volumes)
-		a.log.Info("root filesystem assembled", "root", root, "disk", req.Root.Serial, "fstype", req.Root.FSType, "overlay", req.Root.OverlaySerial, "volumes", len(req.Volumes))
+		a.log.Info("root filesystem assembled", "took", time.Since(t).Round(time.Millisecond), "root", root, "disk", req.Root.Serial, "fstype", req.Root.FSType, "overlay", req.Root.OverlaySerial, "volumes", len(req.Volumes))
 	}
 	proc := req.Process
 	if proc == nil && len(req.Command) > 0 {

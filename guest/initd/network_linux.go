@@ -17,6 +17,7 @@ import (
 // so a retried Configure succeeds. Nothing here runs again after a
 // restore: every VM and fork has the same guest network.
 func (p LinuxProvisioner) Network(cfg agentproto.NetworkConfig) error {
+	start := time.Now()
 	mac, err := net.ParseMAC(cfg.MAC)
 	if err != nil {
 		return err
@@ -61,7 +62,7 @@ func (p LinuxProvisioner) Network(cfg agentproto.NetworkConfig) error {
 		}
 	}
 	if p.Log != nil {
-		p.Log.Info("network configured", "interface", cfg.Interface, "address", cfg.Address, "gateway", cfg.Gateway, "mtu", cfg.MTU, "dns", cfg.DNS)
+		p.Log.Info("network configured", "took", time.Since(start).Round(time.Millisecond), "interface", cfg.Interface, "address", cfg.Address, "gateway", cfg.Gateway, "mtu", cfg.MTU, "dns", cfg.DNS)
 	}
 	return nil
 }
