@@ -247,6 +247,13 @@ func TestWorkloadFromDisks(t *testing.T) {
 		t.Fatalf("Configure: %v", err)
 	}
 	t.Logf("Configure (network, root, volumes, workload) took %v", time.Since(start).Round(time.Millisecond))
+	if b, err := os.ReadFile(filepath.Join(dir, hypervisor.ConsoleLog)); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, "took=") || strings.Contains(line, "agent ready") {
+				t.Logf("guest: %s", line)
+			}
+		}
+	}
 
 	t.Run("workload semantics and exit", func(t *testing.T) {
 		st, err := c.WaitWorkload(ctx)
