@@ -70,7 +70,7 @@ func (p LinuxProvisioner) Network(cfg agentproto.NetworkConfig) error {
 func (p LinuxProvisioner) findLink(mac net.HardwareAddr) (netlink.Link, error) {
 	wait := p.DiskWait
 	if wait <= 0 {
-		wait = 10 * time.Second
+		wait = 5 * time.Second
 	}
 	deadline := time.Now().Add(wait)
 	for {

@@ -118,7 +118,8 @@ func lookPathIn(root, file string, env []string) (string, error) {
 // LinuxProvisioner is zygote-init's Provisioner.
 type LinuxProvisioner struct {
 	Log *slog.Logger
-	// DiskWait bounds the wait for a disk to appear (default 10 s).
+	// DiskWait bounds the wait for a disk or the NIC to appear (default
+	// 5 s; they normally exist before the agent serves).
 	DiskWait time.Duration
 }
 
@@ -135,7 +136,27 @@ const (
 // /dev (with /dev/pts and /dev/shm) into it, mounts the volumes and binds
 // the agent's /etc/hosts, /etc/hostname and /etc/resolv.conf over the
 // image's, so that later hostname changes show inside.
-func (p LinuxProvisioner) Root(r agentproto.RootFS, vols []agentproto.Volume) (string, error) {
+func (p LinuxProvisioner) Root(r agentproto.RootFS, vols []agentproto.Volume) (_ string, err error) {
+	// On failure, unmount what this call mounted (newest first), so a
+	// retried Configure, maybe with other disks, starts clean.
+	var mountedHere []string
+	mountAt := func(source, target, fstype string, flags uintptr, data string) error {
+		done, err := mountAt(source, target, fstype, flags, data)
+		if done {
+			mountedHere = append(mountedHere, target)
+		}
+		return err
+	}
+	defer func() {
+		if err != nil {
+			for i := len(mountedHere) - 1; i >= 0; i-- {
+				unix.Unmount(mountedHere[i], unix.MNT_DETACH)
+			}
+		}
+	}()
+	bindInto := func(root, dir string) error {
+		return mountAt(dir, filepath.Join(root, dir), "", unix.MS_BIND|unix.MS_REC, "")
+	}
 	if err := loadFilesystem("overlay"); err != nil {
 		return "", err
 	}
@@ -174,7 +195,7 @@ func (p LinuxProvisioner) Root(r agentproto.RootFS, vols []agentproto.Volume) (s
 		return "", fmt.Errorf("overlay root: %w", err)
 	}
 	for _, d := range []string{"/proc", "/sys", "/dev"} {
-		if err := bindInto(root, d, true); err != nil {
+		if err := bindInto(root, d); err != nil {
 			return "", err
 		}
 	}
@@ -205,31 +226,25 @@ func (p LinuxProvisioner) Root(r agentproto.RootFS, vols []agentproto.Volume) (s
 		if err := bindFileInto(root, f); err != nil {
 			return "", err
 		}
+		mountedHere = append(mountedHere, filepath.Join(root, f))
 	}
 	return root, nil
 }
 
-// mountAt creates target and mounts source there unless something is
-// already mounted (a retried Configure).
-func mountAt(source, target, fstype string, flags uintptr, data string) error {
+// mountAt creates target and mounts source there; it reports whether it
+// mounted. Something already mounted there is an error: only a failed
+// Root leaves mounts, and it removes them.
+func mountAt(source, target, fstype string, flags uintptr, data string) (bool, error) {
 	if err := os.MkdirAll(target, 0o755); err != nil {
-		return err
+		return false, err
 	}
 	if mounted(target) {
-		return nil
+		return false, fmt.Errorf("%s is already a mount point", target)
 	}
 	if err := unix.Mount(source, target, fstype, flags, data); err != nil {
-		return fmt.Errorf("mount %s (%s) on %s: %w", source, fstype, target, err)
+		return false, fmt.Errorf("mount %s (%s) on %s: %w", source, fstype, target, err)
 	}
-	return nil
-}
-
-func bindInto(root, dir string, recursive bool) error {
-	var flags uintptr = unix.MS_BIND
-	if recursive {
-		flags |= unix.MS_REC
-	}
-	return mountAt(dir, filepath.Join(root, dir), "", flags, "")
+	return true, nil
 }
 
 // bindFileInto binds the agent's file f over the root's, replacing a
@@ -245,9 +260,6 @@ func bindFileInto(root, f string) error {
 			return err
 		}
 	}
-	if mounted(target) {
-		return nil
-	}
 	if err := unix.Mount(f, target, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind %s into the root: %w", f, err)
 	}
@@ -259,7 +271,7 @@ func bindFileInto(root, f string) error {
 func (p LinuxProvisioner) findDisk(serial string) (string, error) {
 	wait := p.DiskWait
 	if wait <= 0 {
-		wait = 10 * time.Second
+		wait = 5 * time.Second
 	}
 	deadline := time.Now().Add(wait)
 	for {

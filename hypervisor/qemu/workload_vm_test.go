@@ -450,6 +450,13 @@ func TestWorkloadFromDisks(t *testing.T) {
 		if c.Hello().Configured || c.Hello().Workload != nil {
 			t.Fatalf("a fresh boot reports %+v", c.Hello())
 		}
+		// A root that cannot be assembled (no such overlay disk) fails
+		// Configure and leaves no mounts behind: the retry below works.
+		bad := *root
+		bad.OverlaySerial = "no-such-disk"
+		if err := c.Configure(ctx, agent.Config{Root: &bad, Process: &agentproto.Process{Args: []string{"true"}}}); err == nil || !strings.Contains(err.Error(), `no disk with serial "no-such-disk"`) {
+			t.Errorf("Configure with a missing overlay disk: %v", err)
+		}
 		// A workload that cannot start fails Configure with 127 / 126 and
 		// leaves the guest unconfigured; a retry with the same root works.
 		for _, tc := range []struct {
