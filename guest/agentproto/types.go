@@ -67,11 +67,12 @@ type Request struct {
 // Response answers a Request. Error is set on failure; otherwise the body
 // matching the request's op may be set.
 type Response struct {
-	Error    *Error          `json:"error,omitempty"`
+	Error *Error `json:"error,omitempty"`
+	// Workload answers OpWaitWorkload.
+	Workload *WorkloadStatus `json:"workload,omitempty"`
 	Exec     *ExecStarted    `json:"exec,omitempty"`
 	Restored *RestoredResult `json:"restored,omitempty"`
 	Ping     *PingResult     `json:"ping,omitempty"`
-	Workload *WorkloadStatus `json:"workload,omitempty"`
 }
 
 // Error codes. The host maps them onto errdefs classes.
