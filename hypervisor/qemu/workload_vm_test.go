@@ -73,10 +73,10 @@ func buildProbe(t *testing.T, dst string) {
 }
 
 // buildImageDisk makes what package images makes: a read-only root disk
-// (ext4 from a directory with mkfs.ext4 -d) holding busybox-static with
-// applet links, the probe, /etc/passwd and /etc/group with a user "app",
-// a marker file and a web root.
-func buildImageDisk(t *testing.T, out string) {
+// (ext4 from a directory with mkfs.ext4 -d, or erofs with mkfs.erofs)
+// holding busybox-static with applet links, the probe, /etc/passwd and
+// /etc/group with a user "app", a marker file and a web root.
+func buildImageDisk(t *testing.T, out string, fstype ...string) {
 	t.Helper()
 	root := t.TempDir()
 	for _, d := range []string{"bin", "usr/bin", "etc", "www", "tmp", "proc", "sys", "dev", "home/app"} {
@@ -107,8 +107,12 @@ func buildImageDisk(t *testing.T, out string) {
 	os.WriteFile(filepath.Join(root, "image-marker"), []byte("from-the-image\n"), 0o644)
 	os.WriteFile(filepath.Join(root, "www/index.html"), []byte("served-by-the-guest\n"), 0o644)
 	os.WriteFile(filepath.Join(root, "usr/bin/not-executable"), []byte("#!/bin/sh\n"), 0o644)
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", root, "-E", "root_owner=0:0", out, "64M").CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4 -d: %v\n%s", err, out)
+	mkfs := exec.Command("mkfs.ext4", "-q", "-F", "-d", root, "-E", "root_owner=0:0", out, "64M")
+	if len(fstype) > 0 && fstype[0] == "erofs" {
+		mkfs = exec.Command("mkfs.erofs", "--quiet", "-zlz4", "--all-root", out, root)
+	}
+	if out, err := mkfs.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", mkfs.Args[0], err, out)
 	}
 }
 
@@ -493,10 +497,11 @@ func fileSum(t *testing.T, path string) string {
 
 // TestMicrovmDisksAndNIC: the same devices on the microvm machine
 // (virtio-mmio transports): the guest finds its disks by serial and its NIC
-// by MAC there too.
+// by MAC there too. The root disk is erofs (lz4), the other format package
+// images may produce.
 func TestMicrovmDisksAndNIC(t *testing.T) {
 	guesttest.QEMU(t)
-	testutil.RequirePrivileged(t, "network namespaces and TAP devices", "ip", "mkfs.ext4")
+	testutil.RequirePrivileged(t, "network namespaces and TAP devices", "ip", "mkfs.ext4", "mkfs.erofs")
 	assets := guesttest.Assets(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -512,14 +517,14 @@ func TestMicrovmDisksAndNIC(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	buildImageDisk(t, filepath.Join(dir, "rootfs.ext4"))
+	buildImageDisk(t, filepath.Join(dir, "rootfs.erofs"), "erofs")
 	if err := guest.FormatOverlay(ctx, filepath.Join(dir, "overlay.ext4"), 64<<20); err != nil {
 		t.Fatal(err)
 	}
 	slot := newSlot(t)
 	spec := hypervisor.Spec{ID: "microvmdisks", Dir: dir, VCPUs: 1, MemoryBytes: 256 << 20,
 		Disks: []hypervisor.Disk{
-			{Path: "rootfs.ext4", ReadOnly: true, Serial: agentproto.RootDiskSerial},
+			{Path: "rootfs.erofs", ReadOnly: true, Serial: agentproto.RootDiskSerial},
 			{Path: "overlay.ext4", Serial: agentproto.OverlayDiskSerial},
 		},
 		NIC: &hypervisor.NIC{TAP: slot.tap, MAC: agentproto.GuestMAC}}
@@ -538,7 +543,7 @@ func TestMicrovmDisksAndNIC(t *testing.T) {
 	defer c.Close()
 	err = c.Configure(ctx, agent.Config{
 		Network: &agentproto.NetworkConfig{Address: agentproto.GuestCIDR, Gateway: agentproto.GatewayIP},
-		Root:    &agentproto.RootFS{Serial: agentproto.RootDiskSerial, FSType: "ext4", OverlaySerial: agentproto.OverlayDiskSerial},
+		Root:    &agentproto.RootFS{Serial: agentproto.RootDiskSerial, FSType: "erofs", OverlaySerial: agentproto.OverlayDiskSerial},
 		Process: &agentproto.Process{Args: []string{"httpd", "-f", "-p", "8080", "-h", "/www"}},
 	})
 	if err != nil {
@@ -547,6 +552,10 @@ func TestMicrovmDisksAndNIC(t *testing.T) {
 	}
 	if got := mustExec(t, ctx, c, "sh", "-c", "cat /image-marker || { cat /proc/mounts; ls -la /; }"); got != "from-the-image\n" {
 		t.Errorf("marker %q", got)
+	}
+	// The overlay makes the read-only erofs root writable.
+	if got := mustExec(t, ctx, c, "sh", "-c", "echo w > /image-marker && cat /image-marker && grep -c ' / overlay ' /proc/mounts"); got != "w\n1\n" {
+		t.Errorf("write through the overlay: %q", got)
 	}
 	var got string
 	for i := 0; i < 50; i++ {
