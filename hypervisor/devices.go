@@ -46,12 +46,14 @@ func CheckDevices(spec Spec) error {
 			return fmt.Errorf("disk %s: %s is outside the instance directory %s (hard-link shared images into it): %w",
 				d.Serial, p, spec.Dir, errdefs.ErrInvalidArgument)
 		}
-		fi, err := os.Stat(p)
+		// Lstat: a symlink would lead outside the directory; a shared
+		// image is a hard link, which is a regular file.
+		fi, err := os.Lstat(p)
 		if err != nil {
 			return fmt.Errorf("disk %s: %w", d.Serial, errorsJoinInvalid(err))
 		}
 		if !fi.Mode().IsRegular() {
-			return fmt.Errorf("disk %s: %s is not a regular file: %w", d.Serial, p, errdefs.ErrInvalidArgument)
+			return fmt.Errorf("disk %s: %s is not a regular file (a symlink or a device?): %w", d.Serial, p, errdefs.ErrInvalidArgument)
 		}
 	}
 	if n := spec.NIC; n != nil {

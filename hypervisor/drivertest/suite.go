@@ -241,6 +241,11 @@ func refuseBadDevices(t *testing.T, h Harness, spec hypervisor.Spec) {
 		t.Fatal(err)
 	}
 	defer os.Remove(inside)
+	link := filepath.Join(spec.Dir, "bad-devices-link.img")
+	if err := os.Symlink(outside, link); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(link)
 	tap, err := os.Open(os.DevNull) // never reaches a VMM: the MAC is refused first
 	if err != nil {
 		t.Fatal(err)
@@ -252,6 +257,9 @@ func refuseBadDevices(t *testing.T, h Harness, spec hypervisor.Spec) {
 		},
 		"disk escaping by ..": func(s *hypervisor.Spec) {
 			s.Disks = []hypervisor.Disk{{Path: "../" + filepath.Base(filepath.Dir(outside)) + "/root.img", Serial: "root"}}
+		},
+		"disk symlinked to a file outside": func(s *hypervisor.Spec) {
+			s.Disks = []hypervisor.Disk{{Path: link, ReadOnly: true, Serial: "root"}}
 		},
 		"missing disk file": func(s *hypervisor.Spec) {
 			s.Disks = []hypervisor.Disk{{Path: "nonexistent.img", Serial: "root"}}
