@@ -20,14 +20,23 @@
 //
 // Modules lists the modules the guest loads, in order; FetchKernel checks
 // the order against each module's depends= and skips modules built into
-// the kernel (modules.builtin).
+// the kernel (modules.builtin). FilesystemModules (overlay; libcrc32c and
+// erofs) are fetched too but loaded by zygote-init only when a Configure
+// mounts that filesystem. An entry made before they existed is completed
+// in place (new files first, then the manifest).
+//
+// # Overlay disks
+//
+// FormatOverlay makes an instance's writable overlay disk at create: a
+// sparse file holding an empty ext4 (lazy inode tables and journal, so it
+// costs a few MiB and tens of ms whatever its size), renamed into place.
 //
 // # Initramfs
 //
 // BuildInitramfs writes an uncompressed newc cpio (CpioWriter, no cpio
 // binary): zygote-init as /init, a static busybox and its applet links,
-// the modules and their order file at the paths agentproto names, and the
-// directories init needs. The output is deterministic and cached under
+// the modules, their order file and the per-filesystem module list at the
+// paths agentproto names, and the directories init needs. The output is deterministic and cached under
 // <cache>/initramfs/<hash of the inputs>.cpio.
 //
 // # Assets
@@ -37,7 +46,7 @@
 // or /usr/local/lib/zygote/zygote-init) and the matching initramfs.
 //
 // Host tools: apt-get/apt-cache (apt), dpkg-deb (dpkg), lz4 (lz4), a
-// static busybox (busybox-static). A missing one is an error naming the
+// static busybox (busybox-static), mkfs.ext4 (e2fsprogs). A missing one is an error naming the
 // Debian package.
 //
 // Must never: install anything on the host, import instances, store, api

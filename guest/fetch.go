@@ -60,10 +60,13 @@ func FetchKernel(ctx context.Context, opts FetchOptions) (k Kernel, fetched bool
 			return Kernel{}, false, err
 		}
 	}
+	// An entry made for an older module set is completed below.
 	if pkg != "" {
 		if k, err := LoadKernel(filepath.Join(root, strings.TrimPrefix(pkg, "linux-image-"))); err == nil {
-			log.Info("kernel already cached", "version", k.Version, "dir", k.Dir)
-			return k, false, nil
+			if k.ModuleSet >= moduleSetVersion {
+				log.Info("kernel already cached", "version", k.Version, "dir", k.Dir)
+				return k, false, nil
+			}
 		}
 	}
 
@@ -85,6 +88,17 @@ func FetchKernel(ctx context.Context, opts FetchOptions) (k Kernel, fetched bool
 		return Kernel{}, false, err
 	}
 	final := filepath.Join(root, k.Version)
+	if old, err := LoadKernel(final); err == nil && old.ModuleSet < moduleSetVersion {
+		if err := completeEntry(k, final); err != nil {
+			return Kernel{}, false, err
+		}
+		k, err = LoadKernel(final)
+		if err != nil {
+			return Kernel{}, false, err
+		}
+		log.Info("kernel cache entry completed with new modules", "version", k.Version, "dir", final, "fs_modules", k.FSModules)
+		return k, true, nil
+	}
 	if err := os.Rename(k.Dir, final); err != nil {
 		// Someone else (a concurrent fetch) got there first.
 		if existing, lerr := LoadKernel(final); lerr == nil {
@@ -203,18 +217,27 @@ func unpackKernel(ctx context.Context, deb, tmp string, log *slog.Logger) (Kerne
 		}
 	}
 
-	mods, err := selectModules(modDir, Modules)
+	mods, err := selectModules(modDir, append(append([]string{}, Modules...), fsModuleNames()...))
 	if err != nil {
 		return Kernel{}, fmt.Errorf("kernel %s: %w", k.Version, err)
+	}
+	onDemand := map[string]bool{}
+	for _, m := range fsModuleNames() {
+		onDemand[modName(m)] = true
 	}
 	for _, name := range mods.order {
 		file := name + ".ko"
 		if err := copyFile(mods.files[name], filepath.Join(stage, "modules", file)); err != nil {
 			return Kernel{}, err
 		}
-		k.Modules = append(k.Modules, file)
+		if onDemand[name] {
+			k.FSModules = append(k.FSModules, file)
+		} else {
+			k.Modules = append(k.Modules, file)
+		}
 	}
 	k.Builtin = mods.builtin
+	k.ModuleSet = moduleSetVersion
 	k.FetchedAt = time.Now().UTC()
 	b, err := json.MarshalIndent(k, "", "  ")
 	if err != nil {
@@ -268,4 +291,35 @@ func writeFileSync(path string, b []byte) error {
 		return err
 	}
 	return f.Close()
+}
+
+// completeEntry adds to the cache entry dir the module files of the fresh
+// entry k it lacks, then replaces its manifest: readers of the old
+// manifest find every file it lists throughout, and a reader of the new
+// one finds the new files (they are renamed in before the manifest).
+func completeEntry(k Kernel, dir string) error {
+	for _, m := range append(append([]string{}, k.Modules...), k.FSModules...) {
+		dst := filepath.Join(dir, "modules", m)
+		if _, err := os.Stat(dst); err == nil {
+			continue
+		}
+		tmp := dst + ".zygote-tmp"
+		if err := copyFile(filepath.Join(k.Dir, "modules", m), tmp); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("complete kernel cache entry %s: %w", dir, err)
+		}
+		if err := os.Rename(tmp, dst); err != nil {
+			return fmt.Errorf("complete kernel cache entry %s: %w", dir, err)
+		}
+	}
+	b, err := json.MarshalIndent(k, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, "."+kernelManifest+".zygote-tmp")
+	if err := writeFileSync(tmp, b); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, kernelManifest))
 }

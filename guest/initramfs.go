@@ -42,7 +42,8 @@ type BuildOptions struct {
 //	/init                          zygote-init
 //	/bin/busybox + applet symlinks (from busybox --list-full)
 //	/lib/modules/zygote/*.ko       the kernel's modules
-//	/lib/modules/zygote/modules.order   their load order
+//	/lib/modules/zygote/modules.order   their load order (boot modules)
+//	/lib/modules/zygote/filesystems  per filesystem, its modules (loaded on demand)
 //	/dev/console                   so the kernel can give init a console
 //	/etc/{passwd,group}, /proc /sys /dev /tmp /run /root ... directories
 //
@@ -161,6 +162,12 @@ func initramfsEntries(ctx context.Context, opts BuildOptions) ([]entry, error) {
 		fmt.Fprintln(&order, name)
 	}
 	add(entry{name: strings.TrimPrefix(agentproto.InitramfsModuleOrder, "/"), perm: 0o644, data: order.Bytes()})
+	// Filesystem modules: present, not in modules.order; zygote-init loads
+	// them when a Configure mounts that filesystem.
+	for i, p := range opts.Kernel.FSModulePaths() {
+		add(entry{name: modDir + "/" + opts.Kernel.FSModules[i], perm: 0o644, src: p})
+	}
+	add(entry{name: strings.TrimPrefix(agentproto.InitramfsFSModules, "/"), perm: 0o644, data: fsModuleList(opts.Kernel)})
 
 	out := make([]entry, 0, len(m))
 	for _, e := range m {
@@ -169,6 +176,23 @@ func initramfsEntries(ctx context.Context, opts BuildOptions) ([]entry, error) {
 	// A parent's name is a prefix of its children's, so it sorts first.
 	slices.SortFunc(out, func(a, b entry) int { return strings.Compare(a.name, b.name) })
 	return out, nil
+}
+
+// fsModuleList is the content of agentproto.InitramfsFSModules: one line
+// per filesystem, "fstype module.ko...", naming the modules of k (built-in
+// ones are absent, so a filesystem may have none).
+func fsModuleList(k Kernel) []byte {
+	var b bytes.Buffer
+	for _, f := range FilesystemModules {
+		b.WriteString(f.FSType)
+		for _, m := range f.Modules {
+			if file := modName(m) + ".ko"; slices.Contains(k.FSModules, file) {
+				b.WriteString(" " + file)
+			}
+		}
+		b.WriteByte('\n')
+	}
+	return b.Bytes()
 }
 
 // busyboxApplets lists the applets' install paths (bin/sh, usr/bin/awk...),

@@ -32,8 +32,8 @@ func fakeKernel(t *testing.T) Kernel {
 	t.Helper()
 	dir := t.TempDir()
 	os.MkdirAll(filepath.Join(dir, "modules"), 0o755)
-	k := Kernel{Version: "6.1.0-1-cloud-amd64", Dir: dir, Modules: []string{"virtio_ring.ko", "virtio.ko"}}
-	for _, m := range k.Modules {
+	k := Kernel{Version: "6.1.0-1-cloud-amd64", Dir: dir, Modules: []string{"virtio_ring.ko", "virtio.ko"}, FSModules: []string{"overlay.ko"}}
+	for _, m := range append(k.Modules, k.FSModules...) {
 		os.WriteFile(filepath.Join(dir, "modules", m), []byte("module "+m), 0o644)
 	}
 	return k
@@ -107,6 +107,12 @@ func TestBuildInitramfs(t *testing.T) {
 	}
 	if e := byName["lib/modules/zygote/virtio.ko"]; string(e.data) != "module virtio.ko" {
 		t.Errorf("virtio.ko = %q", e.data)
+	}
+	if e := byName["lib/modules/zygote/overlay.ko"]; string(e.data) != "module overlay.ko" {
+		t.Errorf("overlay.ko (on demand, not in modules.order) = %q", e.data)
+	}
+	if e := byName["lib/modules/zygote/filesystems"]; string(e.data) != "overlay overlay.ko\nerofs\n" {
+		t.Errorf("filesystems = %q", e.data)
 	}
 	if e := byName["tmp"]; e.h.Mode != 0o041777 {
 		t.Errorf("tmp mode %o", e.h.Mode)

@@ -45,6 +45,11 @@ type Kernel struct {
 	Modules []string `json:"modules"`
 	// Builtin are wanted modules the kernel has built in.
 	Builtin []string `json:"builtin,omitempty"`
+	// FSModules are the .ko file names under modules/ of the
+	// FilesystemModules the kernel does not build in (loaded on demand).
+	FSModules []string `json:"fs_modules,omitempty"`
+	// ModuleSet is the moduleSetVersion the entry was made for (0: 1).
+	ModuleSet int `json:"module_set,omitempty"`
 	// PVH reports that vmlinux has a PVH entry note (QEMU boots it directly).
 	PVH bool `json:"pvh"`
 	// VmlinuxNote says why there is no vmlinux, if there is none.
@@ -77,6 +82,15 @@ func (k Kernel) BootImage() string {
 	return k.Vmlinuz()
 }
 
+// FSModulePaths returns the on-demand filesystem module files.
+func (k Kernel) FSModulePaths() []string {
+	out := make([]string, len(k.FSModules))
+	for i, m := range k.FSModules {
+		out[i] = filepath.Join(k.Dir, "modules", m)
+	}
+	return out
+}
+
 // ModulePaths returns the module files in load order.
 func (k Kernel) ModulePaths() []string {
 	out := make([]string, len(k.Modules))
@@ -99,7 +113,7 @@ func LoadKernel(dir string) (Kernel, error) {
 		return Kernel{}, fmt.Errorf("kernel cache entry %s: %w", dir, err)
 	}
 	k.Dir = dir
-	for _, p := range append(k.ModulePaths(), k.Vmlinuz()) {
+	for _, p := range append(append(k.ModulePaths(), k.FSModulePaths()...), k.Vmlinuz()) {
 		if _, err := os.Stat(p); err != nil {
 			return Kernel{}, fmt.Errorf("kernel cache entry %s is incomplete: %w", dir, err)
 		}

@@ -3,6 +3,7 @@ package guest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +26,7 @@ var realDepends = map[string][]string{
 	"virtio-rng":                        {"virtio", "virtio_ring"},
 	"vmw_vsock_virtio_transport_common": {"vsock"},
 	"vmw_vsock_virtio_transport":        {"virtio", "vmw_vsock_virtio_transport_common", "virtio_ring", "vsock"},
+	"erofs":                             {"libcrc32c"},
 }
 
 // fakeModuleTree writes lib/modules/<version> under root with a .ko for
@@ -141,7 +143,7 @@ func makeKernelDeb(t *testing.T, version string, elf []byte) string {
 	os.MkdirAll(filepath.Join(root, "boot"), 0o755)
 	os.WriteFile(filepath.Join(root, "boot", "vmlinuz-"+version), makeBzImage(lz4Legacy(t, elf), uint32(len(elf))), 0o644)
 	os.WriteFile(filepath.Join(root, "boot", "config-"+version), []byte("CONFIG_PVH=y\n"), 0o644)
-	fakeModuleTree(t, root, version, Modules)
+	fakeModuleTree(t, root, version, append(append([]string{}, Modules...), fsModuleNames()...))
 	deb := filepath.Join(t.TempDir(), pkg+".deb")
 	if out, err := exec.Command("dpkg-deb", "--root-owner-group", "-b", root, deb).CombinedOutput(); err != nil {
 		t.Fatalf("dpkg-deb -b: %v: %s", err, out)
@@ -171,7 +173,10 @@ func TestFetchKernelFromDeb(t *testing.T) {
 	if len(k.Modules) != len(Modules) || k.Modules[11] != "virtio_rng.ko" {
 		t.Errorf("modules = %v", k.Modules)
 	}
-	for _, p := range k.ModulePaths() {
+	if !slices.Equal(k.FSModules, []string{"overlay.ko", "libcrc32c.ko", "erofs.ko"}) || k.ModuleSet != moduleSetVersion {
+		t.Errorf("fs modules = %v, module set %d", k.FSModules, k.ModuleSet)
+	}
+	for _, p := range append(k.ModulePaths(), k.FSModulePaths()...) {
 		if _, err := os.Stat(p); err != nil {
 			t.Error(err)
 		}
@@ -200,5 +205,48 @@ func TestFetchKernelFromDeb(t *testing.T) {
 	os.MkdirAll(filepath.Join(cache, "kernel", "9.9.9-1-cloud-amd64"), 0o755)
 	if found, err := FindKernel(cache); err != nil || found.Version != version {
 		t.Errorf("FindKernel with an incomplete newer entry = %+v, %v", found, err)
+	}
+}
+
+// TestFetchKernelCompletesOldEntry: an entry cached before the filesystem
+// modules existed is completed in place: new module files first, then the
+// manifest, so a reader never sees a manifest listing a missing file.
+func TestFetchKernelCompletesOldEntry(t *testing.T) {
+	needTool(t, "dpkg-deb", "dpkg")
+	needTool(t, "lz4", "lz4")
+	const version = "6.1.0-998-cloud-amd64"
+	deb := makeKernelDeb(t, version, fakeKernelELF())
+	cache := t.TempDir()
+	ctx := context.Background()
+	k, _, err := FetchKernel(ctx, FetchOptions{CacheDir: cache, DebFile: deb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Make it look like an entry of module set 1.
+	for _, p := range k.FSModulePaths() {
+		os.Remove(p)
+	}
+	old := k
+	old.FSModules, old.ModuleSet = nil, 0
+	b, _ := json.Marshal(old)
+	os.WriteFile(filepath.Join(k.Dir, kernelManifest), b, 0o644)
+	if got, err := LoadKernel(k.Dir); err != nil || len(got.FSModules) != 0 {
+		t.Fatalf("old entry: %+v %v", got, err)
+	}
+
+	k2, fetched, err := FetchKernel(ctx, FetchOptions{CacheDir: cache, DebFile: deb})
+	if err != nil || !fetched || k2.Dir != k.Dir || k2.ModuleSet != moduleSetVersion || len(k2.FSModules) != 3 {
+		t.Fatalf("completing fetch: %+v fetched %v err %v", k2, fetched, err)
+	}
+	for _, p := range k2.FSModulePaths() {
+		if _, err := os.Stat(p); err != nil {
+			t.Error(err)
+		}
+	}
+	ents, _ := os.ReadDir(k.Dir)
+	for _, e := range ents {
+		if strings.Contains(e.Name(), "zygote-tmp") {
+			t.Errorf("leftover %s", e.Name())
+		}
 	}
 }

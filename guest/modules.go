@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -33,6 +34,41 @@ var Modules = []string{
 	"vmw_vsock_virtio_transport_common",
 	"vmw_vsock_virtio_transport",
 }
+
+// FSModules names the modules a filesystem needs, in load order.
+type FSModules struct {
+	FSType  string
+	Modules []string
+}
+
+// FilesystemModules are modules zygote-init loads on demand, when the
+// workload's root or a volume needs the filesystem (Configure), so a guest
+// without disks boots no slower: overlay for the workload root, erofs (and
+// libcrc32c, its dependency) for erofs root disks. ext4 (with jbd2,
+// mbcache, crc16) is built into the 6.1 cloud kernel. The initramfs
+// carries them in agentproto.InitramfsModulesDir, outside modules.order,
+// and lists them per filesystem in agentproto.InitramfsFSModules.
+var FilesystemModules = []FSModules{
+	{"overlay", []string{"overlay"}},
+	{"erofs", []string{"libcrc32c", "erofs"}},
+}
+
+// fsModuleNames is FilesystemModules flattened, first occurrence first.
+func fsModuleNames() []string {
+	var out []string
+	for _, f := range FilesystemModules {
+		for _, m := range f.Modules {
+			if !slices.Contains(out, m) {
+				out = append(out, m)
+			}
+		}
+	}
+	return out
+}
+
+// moduleSetVersion names the content of Modules + FilesystemModules: a
+// cache entry made for an older set is completed in place by FetchKernel.
+const moduleSetVersion = 2
 
 // modName normalises a module name: the kernel treats - and _ alike.
 func modName(s string) string { return strings.ReplaceAll(s, "-", "_") }

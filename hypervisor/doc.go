@@ -16,6 +16,28 @@
 //     and Attach, so a restore reproduces the machine exactly.
 //   - VMM process identity (Process): pid plus start time, so a restarted
 //     daemon never mistakes a reused pid for its VMM.
+//   - disks (Spec.Disks): raw files inside the instance directory, each
+//     with a mode and a virtio serial the guest finds it by. Writable
+//     disks are the instance's own files (copied with the memory file at
+//     fork and snapshot); a read-only disk may be a hard link to an
+//     immutable file (an image's root disk) the driver only reads. A disk
+//     path outside the instance directory is refused (CheckDevices).
+//   - NIC (Spec.NIC): an already-open TAP handed to the VMM, and a MAC.
+//     The disks (serials, modes, order) and the NIC's presence and MAC
+//     are part of the machine: Restore must pass the same ones
+//     (DeviceSignature; a driver stores it with the saved state and
+//     refuses another with errdefs.ErrInvalidState, QEMU in
+//     state.devices); the files and the TAP behind them may differ (a
+//     fork's own copies, its own network slot).
+//
+// # Disk durability
+//
+// Pause returns only when every write the guest submitted to a writable
+// disk is in the disk file and flushed to it (QEMU: stop drains and
+// fdatasyncs; cache=writeback, no user-space cache). So while a VM is
+// paused its disk files and memory file together are one consistent
+// image, which fork and snapshot copy. Writes still in the guest's own
+// page cache live in guest RAM, the memory file, not in the disk file.
 //
 // # Lifecycle
 //

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"os"
 	"time"
 )
 
@@ -20,6 +21,42 @@ type Spec struct {
 	// DriverState is what Boot returned for this machine (nil before the
 	// first boot).
 	DriverState json.RawMessage
+	// Disks are the VM's block devices, in this order (the order is part
+	// of the machine: a restore must pass the same disks, same order).
+	Disks []Disk
+	// NIC is the VM's network interface (nil: no network device). A restore
+	// passes a NIC whenever the boot did, with the same MAC; its TAP may be
+	// a different device (a fork's own slot).
+	NIC *NIC
+}
+
+// Disk is a raw disk image the guest sees as a virtio block device.
+type Disk struct {
+	// Path is the image file: inside the instance directory (absolute, or
+	// relative to Spec.Dir). A writable disk is the instance's own file; a
+	// read-only one may be a hard link to an immutable file (an image's
+	// root disk), which the driver never writes.
+	Path string
+	// ReadOnly makes the device read-only for the guest, and the VMM opens
+	// the file read-only.
+	ReadOnly bool
+	// Serial is the virtio serial the guest finds the disk by
+	// (/sys/block/vdX/serial): 1-20 characters of [A-Za-z0-9._-], unique
+	// within the Spec.
+	Serial string
+}
+
+// NIC is a network interface backed by a TAP device.
+type NIC struct {
+	// TAP is an open TAP device (IFF_TAP|IFF_NO_PI, opened by the network
+	// slot). The driver hands it to the VMM process and does not close it:
+	// the caller may close its copy once Boot or Restore returned. Boot and
+	// every restore of one machine must open their TAPs with the same
+	// flags (IFF_VNET_HDR or not): the saved device state depends on it.
+	TAP *os.File
+	// MAC is the guest's MAC address ("02:5a:79:67:00:02"), the same in
+	// every restore of the machine.
+	MAC string
 }
 
 // BootAssets are the guest kernel and initramfs a first boot copies into the

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -52,6 +53,11 @@ type Hello struct {
 	Kernel string
 	// Restores counts the Restored calls this boot has seen.
 	Restores int
+	// Workload is the boot's workload (nil: none started); its Exited is
+	// set when it exited, also while no host was connected.
+	Workload *agentproto.WorkloadStatus
+	// Features are the agent's optional abilities (agentproto.Feature*).
+	Features []string
 }
 
 // Options tune DialOptions.
@@ -189,7 +195,7 @@ func dialOnce(ctx context.Context, path string, dial func(context.Context) (net.
 					ErrVersionMismatch, agentproto.Version, h.Version, h.Error))
 			}
 			c.hello = Hello{Version: h.Version, BootID: h.BootID, Configured: h.Configured,
-				Hostname: h.Hostname, Kernel: h.Kernel, Restores: h.Restores}
+				Hostname: h.Hostname, Kernel: h.Kernel, Restores: h.Restores, Workload: h.Workload, Features: h.Features}
 			return c.start(opts, readErr)
 		case err := <-readErr:
 			readErr <- err
@@ -360,6 +366,9 @@ func (c *Client) ctxOrLost(ctx context.Context, op string, err error) error {
 type RemoteError struct {
 	Code    string
 	Message string
+	// ExitCode is 127 or 126 when Configure failed because the workload
+	// could not start (not found, not executable); 0 otherwise.
+	ExitCode int
 }
 
 func (e *RemoteError) Error() string { return "guest: " + e.Message }
@@ -378,7 +387,9 @@ func (e *RemoteError) Unwrap() error {
 	return nil
 }
 
-func remoteError(e *agentproto.Error) error { return &RemoteError{Code: e.Code, Message: e.Message} }
+func remoteError(e *agentproto.Error) error {
+	return &RemoteError{Code: e.Code, Message: e.Message, ExitCode: e.ExitCode}
+}
 
 // Ping checks that the agent answers.
 func (c *Client) Ping(ctx context.Context) error {
@@ -391,17 +402,35 @@ type Config struct {
 	Hostname string
 	// Command is the workload, started in its own session with stdin on
 	// /dev/null and stdout/stderr on the guest console. Empty: no workload.
+	// The initramfs form; exclusive with Process.
 	Command []string
 	Env     map[string]string
+
+	// Network configures the guest NIC before the workload starts.
+	Network *agentproto.NetworkConfig
+	// Root is the workload's root filesystem from disks; Volumes are
+	// mounted into it. The workload and every exec run chrooted there.
+	Root    *agentproto.RootFS
+	Volumes []agentproto.Volume
+	// Process is the image's workload (args, env, working dir, user).
+	Process *agentproto.Process
 }
 
 // Configure is sent once per boot, when Hello().Configured is false: it
-// sets the hostname and starts the workload. A second Configure in the same
-// boot fails with ErrAlreadyConfigured; a workload that cannot start fails
-// with errdefs.ErrInvalidArgument and leaves the guest unconfigured.
+// sets the hostname and the network, assembles the root filesystem and
+// starts the workload. A second Configure in the same boot fails with
+// ErrAlreadyConfigured; a workload that cannot start fails with
+// errdefs.ErrInvalidArgument, a *RemoteError whose ExitCode is 127 (not
+// found) or 126 (not executable), and leaves the guest unconfigured.
 func (c *Client) Configure(ctx context.Context, cfg Config) error {
+	if (cfg.Root != nil || cfg.Process != nil || cfg.Network != nil || len(cfg.Volumes) > 0) && !slices.Contains(c.hello.Features, agentproto.FeatureWorkload) {
+		// An older agent would drop these fields and "succeed".
+		return fmt.Errorf("agent configure: the guest agent cannot run an image workload (no %q feature; "+
+			"boot the instance with this zygote's initramfs): %w", agentproto.FeatureWorkload, errdefs.ErrNotImplemented)
+	}
 	_, err := c.call(ctx, agentproto.Request{Op: agentproto.OpConfigure, Configure: &agentproto.ConfigureRequest{
 		Hostname: cfg.Hostname, Command: cfg.Command, Env: cfg.Env,
+		Network: cfg.Network, Root: cfg.Root, Volumes: cfg.Volumes, Process: cfg.Process,
 	}})
 	return err
 }

@@ -15,6 +15,14 @@
 // guest has already dropped whatever the previous connection left running.
 // Shutdown powers the VM off; the VMM exits by itself.
 //
+// A workload from an image: Configure with Network (the fixed guest
+// network of agentproto), Root (the root and overlay disks' serials, as the
+// driver attached them), Volumes and Process. A workload that cannot
+// start fails Configure with a *RemoteError whose ExitCode is 127 or 126:
+// fail the run at once. WaitWorkload returns its exit status; after a
+// reconnect, Hello().Workload.Exited reports an exit that happened while
+// no host was connected.
+//
 // A Client is one connection. When it breaks (VMM exit, Close, keepalive
 // failure), Done is closed, calls in flight and later calls fail with
 // ErrConnectionLost, and the guest SIGKILLs the process groups of that

@@ -34,6 +34,13 @@ type Hello struct {
 	Restores int `json:"restores"`
 	// Error is set when the guest refuses the session (version mismatch).
 	Error string `json:"error,omitempty"`
+	// Workload is the boot's workload (nil: none started); Exited tells a
+	// reconnecting host about an exit that happened while it was away.
+	Workload *WorkloadStatus `json:"workload,omitempty"`
+	// Features lists optional abilities of this agent (Feature*): a host
+	// must not send a request an agent without the feature would ignore
+	// (an unknown JSON field is silently dropped).
+	Features []string `json:"features,omitempty"`
 }
 
 // Ops carried in Request.Op.
@@ -63,7 +70,9 @@ type Request struct {
 // Response answers a Request. Error is set on failure; otherwise the body
 // matching the request's op may be set.
 type Response struct {
-	Error    *Error          `json:"error,omitempty"`
+	Error *Error `json:"error,omitempty"`
+	// Workload answers OpWaitWorkload.
+	Workload *WorkloadStatus `json:"workload,omitempty"`
 	Exec     *ExecStarted    `json:"exec,omitempty"`
 	Restored *RestoredResult `json:"restored,omitempty"`
 	Ping     *PingResult     `json:"ping,omitempty"`
@@ -83,16 +92,28 @@ const (
 type Error struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// ExitCode is set when Configure failed because the workload could not
+	// start: 127 (not found), 126 (found but not executable), the shell's
+	// convention, so the host can fail the run with it at once.
+	ExitCode int `json:"exit_code,omitempty"`
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("guest agent: %s (%s)", e.Message, e.Code) }
 
-// ConfigureRequest: sent once per boot; sets the hostname and starts the
-// workload (if Command is not empty).
+// ConfigureRequest: sent once per boot; sets the hostname and the network,
+// assembles the workload's root filesystem and starts the workload, in
+// that order. Without Root the workload runs in the initramfs (the
+// built-in busybox guest). Command+Env (the initramfs form) and Process
+// are exclusive.
 type ConfigureRequest struct {
 	Hostname string            `json:"hostname,omitempty"`
 	Command  []string          `json:"command,omitempty"`
 	Env      map[string]string `json:"env,omitempty"`
+
+	Root    *RootFS        `json:"root,omitempty"`
+	Volumes []Volume       `json:"volumes,omitempty"`
+	Process *Process       `json:"process,omitempty"`
+	Network *NetworkConfig `json:"network,omitempty"`
 }
 
 // ExecRequest starts a command. Env entries are added to (and override)

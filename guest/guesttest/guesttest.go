@@ -2,6 +2,8 @@ package guesttest
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -35,8 +37,10 @@ var (
 )
 
 // InitBinary builds zygote-init (CGO_ENABLED=0) once per test binary and
-// returns its path. The build goes to <cache>/test/zygote-init by rename,
-// so test binaries running in parallel do not see half-written files.
+// returns its path: <cache>/test/zygote-init-<sha256 prefix>, named by
+// content and written by rename. Test binaries of different source trees
+// (worktrees) sharing the cache never boot each other's zygote-init, and
+// parallel ones never see half-written files.
 func InitBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() { buildPath, buildErr = buildInit() })
@@ -76,7 +80,20 @@ func buildInit() (string, error) {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("%v: %s", err, b)
 	}
-	final := filepath.Join(dir, "zygote-init")
+	b, err := os.ReadFile(out)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(b)
+	final := filepath.Join(dir, "zygote-init-"+hex.EncodeToString(sum[:8]))
+	// Builds of other trees and older commits pile up: drop day-old ones.
+	if old, _ := filepath.Glob(filepath.Join(dir, "zygote-init-*")); len(old) > 0 {
+		for _, p := range old {
+			if fi, err := os.Stat(p); err == nil && p != final && time.Since(fi.ModTime()) > 24*time.Hour {
+				os.Remove(p)
+			}
+		}
+	}
 	if err := os.Rename(out, final); err != nil {
 		return "", err
 	}

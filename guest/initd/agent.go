@@ -70,6 +70,9 @@ type Config struct {
 	// ShutdownGrace is how long processes get between SIGTERM and SIGKILL
 	// at shutdown (default 3 s).
 	ShutdownGrace time.Duration
+	// Provisioner sets up the NIC and the workload root (nil: Configure
+	// refuses a network or a root with not_implemented).
+	Provisioner Provisioner
 }
 
 // DefaultEnv is the base environment when Config.Env is empty.
@@ -100,6 +103,8 @@ type Agent struct {
 	configured bool
 	restores   int
 	workload   *proc
+	wlExit     *agentproto.ExitStatus // set once the workload exited
+	wl         workloadState
 	cur        *session
 	shutdown   bool
 }
@@ -265,6 +270,8 @@ func (a *Agent) hello(refusal string) agentproto.Hello {
 		Kernel:     a.cfg.Kernel,
 		Restores:   a.restores,
 		Error:      refusal,
+		Workload:   a.workloadStatusLocked(),
+		Features:   []string{agentproto.FeatureWorkload},
 	}
 }
 
@@ -296,7 +303,11 @@ func (a *Agent) endSession(s *session, reason string) {
 	a.log.Info("host session ended", "epoch", fmt.Sprintf("%016x", s.epoch), "reason", reason, "execs_killed", killed)
 }
 
-// configure applies the once-per-boot configuration.
+// configure applies the once-per-boot configuration: hostname, network,
+// root filesystem, then the workload. A workload that cannot start fails
+// Configure (with its 127/126 exit code) and leaves the guest unconfigured;
+// the network and the root stay set up, and a retry must ask for the same
+// root.
 func (a *Agent) configure(req *agentproto.ConfigureRequest) error {
 	if req == nil {
 		return &agentproto.Error{Code: agentproto.CodeInvalidArgument, Message: "configure: empty request"}
@@ -306,25 +317,58 @@ func (a *Agent) configure(req *agentproto.ConfigureRequest) error {
 			return err
 		}
 	}
+	if err := validateConfigure(req); err != nil {
+		return err
+	}
+	if (req.Network != nil || req.Root != nil) && a.cfg.Provisioner == nil {
+		return &agentproto.Error{Code: agentproto.CodeNotImplemented, Message: "configure: this agent cannot set up a network or a root filesystem"}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.configured {
 		return &agentproto.Error{Code: agentproto.CodeAlreadyConfigured, Message: "already configured in this boot"}
+	}
+	if req.Root != nil && a.wl.rootReq != "" && a.wl.rootReq != rootKey(req.Root, req.Volumes) {
+		return invalid("configure: a previous Configure of this boot assembled another root filesystem")
 	}
 	if req.Hostname != "" {
 		if err := a.cfg.System.SetHostname(req.Hostname); err != nil {
 			return &agentproto.Error{Code: agentproto.CodeInternal, Message: fmt.Sprintf("set hostname: %v", err)}
 		}
 	}
-	if len(req.Command) > 0 {
-		p, err := a.startWorkload(req.Command, req.Env)
+	if req.Network != nil {
+		if err := a.cfg.Provisioner.Network(networkDefaults(*req.Network)); err != nil {
+			return &agentproto.Error{Code: agentproto.CodeInternal, Message: fmt.Sprintf("configure network: %v", err)}
+		}
+	}
+	if req.Root != nil && a.wl.rootReq == "" {
+		t := time.Now()
+		root, err := a.cfg.Provisioner.Root(*req.Root, req.Volumes)
 		if err != nil {
-			return &agentproto.Error{Code: agentproto.CodeInvalidArgument, Message: fmt.Sprintf("start workload %q: %v", req.Command[0], err)}
+			return &agentproto.Error{Code: agentproto.CodeInternal, Message: fmt.Sprintf("assemble root filesystem: %v", err)}
+		}
+		a.wl.root, a.wl.rootReq = root, rootKey(req.Root, req.Volumes)
+		a.log.Info("root filesystem assembled", "took", time.Since(t).Round(time.Millisecond), "root", root, "disk", req.Root.Serial, "fstype", req.Root.FSType, "overlay", req.Root.OverlaySerial, "volumes", len(req.Volumes))
+	}
+	proc := req.Process
+	if proc == nil && len(req.Command) > 0 {
+		proc = &agentproto.Process{Args: req.Command}
+		for _, kv := range mergeEnv(a.cfg.Env, req.Env) {
+			proc.Env = append(proc.Env, kv)
+		}
+	}
+	if proc != nil {
+		p, err := a.startWorkload(proc, req.Process != nil)
+		if err != nil {
+			return err
 		}
 		a.workload = p
 		a.wg.Go(func() {
 			<-p.done
 			code, sig := exitCode(p.ws)
+			a.mu.Lock()
+			a.wlExit = &agentproto.ExitStatus{Code: code, Signal: sig}
+			a.mu.Unlock()
 			a.log.Info("workload exited", "code", code, "signal", sig)
 		})
 	}
@@ -332,13 +376,40 @@ func (a *Agent) configure(req *agentproto.ConfigureRequest) error {
 	return nil
 }
 
-// startWorkload starts the workload in its own session with stdin on
-// /dev/null and stdout/stderr on the console.
-func (a *Agent) startWorkload(argv []string, env map[string]string) (*proc, error) {
-	fullEnv := mergeEnv(a.cfg.Env, env)
-	path, err := lookPath(argv[0], fullEnv)
+// workloadStatusLocked is the workload's status (nil: none). Preconditions:
+// a.mu held.
+func (a *Agent) workloadStatusLocked() *agentproto.WorkloadStatus {
+	if a.workload == nil {
+		return nil
+	}
+	return &agentproto.WorkloadStatus{Pid: a.workload.pid, Exited: a.wlExit}
+}
+
+// startWorkload starts the workload in its own session, chrooted in the
+// workload root (if any) as its user, with stdin on /dev/null and
+// stdout/stderr on WorkloadOutput (the console: the instance's
+// console.log). With execDefaults, later execs default to its environment
+// and working directory. Preconditions: a.mu held.
+func (a *Agent) startWorkload(p *agentproto.Process, execDefaults bool) (*proc, error) {
+	root := a.wl.root
+	u, err := a.lookupUser(root, p.User)
 	if err != nil {
-		return nil, err
+		return nil, invalid("start workload %q: %v", p.Args[0], err)
+	}
+	env := workloadEnv(p.Env, u.home)
+	cwd := p.WorkingDir
+	if cwd == "" {
+		cwd = "/"
+	}
+	if root != "" {
+		// Like docker, a working dir the image lacks is created.
+		if err := os.MkdirAll(root+cwd, 0o755); err != nil {
+			return nil, invalid("start workload %q: working dir %s: %v", p.Args[0], cwd, err)
+		}
+	}
+	path, err := lookPathIn(root, p.Args[0], env)
+	if err != nil {
+		return nil, startError(p.Args[0], err)
 	}
 	null, err := os.Open(os.DevNull)
 	if err != nil {
@@ -350,17 +421,40 @@ func (a *Agent) startWorkload(argv []string, env map[string]string) (*proc, erro
 		return nil, fmt.Errorf("open workload output: %w", err)
 	}
 	defer out.Close()
-	p, err := a.procs.start(path, argv, &syscall.ProcAttr{
-		Dir:   "/",
-		Env:   fullEnv,
+	sys := &syscall.SysProcAttr{Setsid: true, Chroot: root}
+	if root != "" || p.User != "" {
+		sys.Credential = &syscall.Credential{Uid: u.uid, Gid: u.gid, Groups: u.groups}
+	}
+	pr, err := a.procs.start(path, p.Args, &syscall.ProcAttr{
+		Dir:   cwd,
+		Env:   env,
 		Files: []uintptr{null.Fd(), out.Fd(), out.Fd()},
-		Sys:   &syscall.SysProcAttr{Setsid: true},
+		Sys:   sys,
 	})
 	if err != nil {
-		return nil, err
+		return nil, startError(p.Args[0], fmt.Errorf("exec %s: %w", path, err))
 	}
-	a.log.Info("workload started", "pid", p.pid, "command", argv)
-	return p, nil
+	if execDefaults {
+		// Execs inherit the image's environment and working dir (docker
+		// exec's rule); the initramfs workload keeps today's defaults.
+		a.wl.env, a.wl.cwd = env, cwd
+	}
+	a.log.Info("workload started", "pid", pr.pid, "command", p.Args, "root", root, "uid", u.uid, "gid", u.gid)
+	return pr, nil
+}
+
+// lookupUser resolves spec in root's /etc/passwd and /etc/group.
+func (a *Agent) lookupUser(root, spec string) (user, error) {
+	var pw, gr io.Reader
+	if f, err := openInRoot(root, "/etc/passwd"); err == nil {
+		defer f.Close()
+		pw = f
+	}
+	if f, err := openInRoot(root, "/etc/group"); err == nil {
+		defer f.Close()
+		gr = f
+	}
+	return resolveUser(spec, pw, gr)
 }
 
 // restored applies what the host sends after a restore. It validates

@@ -11,6 +11,25 @@
 // catches the signals the kernel would deliver to init, reaps every child,
 // and powers the machine off when it cannot serve.
 //
+// # The workload root and network (Configure)
+//
+// Configure applies, in order: hostname; the network (Provisioner.Network:
+// the NIC found by MAC, renamed, MTU, address, default route, resolv.conf,
+// all with netlink, idempotent); the root (Provisioner.Root: root disk by
+// virtio serial read-only, overlay disk read-write, overlayfs at
+// agentproto.WorkloadRoot, /proc /sys /dev bound in, volumes, the agent's
+// /etc/hosts, /etc/hostname, /etc/resolv.conf bound over the image's);
+// then the workload, chrooted there with the user resolved in the image's
+// /etc/passwd and /etc/group (workload.go). Commands resolve inside the
+// root with openat2(RESOLVE_IN_ROOT). A workload that cannot start fails
+// Configure with ExitCode 127/126; the agent stays unconfigured, the
+// network and root stay (a retry must ask for the same root). Execs run in
+// the same root with the workload's env and working dir as defaults;
+// Agent.WorkloadRoot tells other operations (file copy) where guest paths
+// live. zygote-init itself stays PID 1 in the initramfs. Filesystem
+// modules (agentproto.InitramfsFSModules) are loaded on first use.
+// OpWaitWorkload answers when the workload exits; Hello carries its status.
+//
 // # The Agent
 //
 // Agent serves the protocol of package agentproto over a Port. Its state:

@@ -109,10 +109,10 @@ func (s *session) exec(st *yamux.Stream, req *agentproto.ExecRequest) {
 	}
 	a := s.a
 	id := a.nextExec.Add(1)
-	env := mergeEnv(a.cfg.Env, req.Env)
-	cwd := req.Cwd
-	if cwd == "" {
-		cwd = "/"
+	root, baseEnv, cwd := a.execDefaults()
+	env := mergeEnv(baseEnv, req.Env)
+	if req.Cwd != "" {
+		cwd = req.Cwd
 	}
 	x, err := newExecIO(req)
 	if err != nil {
@@ -120,12 +120,13 @@ func (s *session) exec(st *yamux.Stream, req *agentproto.ExecRequest) {
 		return
 	}
 	var p *proc
-	path, err := lookPath(req.Command[0], env)
+	path, err := lookPathIn(root, req.Command[0], env)
 	if err == nil {
 		sys := &syscall.SysProcAttr{Setpgid: true}
 		if req.TTY {
 			sys = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 		}
+		sys.Chroot = root // the workload's root filesystem, if any
 		p, err = a.procs.start(path, req.Command, &syscall.ProcAttr{Dir: cwd, Env: env, Files: x.childFds(), Sys: sys})
 		if err != nil {
 			err = fmt.Errorf("exec %s: %w", path, err)

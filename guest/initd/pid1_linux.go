@@ -78,6 +78,8 @@ func Main() {
 		BootID:  strings.TrimSpace(string(bootID)),
 		Kernel:  unix.ByteSliceToString(uts.Release[:]),
 		ReapAll: true,
+		// Provisioner: the NIC and the workload's root from disks.
+		Provisioner: LinuxProvisioner{Log: log},
 	})
 	err = a.Run(ctx)
 	fatal(log, fmt.Errorf("agent stopped: %w", err))

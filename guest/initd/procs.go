@@ -172,7 +172,7 @@ func lookPath(file string, env []string) (string, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("%s: command not found", file)
+	return "", fmt.Errorf("%s: %w", file, errNotFound)
 }
 
 func executable(p string) error {

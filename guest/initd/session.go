@@ -129,6 +129,8 @@ func (s *session) handle(st *yamux.Stream) {
 			return
 		}
 		reply(st, agentproto.Response{Restored: res})
+	case agentproto.OpWaitWorkload:
+		s.waitWorkload(st)
 	case agentproto.OpShutdown:
 		if err := reply(st, agentproto.Response{}); err == nil {
 			// The host closes the stream once it has the answer; wait for

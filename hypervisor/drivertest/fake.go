@@ -20,6 +20,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -113,6 +114,9 @@ func (f *Fake) Boot(ctx context.Context, spec hypervisor.Spec, assets hypervisor
 	if spec.VCPUs < 1 || spec.MemoryBytes < 1<<20 {
 		return nil, nil, fmt.Errorf("fake: bad spec: %w", errdefs.ErrInvalidArgument)
 	}
+	if err := hypervisor.CheckDevices(spec); err != nil {
+		return nil, nil, fmt.Errorf("fake boot %s: %w", spec.ID, err)
+	}
 	for _, name := range []string{kernelFile, initrdFile} {
 		if err := os.WriteFile(filepath.Join(spec.Dir, name), []byte("fake "+name), 0o644); err != nil {
 			return nil, nil, err
@@ -132,6 +136,9 @@ func (f *Fake) Restore(ctx context.Context, spec hypervisor.Spec) (hypervisor.VM
 	if err := f.takeFailure("Restore"); err != nil {
 		return nil, err
 	}
+	if err := hypervisor.CheckDevices(spec); err != nil {
+		return nil, fmt.Errorf("fake restore %s: %w", spec.ID, err)
+	}
 	statePath := filepath.Join(spec.Dir, StateFile)
 	raw, err := os.ReadFile(statePath)
 	switch {
@@ -144,7 +151,11 @@ func (f *Fake) Restore(ctx context.Context, spec hypervisor.Spec) (hypervisor.VM
 	}
 	// The state file records the memory hash at save time: restoring onto
 	// different memory is exactly the corruption zygote must never cause.
-	want := string(bytes.TrimPrefix(raw, fakeMagic))
+	want, devices, _ := strings.Cut(string(bytes.TrimPrefix(raw, fakeMagic)), "\n")
+	// QEMU loads a state only into the same device set; so does the fake.
+	if devices != hypervisor.DeviceSignature(spec) {
+		return nil, fmt.Errorf("fake restore %s: the saved state has devices %q, the spec %q: %w", spec.ID, devices, hypervisor.DeviceSignature(spec), errdefs.ErrInvalidState)
+	}
 	got, err := hashFile(filepath.Join(spec.Dir, MemoryFile))
 	if err != nil {
 		return nil, fmt.Errorf("fake restore: %w", err)
@@ -315,7 +326,7 @@ func (v *FakeVM) SaveState(ctx context.Context) (hypervisor.SaveStats, error) {
 	if err != nil {
 		return hypervisor.SaveStats{}, err
 	}
-	content := append(append([]byte{}, fakeMagic...), sum...)
+	content := append(append([]byte{}, fakeMagic...), sum+"\n"+hypervisor.DeviceSignature(v.spec)...)
 	tmp := filepath.Join(v.spec.Dir, StateFile+".tmp")
 	if err := os.WriteFile(tmp, content, 0o600); err != nil {
 		return hypervisor.SaveStats{}, err

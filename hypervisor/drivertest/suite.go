@@ -47,6 +47,16 @@ func Suite(t *testing.T, h Harness) {
 	spec := hypervisor.Spec{ID: "conformancetestinstance0", Dir: dir, VCPUs: 1, MemoryBytes: h.MemoryBytes}
 	d := h.Driver
 
+	t.Run("bad devices are refused before a VMM starts", func(t *testing.T) {
+		refuseBadDevices(t, h, spec)
+	})
+	// The VM has one writable disk (the guest may ignore it): a disk is
+	// part of the machine, so a restore without it must fail.
+	if err := os.WriteFile(filepath.Join(dir, "suite-disk.raw"), make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec.Disks = []hypervisor.Disk{{Path: "suite-disk.raw", Serial: "suite-disk"}}
+
 	vm, state, err := d.Boot(ctx, spec, h.Assets)
 	if err != nil {
 		t.Fatalf("Boot: %v", err)
@@ -197,6 +207,28 @@ func Suite(t *testing.T, h Harness) {
 		if err := os.WriteFile(statePath, good, 0o600); err != nil {
 			t.Fatal(err)
 		}
+		// The same state with another device set (the disk missing, or
+		// read-only): refused, every file kept.
+		for name, disks := range map[string][]hypervisor.Disk{
+			"without its disk":       nil,
+			"with its disk readonly": {{Path: "suite-disk.raw", Serial: "suite-disk", ReadOnly: true}},
+		} {
+			other := spec
+			other.Disks = disks
+			if vm, err := d.Restore(ctx, other); err == nil {
+				vm.Quit(ctx)
+				t.Fatalf("Restore %s succeeded", name)
+			}
+			if !d.HasSavedState(dir) {
+				t.Fatalf("a refused restore (%s) consumed the state file", name)
+			}
+			if found, _ := d.Find(spec); len(found) != 0 {
+				t.Fatalf("a refused restore (%s) left a VMM: %v", name, found)
+			}
+		}
+		if err := os.WriteFile(statePath, good, 0o600); err != nil {
+			t.Fatal(err)
+		}
 		if vm, err = d.Restore(ctx, spec); err != nil {
 			t.Fatalf("Restore once the state is back: %v", err)
 		}
@@ -217,4 +249,77 @@ func Suite(t *testing.T, h Harness) {
 			}
 		}
 	})
+}
+
+// refuseBadDevices checks that Boot refuses, with InvalidArgument and no
+// VMM left behind, disks outside the instance directory (a driver never
+// reads another instance's files), missing disk files, bad or duplicate
+// serials and a NIC without a TAP or with a multicast MAC.
+func refuseBadDevices(t *testing.T, h Harness, spec hypervisor.Spec) {
+	ctx := context.Background()
+	outside := filepath.Join(h.Dir(t), "root.img")
+	if err := os.WriteFile(outside, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	inside := filepath.Join(spec.Dir, "bad-devices.img")
+	if err := os.WriteFile(inside, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(inside)
+	link := filepath.Join(spec.Dir, "bad-devices-link.img")
+	if err := os.Symlink(outside, link); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(link)
+	tap, err := os.Open(os.DevNull) // never reaches a VMM: the MAC is refused first
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tap.Close()
+	for name, mod := range map[string]func(*hypervisor.Spec){
+		"disk outside the instance directory": func(s *hypervisor.Spec) {
+			s.Disks = []hypervisor.Disk{{Path: outside, ReadOnly: true, Serial: "root"}}
+		},
+		"disk escaping by ..": func(s *hypervisor.Spec) {
+			s.Disks = []hypervisor.Disk{{Path: "../" + filepath.Base(filepath.Dir(outside)) + "/root.img", Serial: "root"}}
+		},
+		"disk symlinked to a file outside": func(s *hypervisor.Spec) {
+			s.Disks = []hypervisor.Disk{{Path: link, ReadOnly: true, Serial: "root"}}
+		},
+		"missing disk file": func(s *hypervisor.Spec) {
+			s.Disks = []hypervisor.Disk{{Path: "nonexistent.img", Serial: "root"}}
+		},
+		"serial too long": func(s *hypervisor.Spec) {
+			s.Disks = []hypervisor.Disk{{Path: inside, Serial: "abcdefghijklmnopqrstu"}}
+		},
+		"serial with a comma": func(s *hypervisor.Spec) {
+			s.Disks = []hypervisor.Disk{{Path: inside, Serial: "a,b"}}
+		},
+		"duplicate serial": func(s *hypervisor.Spec) {
+			s.Disks = []hypervisor.Disk{{Path: inside, Serial: "x"}, {Path: "bad-devices.img", Serial: "x", ReadOnly: true}}
+		},
+		"NIC without a TAP": func(s *hypervisor.Spec) {
+			s.NIC = &hypervisor.NIC{MAC: "02:5a:79:67:00:02"}
+		},
+		"NIC with a multicast MAC": func(s *hypervisor.Spec) {
+			s.NIC = &hypervisor.NIC{TAP: tap, MAC: "03:5a:79:67:00:02"}
+		},
+	} {
+		bad := spec
+		mod(&bad)
+		vm, _, err := h.Driver.Boot(ctx, bad, h.Assets)
+		if err == nil {
+			vm.Quit(ctx)
+			t.Fatalf("%s: Boot accepted it", name)
+		}
+		if !errdefs.IsInvalidArgument(err) {
+			t.Errorf("%s: Boot = %v, want InvalidArgument", name, err)
+		}
+		if found, _ := h.Driver.Find(bad); len(found) != 0 {
+			t.Fatalf("%s: a refused Boot left a VMM: %v", name, found)
+		}
+		if _, err := h.Driver.Restore(ctx, bad); err == nil {
+			t.Fatalf("%s: Restore accepted it", name)
+		}
+	}
 }

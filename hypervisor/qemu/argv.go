@@ -11,10 +11,11 @@ import (
 
 // Files the QEMU driver keeps in an instance directory.
 const (
-	memoryFile  = "memory"    // guest RAM, memory-backend-file share=on
-	stateFile   = "state"     // device state saved by SaveState
-	kernelFile  = "kernel"    // the instance's own copy of the guest kernel
-	initrdFile  = "initramfs" // and of the initramfs
+	memoryFile  = "memory"        // guest RAM, memory-backend-file share=on
+	stateFile   = "state"         // device state saved by SaveState
+	devicesFile = "state.devices" // hypervisor.DeviceSignature of the saved state
+	kernelFile  = "kernel"        // the instance's own copy of the guest kernel
+	initrdFile  = "initramfs"     // and of the initramfs
 	qmpSocket   = "qmp.sock"
 	agentSocket = "agent.sock"
 )
@@ -69,11 +70,57 @@ func buildArgs(spec hypervisor.Spec, st driverState, incoming bool) []string {
 		"-device", "virtio-rng-" + bus + ",rng=rng0",
 		"-qmp", fmt.Sprintf("unix:%s,server=on,wait=off", optEscape(filepath.Join(dir, qmpSocket))),
 	}
+	args = append(args, deviceArgs(spec, bus)...)
 	args = append(args, consoleArgs(dir)...)
 	if incoming {
 		// -S: stay paused after the state loads, so the driver consumes the
 		// state file before the guest runs (see hypervisor's package doc).
 		args = append(args, "-incoming", "defer", "-S")
+	}
+	return args
+}
+
+// tapFD is the descriptor number of the NIC's TAP in the VMM process
+// (exec.Cmd.ExtraFiles[0]); the saved state, when restoring, follows it.
+// Fixed, so a restore's command line names the same fd as the boot's.
+const tapFD = 3
+
+// stateFD is the descriptor number of the state file during a restore.
+func stateFD(spec hypervisor.Spec) int {
+	if spec.NIC != nil {
+		return tapFD + 1
+	}
+	return tapFD
+}
+
+// deviceArgs returns the disks and the NIC. Every writable disk uses
+// cache=writeback: QEMU keeps no cache of its own for raw files (writes
+// go to the host page cache with pwrite), and a flush request, QMP stop
+// (vm_stop drains and flushes every block device) and quit fdatasync the
+// file. So once Pause returns, every write the guest submitted is in the
+// disk file and a copy of it is consistent with the memory file.
+// discard=unmap lets the guest's fstrim punch holes: disks stay sparse.
+func deviceArgs(spec hypervisor.Spec, bus string) []string {
+	var args []string
+	for i, d := range spec.Disks {
+		opts := fmt.Sprintf("file=%s,if=none,id=disk%d,format=raw,cache=writeback,aio=threads", optEscape(spec.DiskPath(d)), i)
+		if d.ReadOnly {
+			opts += ",readonly=on"
+		} else {
+			opts += ",discard=unmap"
+		}
+		args = append(args, "-drive", opts,
+			"-device", fmt.Sprintf("virtio-blk-%s,drive=disk%d,serial=%s", bus, i, d.Serial))
+	}
+	if n := spec.NIC; n != nil {
+		// romfile= (none): no option ROM, which a direct kernel boot never
+		// runs and whose size would otherwise tie the saved state to the
+		// QEMU package's ROM files.
+		dev := fmt.Sprintf("virtio-net-%s,netdev=net0,mac=%s", bus, n.MAC)
+		if bus == "pci" {
+			dev += ",romfile="
+		}
+		args = append(args, "-netdev", fmt.Sprintf("tap,id=net0,fd=%d", tapFD), "-device", dev)
 	}
 	return args
 }

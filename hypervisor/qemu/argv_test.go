@@ -131,3 +131,54 @@ func TestDiskFullIsResourceExhausted(t *testing.T) {
 		t.Error("an unrelated error classified as disk full")
 	}
 }
+
+// TestDeviceArgs: disks and the NIC are part of the machine, so boot and
+// restore name them identically (a fork's restore differs only by which
+// TAP sits at tapFD and which files sit at the disk paths).
+func TestDeviceArgs(t *testing.T) {
+	tap, _ := os.Open(os.DevNull)
+	defer tap.Close()
+	spec := hypervisor.Spec{ID: "abc", Dir: "/data/instances/abc", VCPUs: 1, MemoryBytes: 256 << 20,
+		Disks: []hypervisor.Disk{
+			{Path: "root.img", ReadOnly: true, Serial: "zygote-root"},
+			{Path: "/data/instances/abc/overlay,1.img", Serial: "zygote-overlay"},
+		},
+		NIC: &hypervisor.NIC{TAP: tap, MAC: "02:5a:79:67:00:02"}}
+	for _, tc := range []struct {
+		machine, bus string
+		romfile      bool
+	}{{"q35", "pci", true}, {"microvm", "device", false}} {
+		st := driverState{Version: 1, Machine: tc.machine, Accel: "tcg"}
+		boot := buildArgs(spec, st, false)
+		restore := buildArgs(spec, st, true)
+		if !reflect.DeepEqual(restore[:len(boot)], boot) {
+			t.Errorf("%s: restore args differ from boot args", tc.machine)
+		}
+		joined := strings.Join(boot, " ")
+		for _, want := range []string{
+			"-drive file=/data/instances/abc/root.img,if=none,id=disk0,format=raw,cache=writeback,aio=threads,readonly=on",
+			"-device virtio-blk-" + tc.bus + ",drive=disk0,serial=zygote-root",
+			"-drive file=/data/instances/abc/overlay,,1.img,if=none,id=disk1,format=raw,cache=writeback,aio=threads,discard=unmap",
+			"-device virtio-blk-" + tc.bus + ",drive=disk1,serial=zygote-overlay",
+			"-netdev tap,id=net0,fd=3",
+			"-device virtio-net-" + tc.bus + ",netdev=net0,mac=02:5a:79:67:00:02",
+		} {
+			if !strings.Contains(joined, want) {
+				t.Errorf("%s: args lack %q:\n%s", tc.machine, want, joined)
+			}
+		}
+		if strings.Contains(joined, "romfile=") != tc.romfile {
+			t.Errorf("%s: romfile= present=%v", tc.machine, !tc.romfile)
+		}
+	}
+	if got := stateFD(spec); got != 4 {
+		t.Errorf("stateFD with a NIC = %d, want 4 (after the TAP)", got)
+	}
+	spec.NIC = nil
+	if got := stateFD(spec); got != 3 {
+		t.Errorf("stateFD without a NIC = %d, want 3", got)
+	}
+	if joined := strings.Join(buildArgs(spec, driverState{Version: 1, Machine: "q35", Accel: "tcg"}, false), " "); strings.Contains(joined, "netdev") {
+		t.Errorf("no NIC, yet: %s", joined)
+	}
+}

@@ -162,8 +162,8 @@ func (d *Driver) Boot(ctx context.Context, spec hypervisor.Spec, assets hypervis
 	return v, raw, nil
 }
 
-// launch starts QEMU with the arguments for spec, passes stateFile (if any)
-// as fd 3, and connects to QMP.
+// launch starts QEMU with the arguments for spec, passes the NIC's TAP as
+// tapFD and the state file (if any) as stateFD(spec), and connects to QMP.
 func (d *Driver) launch(ctx context.Context, spec hypervisor.Spec, st driverState, state *os.File) (*vm, error) {
 	args := buildArgs(spec, st, state != nil)
 	if d.sandbox {
@@ -189,8 +189,11 @@ func (d *Driver) launch(ctx context.Context, spec hypervisor.Spec, st driverStat
 	// terminal's ^C, a supervisor's stop) never reach the VMs, which a
 	// restarted daemon adopts.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if spec.NIC != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, spec.NIC.TAP) // tapFD
+	}
 	if state != nil {
-		cmd.ExtraFiles = []*os.File{state} // fd 3
+		cmd.ExtraFiles = append(cmd.ExtraFiles, state) // stateFD(spec)
 	}
 	confine := confinement{dropCaps: !d.cfg.Unconfined, noHostHugePages: !d.cfg.HostHugePages}
 	if _, err := confine.start(cmd); err != nil {
@@ -254,6 +257,10 @@ func (d *Driver) Restore(ctx context.Context, spec hypervisor.Spec) (hypervisor.
 		return nil, err
 	}
 	statePath := filepath.Join(spec.Dir, stateFile)
+	if want, err := os.ReadFile(filepath.Join(spec.Dir, devicesFile)); err == nil && string(want) != hypervisor.DeviceSignature(spec) {
+		return nil, fmt.Errorf("qemu restore %s: the saved state has devices %q, the spec %q: %w",
+			spec.ID, want, hypervisor.DeviceSignature(spec), errdefs.ErrInvalidState)
+	}
 	f, err := openState(statePath)
 	if err != nil {
 		return nil, fmt.Errorf("qemu restore %s: %w", spec.ID, err)
@@ -278,6 +285,7 @@ func (d *Driver) Restore(ctx context.Context, spec hypervisor.Spec) (hypervisor.
 		v.kill()
 		return nil, fmt.Errorf("qemu restore %s: consume state: %w", spec.ID, err)
 	}
+	os.Remove(filepath.Join(spec.Dir, devicesFile))
 	syncDir(spec.Dir)
 	if err := v.Resume(ctx); err != nil {
 		v.kill()
@@ -405,7 +413,7 @@ func (d *Driver) HasSavedState(dir string) bool {
 
 // DiscardSavedState removes the state and memory files.
 func (d *Driver) DiscardSavedState(dir string) error {
-	for _, name := range []string{stateFile, memoryFile} {
+	for _, name := range []string{stateFile, devicesFile, memoryFile} {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("discard %s: %w", name, err)
 		}
@@ -421,6 +429,9 @@ func validateSpec(spec hypervisor.Spec) error {
 		return fmt.Errorf("qemu: vcpus must be at least 1: %w", errdefs.ErrInvalidArgument)
 	case spec.MemoryBytes < 64<<20 || spec.MemoryBytes%(1<<20) != 0:
 		return fmt.Errorf("qemu: memory must be a whole number of MiB, at least 64 MiB: %w", errdefs.ErrInvalidArgument)
+	}
+	if err := hypervisor.CheckDevices(spec); err != nil {
+		return fmt.Errorf("qemu %s: %w", spec.ID, err)
 	}
 	return checkPaths(spec.Dir)
 }

@@ -135,6 +135,12 @@ func (v *vm) SaveState(ctx context.Context) (hypervisor.SaveStats, error) {
 	if err := syncFile(filepath.Join(v.spec.Dir, memoryFile)); err != nil {
 		return stats, fmt.Errorf("fsync memory: %w", diskFull(err))
 	}
+	// The device set goes beside the state, before it: QEMU loads a state
+	// into a machine whose disks differ in mode (or a NIC in MAC) without
+	// complaint, so Restore checks it.
+	if err := writeFileSync(filepath.Join(v.spec.Dir, devicesFile), []byte(hypervisor.DeviceSignature(v.spec))); err != nil {
+		return stats, diskFull(err)
+	}
 	if err := os.Rename(tmp, filepath.Join(v.spec.Dir, stateFile)); err != nil {
 		return stats, err
 	}
@@ -171,13 +177,13 @@ func (v *vm) waitMigration(ctx context.Context) error {
 	}
 }
 
-// loadState runs the incoming migration from fd 3 and waits until the
+// loadState runs the incoming migration from stateFD and waits until the
 // machine is loaded and paused.
 func (v *vm) loadState(ctx context.Context) error {
 	if err := v.ignoreShared(ctx); err != nil {
 		return err
 	}
-	if err := v.qmp.execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:3"}, nil); err != nil {
+	if err := v.qmp.execute(ctx, "migrate-incoming", map[string]any{"uri": fmt.Sprintf("fd:%d", stateFD(v.spec))}, nil); err != nil {
 		return err
 	}
 	for {
@@ -269,6 +275,31 @@ func (v *vm) Close() error {
 	}
 	v.con.close()
 	return v.qmp.close()
+}
+
+// writeFileSync writes path atomically (temporary file, fsync, rename).
+func writeFileSync(path string, b []byte) error {
+	// Named like the clone package's temporaries: copies skip it and the
+	// reconcile sweeps one a crash left.
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".zygote-tmp-write")
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
 }
 
 func syncFile(path string) error {
