@@ -56,27 +56,40 @@ func setupSlot(rec *record) error {
 		return fmt.Errorf("slot %s: bad address %q: %w", rec.ID, rec.IP, err)
 	}
 	gw := net.ParseIP(rec.Gateway)
-	if err := inNS(rec.NetNS, func() error {
-		return writeSysctl("net/ipv4/ip_forward", "1")
-	}); err != nil {
-		return fmt.Errorf("slot %s: %w", rec.ID, err)
-	}
-	return withHandles(rec.NetNS, func(h *netlink.Handle, nft *nftables.Conn) error {
+	// All of it on a thread inside the slot: the TAP is made through
+	// /dev/net/tun, which acts in the opening thread's namespace.
+	err = inNS(rec.NetNS, func() error {
+		if err := writeSysctl("net/ipv4/ip_forward", "1"); err != nil {
+			return err
+		}
+		h, err := netlink.NewHandle()
+		if err != nil {
+			return fmt.Errorf("netlink: %w", err)
+		}
+		defer h.Close()
 		lo, err := h.LinkByName("lo")
 		if err != nil {
-			return fmt.Errorf("slot %s: loopback: %w", rec.ID, err)
+			return fmt.Errorf("loopback: %w", err)
 		}
 		if err := h.LinkSetUp(lo); err != nil {
-			return fmt.Errorf("slot %s: loopback up: %w", rec.ID, err)
+			return fmt.Errorf("loopback up: %w", err)
 		}
 		if err := addTAP(h); err != nil {
-			return fmt.Errorf("slot %s: %w", rec.ID, err)
+			return err
+		}
+		nft, err := nftables.New()
+		if err != nil {
+			return fmt.Errorf("nftables: %w", err)
 		}
 		if err := writeTable(nft, slotIP, slotNet, gw, !rec.AllowPeers); err != nil {
-			return fmt.Errorf("slot %s: nftables: %w", rec.ID, err)
+			return fmt.Errorf("nftables: %w", err)
 		}
 		return nil
 	})
+	if err != nil {
+		return fmt.Errorf("slot %s: %w", rec.ID, err)
+	}
+	return nil
 }
 
 // addTAP creates the persistent TAP QEMU's NIC attaches to (OpenTAP), with
@@ -144,12 +157,12 @@ func writeTable(nft *nftables.Conn, slotIP net.IP, slotNet *net.IPNet, gw net.IP
 	nft.AddRule(&nftables.Rule{Table: t, Chain: dnat, Exprs: append(ifname(expr.MetaKeyIIFNAME, SlotIfName),
 		ipField(16), eq(slot),
 		&expr.Immediate{Register: 1, Data: guest},
-		&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, Specified: true},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1},
 	)})
 	nft.AddRule(&nftables.Rule{Table: t, Chain: snat, Exprs: append(ifname(expr.MetaKeyOIFNAME, SlotIfName),
 		ipField(12), eq(guest),
 		&expr.Immediate{Register: 1, Data: slot},
-		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, Specified: true},
+		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1},
 	)})
 	if isolate {
 		addIsolation(nft, t, fwd, slotNet, gw)

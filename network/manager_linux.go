@@ -36,12 +36,12 @@ type Manager struct {
 
 	mu     sync.Mutex
 	closed bool
-	slots  map[string]*record  // guarded by mu: every ready slot by id, owned or pooled
-	owners map[string]*record  // guarded by mu: owner → its slot
-	busy   map[string]bool     // guarded by mu: owners with an Acquire/Release/repair in flight
-	free   []*record           // guarded by mu: ready slots without owner (the pool)
-	ports  map[portKey]string  // guarded by mu: published host port → owner
-	fillN  int                 // guarded by mu: pool slots being made
+	slots  map[string]*record // guarded by mu: every ready slot by id, owned or pooled
+	owners map[string]*record // guarded by mu: owner → its slot
+	busy   map[string]bool    // guarded by mu: owners with an Acquire/Release/repair in flight
+	free   []*record          // guarded by mu: ready slots without owner (the pool)
+	ports  map[portKey]string // guarded by mu: published host port → owner
+	fillN  int                // guarded by mu: pool slots being made
 
 	refill chan struct{}
 	stop   context.CancelFunc
@@ -276,8 +276,8 @@ func newSlotID() string {
 // inside (TAP, forwarding, NAT) → record (ready). Each step registers its
 // undo first; a failure undoes newest first, so DEL always runs before the
 // namespace goes (or the bridge's masquerade rules would leak).
-func (m *Manager) createSlot(ctx context.Context, opts SlotOptions) (rec *record, err error) {
-	rec = &record{
+func (m *Manager) createSlot(ctx context.Context, opts SlotOptions) (_ *record, err error) {
+	rec := &record{
 		Version: recordVersion, ID: newSlotID(), State: stateCreating, Network: m.list.Name,
 		Ports: normalizePorts(opts.Publish), AllowPeers: opts.AllowPeers, GuestLink: TAPName,
 	}

@@ -1,0 +1,127 @@
+package network
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+)
+
+func TestGuestReachesUpstreamAndPublishedPortAnswers(t *testing.T) {
+	up := upstreamNS(t)
+	m, _ := testManager(t, nil)
+	s := acquire(t, m, "web", SlotOptions{Publish: []Port{{HostPort: 18080, GuestPort: guestPort}}})
+	guest := testGuest(t, m, "web")
+
+	_, subnet, _ := net.ParseCIDR(DefaultSubnet)
+	if !subnet.Contains(s.IP()) {
+		t.Fatalf("slot address %s not in %s", s.IP(), subnet)
+	}
+	if s.MAC() != GuestMAC || s.Network() != DefaultNetworkName {
+		t.Fatalf("slot reports mac %s network %s", s.MAC(), s.Network())
+	}
+	body, err := get(guest, "http://"+upstreamHTTP+"/")
+	if err != nil {
+		t.Fatalf("guest → upstream: %v", err)
+	}
+	wantContains(t, body, "upstream")
+	for _, c := range []struct{ name, ns, url string }{
+		{"host → slot address", "", fmt.Sprintf("http://%s:%d/", s.IP(), guestPort)},
+		{"host → published port on loopback", "", "http://127.0.0.1:18080/"},
+		{"host → published port on its address", "", "http://" + daemonIP + ":18080/"},
+		{"outside → published port", up, "http://" + daemonIP + ":18080/"},
+	} {
+		body, err := get(c.ns, c.url)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		wantContains(t, body, "web")
+	}
+}
+
+func TestSlotsAreIsolatedUnlessBothAllowPeers(t *testing.T) {
+	upstreamNS(t)
+	m, _ := testManager(t, nil)
+	a := acquire(t, m, "a", SlotOptions{})
+	acquire(t, m, "b", SlotOptions{})
+	c := acquire(t, m, "c", SlotOptions{AllowPeers: true})
+	d := acquire(t, m, "d", SlotOptions{AllowPeers: true})
+	ga, gb, gc, _ := testGuest(t, m, "a"), testGuest(t, m, "b"), testGuest(t, m, "c"), testGuest(t, m, "d")
+
+	if _, err := get(gb, fmt.Sprintf("http://%s:%d/", a.IP(), guestPort)); err == nil {
+		t.Fatal("guest b reached guest a though neither allows peers")
+	}
+	if _, err := get(gc, fmt.Sprintf("http://%s:%d/", a.IP(), guestPort)); err == nil {
+		t.Fatal("guest c (allows peers) reached guest a (isolated)")
+	}
+	body, err := get(gc, fmt.Sprintf("http://%s:%d/", d.IP(), guestPort))
+	if err != nil {
+		t.Fatalf("guest c → guest d, both allowing peers: %v", err)
+	}
+	wantContains(t, body, "d")
+	// The isolated ones still reach the outside and the host reaches them.
+	if _, err := get(ga, "http://"+upstreamHTTP+"/"); err != nil {
+		t.Fatalf("isolated guest → upstream: %v", err)
+	}
+	if body, err := get("", fmt.Sprintf("http://%s:%d/", c.IP(), guestPort)); err != nil || body != "c" {
+		t.Fatalf("host → guest c: %q, %v", body, err)
+	}
+}
+
+func TestTwoGuestsWithTheSameAddressBothWork(t *testing.T) {
+	upstreamNS(t)
+	m, _ := testManager(t, nil)
+	a := acquire(t, m, "a", SlotOptions{})
+	b := acquire(t, m, "b", SlotOptions{})
+	if a.IP().Equal(b.IP()) {
+		t.Fatalf("two slots share address %s", a.IP())
+	}
+	for _, o := range []struct {
+		name string
+		s    *Slot
+	}{{"a", a}, {"b", b}} {
+		g := testGuest(t, m, o.name)
+		if _, err := get(g, "http://"+upstreamHTTP+"/"); err != nil {
+			t.Fatalf("guest %s → upstream: %v", o.name, err)
+		}
+	}
+	for _, o := range []struct {
+		name string
+		s    *Slot
+	}{{"a", a}, {"b", b}} {
+		body, err := get("", fmt.Sprintf("http://%s:%d/", o.s.IP(), guestPort))
+		if err != nil || body != o.name {
+			t.Fatalf("host → %s at %s: %q, %v", o.name, o.s.IP(), body, err)
+		}
+	}
+}
+
+func TestConnectionSurvivesAnotherSlot(t *testing.T) {
+	upstreamNS(t)
+	m, _ := testManager(t, nil)
+	acquire(t, m, "a", SlotOptions{})
+	g := testGuest(t, m, "a")
+	c, err := dialIn(context.Background(), g, "tcp", upstreamEcho)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	echo := func(msg string) {
+		t.Helper()
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+			t.Fatalf("echo %q: %q, %v", msg, buf, err)
+		}
+	}
+	echo("before")
+	acquire(t, m, "b", SlotOptions{Publish: []Port{{HostPort: 18090, GuestPort: 80}}})
+	echo("after")
+	if err := m.Release(context.Background(), "b"); err != nil {
+		t.Fatal(err)
+	}
+	echo("after-release")
+}
