@@ -1,6 +1,7 @@
 package network
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/zygote/zygote/errdefs"
@@ -146,10 +148,13 @@ func DefaultConfList(name, bridge, subnet, ipamDir string) ([]byte, error) {
 	return json.MarshalIndent(list, "", "  ")
 }
 
-// loadNetwork returns the network to use: the one in ConfDir (named
-// NetworkName, or the first), after writing the default conflist when the
-// dir holds none. wrote reports whether the default was written now.
-func loadNetwork(cfg Config) (list *libcni.NetworkConfigList, err error) {
+// loadNetwork returns the network to use. When ConfDir holds no network
+// but zygote's own default file, the default is (re)generated from cfg: a
+// changed --subnet takes effect, unless slots still hold addresses of the
+// old one (ErrConflict: clean up first). The generated network's subnet is
+// checked against the host's routes before it is written. Otherwise the
+// operator's network is used: the one named NetworkName, or the first.
+func loadNetwork(cfg Config) (*libcni.NetworkConfigList, error) {
 	if err := os.MkdirAll(cfg.ConfDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create CNI config dir: %w", err)
 	}
@@ -157,19 +162,10 @@ func loadNetwork(cfg Config) (list *libcni.NetworkConfigList, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("list CNI config dir %s: %w", cfg.ConfDir, err)
 	}
+	defPath := filepath.Join(cfg.ConfDir, defaultConfFile)
+	files = slices.DeleteFunc(files, func(f string) bool { return f == defPath })
 	if len(files) == 0 {
-		name := cfg.NetworkName
-		if name == "" {
-			name = DefaultNetworkName
-		}
-		data, err := DefaultConfList(name, cfg.Bridge, cfg.Subnet, cfg.ipamDir())
-		if err != nil {
-			return nil, err
-		}
-		if err := writeFileAtomic(filepath.Join(cfg.ConfDir, defaultConfFile), data, 0o644); err != nil {
-			return nil, fmt.Errorf("write default conflist: %w", err)
-		}
-		files = []string{filepath.Join(cfg.ConfDir, defaultConfFile)}
+		return defaultNetwork(cfg, defPath)
 	}
 	for _, f := range files {
 		l, err := libcni.NetworkConfFromFile(f)
@@ -184,6 +180,56 @@ func loadNetwork(cfg Config) (list *libcni.NetworkConfigList, err error) {
 		}
 	}
 	return nil, fmt.Errorf("no CNI network named %q in %s: %w", cfg.NetworkName, cfg.ConfDir, errdefs.ErrNotFound)
+}
+
+// existingNetwork returns the network slots were made with, without
+// generating or rewriting anything (Cleanup); nil when there is none.
+func existingNetwork(cfg Config) (*libcni.NetworkConfigList, error) {
+	files, err := libcni.ConfFiles(cfg.ConfDir, []string{".conflist"})
+	if err != nil || len(files) == 0 {
+		return nil, nil
+	}
+	defPath := filepath.Join(cfg.ConfDir, defaultConfFile)
+	if len(files) == 1 && files[0] == defPath {
+		l, err := libcni.NetworkConfFromFile(defPath)
+		if err != nil {
+			return nil, fmt.Errorf("load CNI network %s: %w", defPath, err)
+		}
+		return l, nil
+	}
+	return loadNetwork(cfg)
+}
+
+func defaultNetwork(cfg Config, path string) (*libcni.NetworkConfigList, error) {
+	name := cfg.NetworkName
+	if name == "" {
+		name = DefaultNetworkName
+	}
+	data, err := DefaultConfList(name, cfg.Bridge, cfg.Subnet, cfg.ipamDir())
+	if err != nil {
+		return nil, err
+	}
+	list, err := libcni.NetworkConfFromBytes(data)
+	if err != nil {
+		return nil, fmt.Errorf("default conflist: %w", err)
+	}
+	old, readErr := os.ReadFile(path)
+	if readErr == nil && bytes.Equal(old, data) {
+		return list, nil
+	}
+	if err := checkSubnets(list); err != nil {
+		return nil, err
+	}
+	if readErr == nil {
+		if recs, _ := os.ReadDir(cfg.slotDir()); len(recs) > 0 {
+			return nil, fmt.Errorf("the default network's settings changed (%s) but %d slots still use the old ones; run zygote serve --cleanup-network first, or keep the old settings: %w",
+				path, len(recs), errdefs.ErrConflict)
+		}
+	}
+	if err := writeFileAtomic(path, data, 0o644); err != nil {
+		return nil, fmt.Errorf("write default conflist: %w", err)
+	}
+	return list, nil
 }
 
 // bridgeConf is the part of a bridge plugin's config the subnet check and

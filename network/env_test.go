@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -307,4 +309,15 @@ func wantContains(t testing.TB, got, want string) {
 	if !strings.Contains(got, want) {
 		t.Fatalf("got %q, want it to contain %q", got, want)
 	}
+}
+
+type nftablesConn = nftables.Conn
+
+func iptablesSave(t testing.TB) string {
+	t.Helper()
+	out, err := exec.Command("iptables-save").CombinedOutput()
+	if err != nil {
+		t.Fatalf("iptables-save: %v\n%s", err, out)
+	}
+	return string(out)
 }

@@ -117,16 +117,14 @@ func Cleanup(ctx context.Context, cfg Config) error {
 		ours = true
 	}
 	var errs []error
-	if hasConfig(cfg.ConfDir) {
-		if m.list, err = loadNetwork(cfg); err != nil {
-			return fmt.Errorf("network cleanup: %w", err)
-		}
-		m.cni = newCNI(cfg)
+	if m.list, err = existingNetwork(cfg); err != nil {
+		return fmt.Errorf("network cleanup: %w", err)
 	}
+	m.cni = newCNI(cfg)
 	if err := m.destroyAll(ctx); err != nil {
 		errs = append(errs, err)
 	}
-	if ours {
+	if ours && m.list != nil {
 		for _, b := range bridgesOf(m.list) {
 			if err := deleteLink(b.Bridge); err != nil {
 				errs = append(errs, err)
@@ -176,11 +174,6 @@ func (m *Manager) destroyAll(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func hasConfig(dir string) bool {
-	files, err := libcni.ConfFiles(dir, []string{".conflist"})
-	return err == nil && len(files) > 0
 }
 
 func newCNI(cfg Config) *libcni.CNIConfig {
