@@ -46,12 +46,10 @@ var (
 // topology on first use.
 func upstreamNS(t testing.TB) string {
 	t.Helper()
-	testutil.RequirePrivileged(t, "network slots need root and network namespaces")
+	testutil.RequirePrivileged(t, "network slots need root, network namespaces, Debian's CNI plugins (apt-get install containernetworking-plugins) and iptables",
+		DefaultBinDirs[0]+"/bridge", "iptables")
 	if os.Getenv(envInNS) == "" {
 		t.Fatal("network tests must run in TestMain's private namespace")
-	}
-	if _, err := os.Stat(DefaultBinDirs[0] + "/bridge"); err != nil {
-		testutil.RequirePrivileged(t, "CNI plugins missing (apt-get install containernetworking-plugins)", "/nonexistent-cni-bridge")
 	}
 	topoOnce.Do(func() { topoErr = makeTopology() })
 	if topoErr != nil {
@@ -207,8 +205,17 @@ func clientIn(path string, timeout time.Duration) *http.Client {
 }
 
 // get fetches url from the namespace at path and returns the body.
-func get(path, url string) (string, error) {
-	resp, err := clientIn(path, 5*time.Second).Get(url)
+func get(path, url string) (string, error) { return getWithin(path, url, 5*time.Second) }
+
+// blocked reports whether a fetch of url from path fails within a second
+// (a dropped packet never answers: a short timeout keeps tests quick).
+func blocked(path, url string) bool {
+	_, err := getWithin(path, url, time.Second)
+	return err != nil
+}
+
+func getWithin(path, url string, timeout time.Duration) (string, error) {
+	resp, err := clientIn(path, timeout).Get(url)
 	if err != nil {
 		return "", err
 	}

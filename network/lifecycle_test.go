@@ -416,3 +416,60 @@ func TestCleanupRemovesEverything(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentAcquireRelease runs acquires (pooled and with ports) and
+// releases side by side with the pool refilling; run it with -race.
+func TestConcurrentAcquireRelease(t *testing.T) {
+	upstreamNS(t)
+	m, cfg := testManager(t, func(c *Config) { c.PoolSize = 2 })
+	errc := make(chan error, 8)
+	ips := make(chan string, 32)
+	for g := range 8 {
+		go func() {
+			owner := fmt.Sprintf("vm%d", g)
+			var opts SlotOptions
+			if g%2 == 0 {
+				opts.Publish = []Port{{HostPort: 18300 + g, GuestPort: 80}}
+			}
+			for range 2 {
+				s, err := m.Acquire(context.Background(), owner, opts)
+				if err != nil {
+					errc <- err
+					return
+				}
+				if err := m.Release(context.Background(), owner); err != nil {
+					errc <- err
+					return
+				}
+				ips <- s.IP().String()
+			}
+			s, err := m.Acquire(context.Background(), owner, opts)
+			if err == nil {
+				ips <- "held " + s.IP().String()
+			}
+			errc <- err
+		}()
+	}
+	for range 8 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	held := map[string]bool{}
+	for len(ips) > 0 {
+		ip := <-ips
+		if rest, ok := strings.CutPrefix(ip, "held "); ok {
+			if held[rest] {
+				t.Fatalf("two live slots share %s", rest)
+			}
+			held[rest] = true
+		}
+	}
+	if len(m.Slots()) != 8 || len(held) != 8 {
+		t.Fatalf("%d owned slots, %d distinct addresses; want 8", len(m.Slots()), len(held))
+	}
+	m.Close()
+	if got := len(dirEntries(t, cfg.StateDir+"/slots")); got < 8 {
+		t.Fatalf("%d records after close; want the 8 owned plus the pool", got)
+	}
+}

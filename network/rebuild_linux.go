@@ -8,6 +8,8 @@ import (
 	"os"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 )
 
@@ -176,8 +178,12 @@ func (m *Manager) destroyAll(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// newCNI returns the libcni client. The exec is given explicitly: with
+// nil, libcni 1.3 fills it in lazily on every call, a data race when ADDs
+// run side by side (the pool and an Acquire).
 func newCNI(cfg Config) *libcni.CNIConfig {
-	return libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, cfg.cacheDir(), nil)
+	exec := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}
+	return libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, cfg.cacheDir(), exec)
 }
 
 // deleteLink removes a link of the daemon's namespace by name; a missing
