@@ -137,9 +137,15 @@ func makeTopology() error {
 	return nil
 }
 
-// serveBytes answers "<name>" on / and n zero bytes on /bytes?n=.
+// serveBytes answers "<name>" on /, n zero bytes on /bytes?n=, and the
+// byte count of a POST's body.
 func serveBytes(name string) func(http.ResponseWriter, *http.Request) {
 	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			n, _ := io.Copy(io.Discard, r.Body)
+			fmt.Fprint(w, n)
+			return
+		}
 		if r.URL.Path != "/bytes" {
 			io.WriteString(w, name)
 			return
