@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 
 	"github.com/containernetworking/cni/libcni"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
@@ -73,8 +74,44 @@ func (m *Manager) cniDel(ctx context.Context, rec *record) error {
 	if !nsAlive(nsPath) {
 		nsPath = ""
 	}
-	if err := m.cni.DelNetworkList(ctx, m.list, runtimeConf(rec, nsPath)); err != nil {
-		return fmt.Errorf("CNI DEL %s (network %s): %w", rec.ID, m.list.Name, err)
+	rt := runtimeConf(rec, nsPath)
+	list := m.list
+	for {
+		err := m.cni.DelNetworkList(ctx, list, rt)
+		if err == nil {
+			return nil
+		}
+		i := goneStateFailure(list, err)
+		if i < 0 {
+			return fmt.Errorf("CNI DEL %s (network %s): %w", rec.ID, m.list.Name, err)
+		}
+		// The plugin failed only because what it meant to remove is
+		// already gone (its iptables chain after a host reboot or a
+		// firewall flush: bridge 1.1.1 fails DEL on a missing chain
+		// instead of ignoring it). Its own teardown ran up to that point;
+		// go on with the plugins before it (DEL walks the list backwards).
+		m.log.Warn("CNI DEL: plugin found its state already gone; continuing", "slot", rec.ID, "plugin", list.Plugins[i].Network.Type, "err", err)
+		if i == 0 {
+			return nil
+		}
+		next := *list
+		next.Plugins = list.Plugins[:i]
+		list = &next
 	}
-	return nil
+}
+
+// goneStateFailure returns the index of the plugin whose DEL failed with
+// iptables' "does not exist", or -1 for any other failure. libcni names
+// the failing plugin as `plugin type="<type>" failed (delete)`.
+func goneStateFailure(list *libcni.NetworkConfigList, err error) int {
+	msg := err.Error()
+	if !strings.Contains(msg, "does not exist") {
+		return -1
+	}
+	for i := len(list.Plugins) - 1; i >= 0; i-- {
+		if strings.Contains(msg, fmt.Sprintf("plugin type=%q failed (delete)", list.Plugins[i].Network.Type)) {
+			return i
+		}
+	}
+	return -1
 }

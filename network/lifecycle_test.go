@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -176,30 +177,55 @@ func TestRestartKeepsSlots(t *testing.T) {
 	}
 }
 
-// TestRebuildAfterNamespaceLoss simulates a host reboot for one slot (its
-// pinned namespace is gone, its record and IPAM reservation are not):
-// Reconcile rebuilds it with the same address.
-func TestRebuildAfterNamespaceLoss(t *testing.T) {
+// TestRebuildAfterReboot simulates a host reboot under the daemon: every
+// slot namespace, the bridge and every iptables rule are gone; the records
+// and IPAM reservations on disk are not. Reconcile rebuilds each slot with
+// its old address and published port, and releases the slot of an
+// instance that is gone (its DEL meets the missing chains too).
+func TestRebuildAfterReboot(t *testing.T) {
 	upstreamNS(t)
-	m, _ := testManager(t, nil)
-	s := acquire(t, m, "a", SlotOptions{Publish: []Port{{HostPort: 18120, GuestPort: guestPort}}})
-	acquire(t, m, "b", SlotOptions{}) // takes the next address
-	if err := unix.Unmount(s.NetNSPath(), unix.MNT_DETACH); err != nil {
+	m, cfg := testManager(t, nil)
+	a := acquire(t, m, "a", SlotOptions{Publish: []Port{{HostPort: 18120, GuestPort: guestPort}}})
+	b := acquire(t, m, "b", SlotOptions{})
+	gone := acquire(t, m, "gone", SlotOptions{})
+	m.Close()
+	for _, s := range []*Slot{a, b, gone} {
+		if err := unix.Unmount(s.NetNSPath(), unix.MNT_DETACH); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := deleteLink(DefaultBridge); err != nil {
 		t.Fatal(err)
 	}
-	if nsAlive(s.NetNSPath()) {
-		t.Fatal("namespace still pinned")
+	for _, table := range []string{"nat", "filter"} {
+		if out, err := exec.Command("sh", "-c", "iptables -t "+table+" -F && iptables -t "+table+" -X").CombinedOutput(); err != nil {
+			t.Fatalf("flush %s: %v\n%s", table, err, out)
+		}
 	}
+	m, err := New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
 	if err := m.Reconcile(context.Background(), map[string]bool{"a": true, "b": true}); err != nil {
 		t.Fatal(err)
 	}
-	got, err := m.Get("a")
-	if err != nil || !got.IP().Equal(s.IP()) || !nsAlive(got.NetNSPath()) {
-		t.Fatalf("rebuilt slot: %v, %v (was %s)", got, err, s.IP())
+	for _, want := range []*Slot{a, b} {
+		got, err := m.Get(want.Owner())
+		if err != nil || !got.IP().Equal(want.IP()) || !nsAlive(got.NetNSPath()) {
+			t.Fatalf("rebuilt slot of %s: %v, %v (was %s)", want.Owner(), got, err, want.IP())
+		}
+	}
+	if _, err := m.Get("gone"); !errdefs.IsNotFound(err) || ipamHolds(t, cfg, gone.IP()) {
+		t.Fatalf("slot of the gone instance: %v, address held %v", err, ipamHolds(t, cfg, gone.IP()))
 	}
 	testGuest(t, m, "a")
 	if body, err := get("", "http://127.0.0.1:18120/"); err != nil || body != "a" {
 		t.Fatalf("published port after rebuild: %q, %v", body, err)
+	}
+	gb := testGuest(t, m, "b")
+	if _, err := get(gb, "http://"+upstreamHTTP+"/"); err != nil {
+		t.Fatalf("guest b → upstream after rebuild: %v", err)
 	}
 }
 
@@ -471,5 +497,25 @@ func TestConcurrentAcquireRelease(t *testing.T) {
 	m.Close()
 	if got := len(dirEntries(t, cfg.StateDir+"/slots")); got < 8 {
 		t.Fatalf("%d records after close; want the 8 owned plus the pool", got)
+	}
+}
+
+// TestReleaseAfterRulesFlushed: someone flushed the host's iptables (a
+// firewall reload) under live slots. Release still frees the slot and its
+// address although the plugins' chains are gone.
+func TestReleaseAfterRulesFlushed(t *testing.T) {
+	upstreamNS(t)
+	m, cfg := testManager(t, nil)
+	s := acquire(t, m, "a", SlotOptions{Publish: []Port{{HostPort: 18160, GuestPort: 80}}})
+	for _, table := range []string{"nat", "filter"} {
+		if out, err := exec.Command("sh", "-c", "iptables -t "+table+" -F && iptables -t "+table+" -X").CombinedOutput(); err != nil {
+			t.Fatalf("flush %s: %v\n%s", table, err, out)
+		}
+	}
+	if err := m.Release(context.Background(), "a"); err != nil {
+		t.Fatal(err)
+	}
+	if ipamHolds(t, cfg, s.IP()) || nsAlive(s.NetNSPath()) {
+		t.Fatalf("after release: address held %v, namespace alive %v", ipamHolds(t, cfg, s.IP()), nsAlive(s.NetNSPath()))
 	}
 }

@@ -409,8 +409,9 @@ func (m *Manager) Acquire(ctx context.Context, owner string, opts SlotOptions) (
 			delete(m.ports, portKey{p.Protocol, p.HostPort})
 		}
 	} else {
-		m.slots[slot.rec.ID] = &slot.rec
-		m.owners[owner] = &slot.rec
+		rec := slot.rec // the manager's copy; the caller's Slot never changes under it
+		m.slots[rec.ID] = &rec
+		m.owners[owner] = &rec
 	}
 	m.mu.Unlock()
 	return slot, err
