@@ -18,6 +18,13 @@
 //	m.Close()                                                    // daemon exit: slots stay
 //	network.Cleanup(ctx, cfg)                                    // `zygote serve --cleanup-network`: remove all of it
 //
+// QEMU gets the TAP as
+//
+//	-netdev tap,id=net0,fd=3 -device virtio-net-pci,netdev=net0,mac=02:5a:79:67:00:02
+//
+// with the OpenTAP file in cmd.ExtraFiles[0]. QEMU probes IFF_VNET_HDR on
+// the fd and uses it; do not pass vnet_hdr=off.
+//
 // A slot belongs to its owner (an instance id) from Acquire to Release.
 // The instance keeps it through standby/restore and stop/start: the TAP is
 // persistent, QEMU exits and a later QEMU opens it again, so the address
