@@ -6,13 +6,18 @@ import (
 	"io"
 	"net"
 	"testing"
+	"time"
 )
 
 func TestGuestReachesUpstreamAndPublishedPortAnswers(t *testing.T) {
 	up := upstreamNS(t)
 	m, _ := testManager(t, nil)
-	s := acquire(t, m, "web", SlotOptions{Publish: []Port{{HostPort: 18080, GuestPort: guestPort}}})
+	s := acquire(t, m, "web", SlotOptions{Publish: []Port{
+		{HostPort: 18080, GuestPort: guestPort},
+		{HostPort: 18081, GuestPort: guestPort, Protocol: UDP},
+	}})
 	guest := testGuest(t, m, "web")
+	udpEcho(t, guest, guestPort)
 
 	_, subnet, _ := net.ParseCIDR(DefaultSubnet)
 	if !subnet.Contains(s.IP()) {
@@ -38,6 +43,57 @@ func TestGuestReachesUpstreamAndPublishedPortAnswers(t *testing.T) {
 		}
 		wantContains(t, body, "web")
 	}
+	for _, c := range []struct{ name, ns, addr string }{
+		{"host → published UDP port", "", daemonIP + ":18081"},
+		{"outside → published UDP port", up, daemonIP + ":18081"},
+	} {
+		if got, err := udpRoundTrip(c.ns, c.addr, c.name); err != nil || got != c.name {
+			t.Fatalf("%s: %q, %v", c.name, got, err)
+		}
+	}
+}
+
+// udpEcho answers every datagram on port in the namespace at path.
+func udpEcho(t testing.TB, path string, port int) {
+	t.Helper()
+	var pc net.PacketConn
+	if err := inNS(path, func() (err error) {
+		pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+}
+
+func udpRoundTrip(ns, addr, msg string) (string, error) {
+	c, err := dialIn(context.Background(), ns, "udp4", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	buf := make([]byte, 2048)
+	for range 3 { // UDP may lose the first datagram while ARP resolves
+		c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			return "", err
+		}
+		n, err := c.Read(buf)
+		if err == nil {
+			return string(buf[:n]), nil
+		}
+	}
+	return "", fmt.Errorf("no UDP answer from %s", addr)
 }
 
 func TestSlotsAreIsolatedUnlessBothAllowPeers(t *testing.T) {
