@@ -221,7 +221,7 @@ func (m *Manager) poolLoop(ctx context.Context) {
 			}
 		}
 		for ctx.Err() == nil && m.reservePoolFill() {
-			rec, err := m.createSlot(ctx, SlotOptions{})
+			rec, err := m.createSlot(ctx, "", SlotOptions{})
 			m.mu.Lock()
 			m.fillN--
 			if err == nil {
@@ -272,13 +272,13 @@ func newSlotID() string {
 	return "zs" + hex.EncodeToString(b)
 }
 
-// createSlot makes a whole slot: record (creating) → namespace → CNI ADD →
+// createSlot makes a whole slot for owner ("" for the pool): record (creating) → namespace → CNI ADD →
 // inside (TAP, forwarding, NAT) → record (ready). Each step registers its
 // undo first; a failure undoes newest first, so DEL always runs before the
 // namespace goes (or the bridge's masquerade rules would leak).
-func (m *Manager) createSlot(ctx context.Context, opts SlotOptions) (_ *record, err error) {
+func (m *Manager) createSlot(ctx context.Context, owner string, opts SlotOptions) (_ *record, err error) {
 	rec := &record{
-		Version: recordVersion, ID: newSlotID(), State: stateCreating, Network: m.list.Name,
+		Version: recordVersion, ID: newSlotID(), Owner: owner, State: stateCreating, Network: m.list.Name,
 		Ports: normalizePorts(opts.Publish), AllowPeers: opts.AllowPeers, GuestLink: TAPName,
 	}
 	rec.NetNS = filepath.Join(m.cfg.nsDir(), rec.ID)
@@ -418,42 +418,38 @@ func (m *Manager) Acquire(ctx context.Context, owner string, opts SlotOptions) (
 }
 
 func (m *Manager) acquire(ctx context.Context, owner string, opts SlotOptions, pooled *record) (*Slot, error) {
-	for _, p := range opts.Publish {
-		if err := probeHostPort(p); err != nil {
-			if pooled != nil {
-				m.returnToPool(pooled)
-			}
-			return nil, fmt.Errorf("acquire slot for %s: %w", owner, err)
-		}
-	}
 	if pooled == nil {
-		rec, err := m.createSlot(ctx, opts)
+		for _, p := range opts.Publish {
+			if err := probeHostPort(p); err != nil {
+				return nil, fmt.Errorf("acquire slot for %s: %w", owner, err)
+			}
+		}
+		rec, err := m.createSlot(ctx, owner, opts)
 		if err != nil {
 			return nil, fmt.Errorf("acquire slot for %s: %w", owner, err)
 		}
-		rec.Owner = owner
-		if err := m.writeRecord(rec); err != nil {
-			return nil, errors.Join(fmt.Errorf("acquire slot for %s: %w", owner, err), m.destroy(context.WithoutCancel(ctx), rec))
-		}
 		return &Slot{rec: *rec}, nil
 	}
+	// A pooled slot (never with published ports).
 	rec := *pooled
 	rec.Owner, rec.AllowPeers = owner, opts.AllowPeers
+	err := error(nil)
 	if opts.AllowPeers {
-		if err := rewriteTable(&rec); err != nil {
-			return nil, errors.Join(fmt.Errorf("acquire slot for %s: %w", owner, err), m.destroy(context.WithoutCancel(ctx), pooled))
-		}
+		err = rewriteTable(&rec)
 	}
-	if err := m.writeRecord(&rec); err != nil {
-		return nil, errors.Join(fmt.Errorf("acquire slot for %s: %w", owner, err), m.destroy(context.WithoutCancel(ctx), pooled))
+	if err == nil {
+		err = m.writeRecord(&rec)
+	}
+	if err != nil {
+		derr := m.destroy(context.WithoutCancel(ctx), pooled)
+		if derr == nil {
+			m.mu.Lock()
+			delete(m.slots, pooled.ID)
+			m.mu.Unlock()
+		}
+		return nil, errors.Join(fmt.Errorf("acquire slot for %s: %w", owner, err), derr)
 	}
 	return &Slot{rec: rec}, nil
-}
-
-func (m *Manager) returnToPool(rec *record) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.free = append(m.free, rec)
 }
 
 // rewriteTable rewrites a slot's NAT and isolation table after its
