@@ -12,6 +12,7 @@
 //	m, err := network.New(ctx, network.Config{StateDir: ...})   // writes the default conflist, checks the subnet, loads slots, starts the pool
 //	m.Reconcile(ctx, liveInstanceIDs)                            // after a restart: release slots of gone instances, rebuild lost namespaces
 //	s, err := m.Acquire(ctx, instanceID, network.SlotOptions{Publish: ports})
+//	s, err = m.Get(instanceID)                                   // later, or after a restart (slots are loaded by New)
 //	tap, err := s.OpenTAP()                                      // each boot / restore; hand to QEMU via ExtraFiles
 //	st, err := m.Stats(instanceID)                               // TAP counters, guest's view
 //	err = m.Release(ctx, instanceID)                             // instance delete
