@@ -42,5 +42,10 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if topoDir != "" {
+		removeNS(topoDir + "/upstream")
+		os.RemoveAll(topoDir)
+	}
+	os.Exit(code)
 }
