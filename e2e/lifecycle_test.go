@@ -118,7 +118,7 @@ func TestLifecycle(t *testing.T) {
 		if in, _ := d.c.GetInstance(ctx, "web"); in.State != "Running" {
 			t.Fatalf("source after snapshot: %s", in.State)
 		}
-		if _, err := d.c.CreateSnapshot(ctx, "web", api.CreateSnapshotRequest{Kind: "Standby", Name: "base"}); !errdefs.IsAlreadyExists(err) {
+		if _, err := d.c.CreateSnapshot(ctx, "web", api.CreateSnapshotRequest{Kind: "Standby", Name: "base"}); !errdefs.IsConflict(err) {
 			t.Fatalf("duplicate snapshot name: %v", err)
 		}
 		d.sh("web", "echo after > /dev/shm/mark")
