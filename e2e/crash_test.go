@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,7 +26,7 @@ func TestCrashPoints(t *testing.T) {
 	d := newDaemon(t, testutil.XFS(t))
 	d.start()
 	web := d.run("web", counterWorkload...)
-	bootID := d.sh("web", "cat /proc/sys/kernel/random/boot_id")
+	var bootID string // the guest's before the operation
 
 	// sameGuest checks web runs the guest it ran before the crash: the
 	// same boot (no reboot, memory kept) and its RAM counter not behind.
@@ -34,7 +35,7 @@ func TestCrashPoints(t *testing.T) {
 		if got := d.sh("web", "cat /proc/sys/kernel/random/boot_id"); got != bootID {
 			t.Fatalf("boot id %s → %s: the guest rebooted, its memory was discarded", bootID, got)
 		}
-		if after := counter(t, d); after < before {
+		if after := webCounter(t, d); after < before {
 			t.Fatalf("counter %d → %d: the guest's memory went back", before, after)
 		}
 	}
@@ -189,7 +190,8 @@ func TestCrashPoints(t *testing.T) {
 			ensureState(t, d, "web", "Running")
 			// The guest's counter only grows while it runs: whatever
 			// the operation, the guest after the crash must not be behind.
-			before := counter(t, d)
+			before := webCounter(t, d)
+			bootID = d.sh("web", "cat /proc/sys/kernel/random/boot_id")
 			if tc.prepare != nil {
 				tc.prepare(t)
 			}
@@ -212,6 +214,21 @@ func TestCrashPoints(t *testing.T) {
 			tc.check(t, before)
 			noLeftovers(t, d)
 		})
+	}
+}
+
+// webCounter reads web's RAM counter, waiting for a freshly booted
+// guest's workload to write it first.
+func webCounter(t *testing.T, d *daemon) int {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		out, code := d.shCode("web", "cat /dev/shm/counter")
+		if n, err := strconv.Atoi(out); code == 0 && err == nil {
+			return n
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no counter in the guest's RAM: %q (exit %d)", out, code)
+		}
 	}
 }
 
