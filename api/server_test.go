@@ -181,6 +181,15 @@ func TestErrorStatusesAndCodes(t *testing.T) {
 		{"kernel args too long", "POST", "/instances", `{"name":"x","kernel_args":"` + strings.Repeat("a", 1025) + `"}`, 400, "invalid_request"},
 		{"name not a string", "POST", "/instances", `{"name":7}`, 400, "invalid_request"},
 		{"no body", "POST", "/instances", ``, 400, "invalid_request"},
+		{"hypervisor outside the enum", "POST", "/instances", `{"name":"x","hypervisor":"bogus"}`, 501, "not_supported"},
+		{"too many tags", "POST", "/instances", `{"name":"x","tags":{` + manyTags(51) + `}}`, 400, "invalid_request"},
+		{"tag value too long", "POST", "/instances", `{"name":"x","tags":{"k":"` + strings.Repeat("a", 257) + `"}}`, 400, "invalid_request"},
+		{"negative tail", "GET", "/instances/web/logs?tail=-1", "", 400, "invalid_request"},
+		{"snapshot name invalid", "POST", "/instances/web/snapshots", `{"kind":"Standby","name":"UP"}`, 400, "invalid_request"},
+		{"compression level", "POST", "/instances/web/snapshots", `{"kind":"Standby","compression":{"enabled":false,"level":20}}`, 400, "invalid_request"},
+		{"compression algorithm", "POST", "/instances/web/snapshots", `{"kind":"Standby","compression":{"enabled":false,"algorithm":"gzip"}}`, 400, "invalid_request"},
+		{"name prefix too long", "POST", "/instances/web/fork", `{"name_prefix":"` + strings.Repeat("a", 62) + `","count":1,"from_running":true}`, 400, "invalid_request"},
+		{"fork count zero", "POST", "/instances/web/fork", `{"name_prefix":"w","count":0,"from_running":true}`, 400, "invalid_request"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body := rawDo(t, tc.method, e.url+tc.path, tc.body, nil)
@@ -419,4 +428,13 @@ func TestForkOverHTTP(t *testing.T) {
 			}
 		})
 	}
+}
+
+// manyTags is n distinct JSON tag members.
+func manyTags(n int) string {
+	var out []string
+	for i := range n {
+		out = append(out, fmt.Sprintf(`"k%d":"v"`, i))
+	}
+	return strings.Join(out, ",")
 }

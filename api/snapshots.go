@@ -35,6 +35,10 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	if c := req.Compression; c != nil && (c.Level != nil && (*c.Level < 0 || *c.Level > 19) || c.Algorithm != "" && c.Algorithm != "zstd" && c.Algorithm != "lz4") {
+		writeError(w, fmt.Errorf("compression: algorithm zstd or lz4, level 0-19: %w", errdefs.ErrInvalidArgument))
+		return
+	}
 	if req.Compression != nil && req.Compression.Enabled {
 		writeError(w, fmt.Errorf("snapshot compression is not supported: %w", errdefs.ErrNotImplemented))
 		return
