@@ -718,3 +718,138 @@ func TestUnknownIntentIsKept(t *testing.T) {
 		t.Fatalf("the unknown intent was not kept: %+v", left)
 	}
 }
+
+// TestReconcileRecordsAndSweep runs every branch of the reconcile after
+// the intents: each record's VMM adopted or the record Stopped, stray
+// VMMs ended, and the one sweep of what no record owns.
+func TestReconcileRecordsAndSweep(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		crash func(t *testing.T, h *instancestest.Harness) func(t *testing.T)
+	}{
+		{"Running, VMM alive: adopted", func(t *testing.T, h *instancestest.Harness) func(*testing.T) {
+			web := running(t, h, "web")
+			vm := h.VM(web.ID)
+			h.Close()
+			return func(t *testing.T) {
+				wantState(t, h, "web", instances.StateRunning)
+				if h.VM(web.ID) != vm {
+					t.Fatal("the VMM was not adopted")
+				}
+				memoryKept(t, h, "web")
+			}
+		}},
+		{"Running, VMM paused: resumed", func(t *testing.T, h *instancestest.Harness) func(*testing.T) {
+			web := running(t, h, "web")
+			vm := h.VM(web.ID)
+			h.Close()
+			vm.Pause(ctx)
+			return func(t *testing.T) {
+				wantState(t, h, "web", instances.StateRunning)
+				if paused, _ := vm.Paused(ctx); paused {
+					t.Fatal("the adopted VM stayed paused")
+				}
+				memoryKept(t, h, "web")
+			}
+		}},
+		{"Running, restore not yet told: told", func(t *testing.T, h *instancestest.Harness) func(*testing.T) {
+			web := running(t, h, "web")
+			down(t, h, func(tx *store.Tx) error {
+				return edit(tx, web.ID, func(r *store.Instance) { r.RestorePending, r.NewIdentity, r.Hostname = true, true, "renamed" })
+			})
+			return func(t *testing.T) {
+				wantState(t, h, "web", instances.StateRunning)
+				deadline := time.Now().Add(5 * time.Second)
+				for out, _ := execOut(t, h, "web", "hostname"); out != "renamed\n"; out, _ = execOut(t, h, "web", "hostname") {
+					if time.Now().After(deadline) {
+						t.Fatalf("the guest was not told of its restore: hostname %q", out)
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+		}},
+		{"Running, VMM gone: Stopped", func(t *testing.T, h *instancestest.Harness) func(*testing.T) {
+			web := running(t, h, "web")
+			vm := h.VM(web.ID)
+			h.Close()
+			vm.Crash()
+			return func(t *testing.T) {
+				got := wantState(t, h, "web", instances.StateStopped)
+				if got.ExitMessage == "" || got.StoppedAt == nil {
+					t.Fatalf("Stopped without a reason: %+v", got)
+				}
+				memoryGone(t, h, web.ID)
+			}
+		}},
+		{"Standby with a stray VMM: ended, image kept", func(t *testing.T, h *instancestest.Harness) func(*testing.T) {
+			web := parked(t, h, "web")
+			state := filepath.Join(h.DataDir, "instances", web.ID, drivertest.StateFile)
+			h.Close()
+			copyFile(t, state, state+".keep")
+			if _, err := h.Fake.Restore(ctx, specOf(h, web)); err != nil {
+				t.Fatal(err)
+			}
+			os.Rename(state+".keep", state)
+			return func(t *testing.T) {
+				wantState(t, h, "web", instances.StateStandby)
+				noVM(t, h, web.ID)
+				memoryKept(t, h, "web")
+			}
+		}},
+		{"Stopped with a stray VMM: ended", func(t *testing.T, h *instancestest.Harness) func(*testing.T) {
+			web := running(t, h, "web")
+			down(t, h, func(tx *store.Tx) error {
+				return edit(tx, web.ID, func(r *store.Instance) { r.State, r.VMM = store.Stopped, nil })
+			})
+			return func(t *testing.T) {
+				wantState(t, h, "web", instances.StateStopped)
+				noVM(t, h, web.ID)
+			}
+		}},
+		{"orphan instance directory and its VMM: gone", func(t *testing.T, h *instancestest.Harness) func(*testing.T) {
+			web := running(t, h, "web")
+			down(t, h, func(tx *store.Tx) error { return tx.DeleteInstance(web.ID) })
+			return func(t *testing.T) {
+				gone(t, h, "instances/"+web.ID)
+				noVM(t, h, web.ID)
+			}
+		}},
+		{"leftovers gone, unexpected entries kept", func(t *testing.T, h *instancestest.Harness) func(*testing.T) {
+			web := running(t, h, "web")
+			h.Close()
+			var leftovers []string
+			for _, p := range []string{
+				"instances/zzzzzzzzzzzzzzzzzzzzzzzz",               // orphan id
+				"instances/zzzzzzzzzzzzzzzzzzzzzzzz.new",           // swap leftovers
+				"instances/" + web.ID + ".old",                     //
+				"instances/.zzzzzzzzzzzzzzzzzzzzzzzz.zygote-tmp-1", // interrupted copy
+				"snapshots/zzzzzzzzzzzzzzzzzzzzzzzz",               // orphan snapshot
+				"instances/" + web.ID + "/.memory.zygote-tmp-2",    // densify copy
+			} {
+				if err := os.MkdirAll(filepath.Join(h.DataDir, p), 0o700); err != nil {
+					t.Fatal(err)
+				}
+				leftovers = append(leftovers, p)
+			}
+			os.MkdirAll(filepath.Join(h.DataDir, "instances", "Not-An-Id"), 0o700)
+			return func(t *testing.T) {
+				for _, p := range leftovers {
+					gone(t, h, p)
+				}
+				if _, err := os.Stat(filepath.Join(h.DataDir, "instances", "Not-An-Id")); err != nil {
+					t.Fatalf("an entry the reconcile does not know was removed: %v", err)
+				}
+				os.Remove(filepath.Join(h.DataDir, "instances", "Not-An-Id"))
+				wantState(t, h, "web", instances.StateRunning)
+				memoryKept(t, h, "web")
+			}
+		}},
+	} {
+		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {
+			h := instancestest.New(t, "", instancestest.NoClone)
+			check := c.crash(t, h)
+			h.Restart()
+			check(t)
+		})
+	}
+}
