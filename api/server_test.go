@@ -181,13 +181,13 @@ func TestErrorStatusesAndCodes(t *testing.T) {
 		{"kernel args too long", "POST", "/instances", `{"name":"x","kernel_args":"` + strings.Repeat("a", 1025) + `"}`, 400, "invalid_request"},
 		{"name not a string", "POST", "/instances", `{"name":7}`, 400, "invalid_request"},
 		{"no body", "POST", "/instances", ``, 400, "invalid_request"},
-		{"hypervisor outside the enum", "POST", "/instances", `{"name":"x","hypervisor":"bogus"}`, 501, "not_supported"},
+		{"hypervisor outside the enum", "POST", "/instances", `{"name":"x","hypervisor":"bogus"}`, 400, "invalid_request"},
 		{"too many tags", "POST", "/instances", `{"name":"x","tags":{` + manyTags(51) + `}}`, 400, "invalid_request"},
 		{"tag value too long", "POST", "/instances", `{"name":"x","tags":{"k":"` + strings.Repeat("a", 257) + `"}}`, 400, "invalid_request"},
 		{"negative tail", "GET", "/instances/web/logs?tail=-1", "", 400, "invalid_request"},
 		{"snapshot name invalid", "POST", "/instances/web/snapshots", `{"kind":"Standby","name":"UP"}`, 400, "invalid_request"},
-		{"compression level", "POST", "/instances/web/snapshots", `{"kind":"Standby","compression":{"enabled":false,"level":20}}`, 400, "invalid_request"},
-		{"compression algorithm", "POST", "/instances/web/snapshots", `{"kind":"Standby","compression":{"enabled":false,"algorithm":"gzip"}}`, 400, "invalid_request"},
+		{"compression level", "POST", "/instances/web/snapshots", `{"kind":"Standby","compression":{"enabled":false,"level":20}}`, 400, "invalid_snapshot_compression"},
+		{"compression algorithm", "POST", "/instances/web/snapshots", `{"kind":"Standby","compression":{"enabled":false,"algorithm":"gzip"}}`, 400, "invalid_snapshot_compression"},
 		{"name prefix too long", "POST", "/instances/web/fork", `{"name_prefix":"` + strings.Repeat("a", 62) + `","count":1,"from_running":true}`, 400, "invalid_request"},
 		{"fork count zero", "POST", "/instances/web/fork", `{"name_prefix":"w","count":0,"from_running":true}`, 400, "invalid_request"},
 	} {
@@ -316,6 +316,13 @@ func TestSpecServed(t *testing.T) {
 		if resp, body := rawDo(t, "GET", e.url+path, "", nil); resp.StatusCode != 200 || body != string(api.Spec()) {
 			t.Fatalf("%s: %d", path, resp.StatusCode)
 		}
+	}
+	want, err := api.SpecJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, body := rawDo(t, "GET", e.url+"/spec.json", "", nil); resp.StatusCode != 200 || body != string(want) {
+		t.Fatalf("/spec.json: %d", resp.StatusCode)
 	}
 	resp, body := rawDo(t, "GET", e.url+"/metrics", "", nil)
 	if resp.StatusCode != 200 || !strings.Contains(body, "go_goroutines") {

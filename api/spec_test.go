@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -30,6 +31,10 @@ import (
 // it holds code and document together:
 //   - a request the server answers on a route the document lacks fails the
 //     test (only the catch-all's 404 "no route" is allowed there);
+//   - a request on a path the document has, with a method it does not
+//     have there, must be answered 405 method_not_allowed with an Error
+//     body and an Allow header naming exactly the document's methods for
+//     that path;
 //   - a request the document rejects must be refused (an error status,
 //     not 500);
 //   - every response's status must be documented for its operation (a
@@ -53,6 +58,11 @@ var strictSpec = sync.OnceValues(func() (*openapi3.T, error) {
 	}
 	if err := doc.Validate(loader.Context); err != nil {
 		return nil, fmt.Errorf("openapi.yaml is invalid: %w", err)
+	}
+	// /spec.json converts it with a strict YAML decoder (a key defined
+	// twice is an error there, not a silent overwrite).
+	if _, err := api.SpecJSON(); err != nil {
+		return nil, fmt.Errorf("openapi.yaml as /spec.json serves it: %w", err)
 	}
 	seen := map[*openapi3.Schema]bool{}
 	var closeSchema func(s *openapi3.SchemaRef)
@@ -280,6 +290,10 @@ func (sc *specChecker) wrap(next http.Handler) http.Handler {
 		next.ServeHTTP(c, r)
 		var errBody api.Error
 		isError := c.status >= 400 && json.Unmarshal(c.body.Bytes(), &errBody) == nil
+		if errors.Is(findErr, routers.ErrMethodNotAllowed) {
+			sc.checkMethodNotAllowed(r, c)
+			return
+		}
 		if findErr != nil {
 			if c.status == http.StatusNotFound && errBody.Code == "not_found" && strings.HasPrefix(errBody.Message, "no route for") {
 				return // the catch-all
@@ -297,9 +311,72 @@ func (sc *specChecker) wrap(next http.Handler) http.Handler {
 		code := ""
 		if isError {
 			code = errBody.Code
+			sc.checkListed(r, c.status, code)
 		}
 		recorded.add(op, c.status, code)
 	})
+}
+
+// checkListed fails an error whose status and code the Error response
+// does not list: a client reads the list to know what to expect.
+func (sc *specChecker) checkListed(r *http.Request, status int, code string) {
+	doc, _ := strictSpec()
+	if !slices.Contains(errorStatusList(doc), fmt.Sprintf("%d %s", status, code)) {
+		sc.t.Errorf("%s %s -> %d %s: the Error response of openapi.yaml does not list this status and code", r.Method, r.URL.Path, status, code)
+	}
+}
+
+// specMethods are the methods openapi.yaml serves on r's path.
+func (sc *specChecker) specMethods(r *http.Request) []string {
+	var out []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodTrace} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, _, err := sc.router.FindRoute(probe); err == nil {
+			out = append(out, m)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// checkMethodNotAllowed checks the answer to a method openapi.yaml does
+// not have on a path it has: the server must say the route exists with
+// other methods (405 method_not_allowed, Allow listing the document's).
+func (sc *specChecker) checkMethodNotAllowed(r *http.Request, c *capture) {
+	want := sc.specMethods(r)
+	if c.status != http.StatusMethodNotAllowed {
+		sc.t.Errorf("%s %s -> %d: openapi.yaml has this path only for %v; the server must answer 405", r.Method, r.URL.Path, c.status, want)
+		return
+	}
+	var allow []string
+	for _, m := range strings.Split(c.Header().Get("Allow"), ",") {
+		if m = strings.TrimSpace(m); m != "" {
+			allow = append(allow, m)
+		}
+	}
+	sort.Strings(allow)
+	if !slices.Equal(allow, want) {
+		sc.t.Errorf("%s %s -> 405: Allow %q, openapi.yaml has %v on this path", r.Method, r.URL.Path, c.Header().Get("Allow"), want)
+	}
+	var body any
+	if err := json.Unmarshal(c.body.Bytes(), &body); err != nil {
+		sc.t.Errorf("%s %s -> 405: body is not JSON: %v", r.Method, r.URL.Path, err)
+		return
+	}
+	doc, _ := strictSpec()
+	if err := doc.Components.Schemas["Error"].Value.VisitJSON(body); err != nil {
+		sc.t.Errorf("%s %s -> 405: body is not an Error: %v (body %.300q)", r.Method, r.URL.Path, err, c.body.String())
+		return
+	}
+	var e api.Error
+	json.Unmarshal(c.body.Bytes(), &e)
+	if e.Code != "method_not_allowed" {
+		sc.t.Errorf("%s %s -> 405: code %q, want method_not_allowed", r.Method, r.URL.Path, e.Code)
+	}
+	sc.checkListed(r, c.status, e.Code)
+	recorded.add(r.Method+" (not in openapi.yaml) "+r.URL.Path, c.status, e.Code)
 }
 
 func validateResponse(r *http.Request, in *openapi3filter.RequestValidationInput, c *capture) error {
