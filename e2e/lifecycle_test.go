@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -118,8 +119,12 @@ func TestLifecycle(t *testing.T) {
 		if in, _ := d.c.GetInstance(ctx, "web"); in.State != "Running" {
 			t.Fatalf("source after snapshot: %s", in.State)
 		}
-		if _, err := d.c.CreateSnapshot(ctx, "web", api.CreateSnapshotRequest{Kind: "Standby", Name: "base"}); !errdefs.IsAlreadyExists(err) {
-			t.Fatalf("duplicate snapshot name: %v", err)
+		// hypeman's code on snapshot routes for a taken name is 409
+		// "conflict" (its class: ErrConflict), not name_conflict.
+		_, err = d.c.CreateSnapshot(ctx, "web", api.CreateSnapshotRequest{Kind: "Standby", Name: "base"})
+		var se *api.StatusError
+		if !errors.As(err, &se) || se.Status != 409 || se.Body.Code != "conflict" || !errdefs.IsConflict(err) || !strings.Contains(se.Body.Message, `already has a snapshot named "base"`) {
+			t.Fatalf("duplicate snapshot name: %v, want 409 conflict", err)
 		}
 		d.sh("web", "echo after > /dev/shm/mark")
 		d.c.StandbyInstance(ctx, "web")
