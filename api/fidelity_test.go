@@ -241,7 +241,9 @@ func TestSpecRoutesNeedNoToken(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &fromJSON); err != nil {
 		t.Fatalf("/spec.json: %v", err)
 	}
-	yaml.Unmarshal(api.Spec(), &fromYAML)
+	if err := yaml.Unmarshal(api.Spec(), &fromYAML); err != nil {
+		t.Fatalf("openapi.yaml: %v", err)
+	}
 	a, _ := json.Marshal(fromJSON)
 	b, _ := json.Marshal(fromYAML)
 	if !bytes.Equal(a, b) {

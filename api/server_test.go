@@ -3,96 +3,29 @@ package api_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/getkin/kin-openapi/openapi3"
-	"github.com/getkin/kin-openapi/openapi3filter"
-	"github.com/getkin/kin-openapi/routers"
-	"github.com/getkin/kin-openapi/routers/gorillamux"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/zygote/zygote/api"
 	"github.com/zygote/zygote/api/client"
 	"github.com/zygote/zygote/errdefs"
+	"github.com/zygote/zygote/instances"
 	"github.com/zygote/zygote/instances/instancestest"
+	"github.com/zygote/zygote/store"
 )
 
 var ctx = context.Background()
-
-// specChecker validates every request and response that crosses the test
-// server against openapi.yaml, so the document and the code cannot drift.
-type specChecker struct {
-	t      *testing.T
-	router routers.Router
-	mu     sync.Mutex
-	seen   map[string]bool
-}
-
-func newSpecChecker(t *testing.T) *specChecker {
-	loader := openapi3.NewLoader()
-	doc, err := loader.LoadFromData(api.Spec())
-	if err != nil {
-		t.Fatalf("load openapi.yaml: %v", err)
-	}
-	if err := doc.Validate(loader.Context); err != nil {
-		t.Fatalf("openapi.yaml is invalid: %v", err)
-	}
-	doc.Servers = nil // match any host
-	r, err := gorillamux.NewRouter(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &specChecker{t: t, router: r, seen: map[string]bool{}}
-}
-
-type capture struct {
-	http.ResponseWriter
-	status int
-	body   bytes.Buffer
-}
-
-func (c *capture) WriteHeader(s int)           { c.status = s; c.ResponseWriter.WriteHeader(s) }
-func (c *capture) Write(p []byte) (int, error) { c.body.Write(p); return c.ResponseWriter.Write(p) }
-func (c *capture) Flush()                      { c.ResponseWriter.(http.Flusher).Flush() }
-
-func (sc *specChecker) wrap(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		route, params, err := sc.router.FindRoute(r)
-		if err != nil || r.Header.Get("Upgrade") != "" {
-			next.ServeHTTP(w, r) // exec (outside the document) and unknown routes
-			return
-		}
-		body, _ := io.ReadAll(r.Body)
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		in := &openapi3filter.RequestValidationInput{Request: r, PathParams: params, Route: route,
-			Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}}
-		reqErr := openapi3filter.ValidateRequest(r.Context(), in)
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		c := &capture{ResponseWriter: w, status: 200}
-		next.ServeHTTP(c, r)
-		if reqErr != nil && c.status < 400 {
-			sc.t.Errorf("%s %s: the spec rejects a request the server accepted: %v", r.Method, r.URL, reqErr)
-		}
-		out := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: c.status, Header: c.Header(),
-			Options: &openapi3filter.Options{IncludeResponseStatus: true}}
-		out.SetBodyBytes(c.body.Bytes())
-		if strings.HasPrefix(c.Header().Get("Content-Type"), "application/json") {
-			if err := openapi3filter.ValidateResponse(r.Context(), out); err != nil {
-				sc.t.Errorf("%s %s -> %d: response does not match the spec: %v", r.Method, r.URL, c.status, err)
-			}
-		}
-		sc.mu.Lock()
-		sc.seen[route.Method+" "+route.Path] = true
-		sc.mu.Unlock()
-	})
-}
 
 type env struct {
 	h   *instancestest.Harness
@@ -100,9 +33,15 @@ type env struct {
 	url string
 }
 
-func newEnv(t *testing.T) *env {
-	h := instancestest.New(t, "", instancestest.Clone)
-	srv := api.NewServer(api.ServerConfig{Manager: h.M, Token: "s3cret"})
+func newEnv(t *testing.T) *env { return newEnvWith(t, instancestest.Clone) }
+
+// newEnvWith serves a manager over the fake driver, copying with clone,
+// behind the spec checker; /metrics serves a registry of Go metrics.
+func newEnvWith(t *testing.T, clone instances.Cloner) *env {
+	h := instancestest.New(t, "", clone)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector())
+	srv := api.NewServer(api.ServerConfig{Manager: h.M, Token: "s3cret", Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})})
 	sc := newSpecChecker(t)
 	ts := httptest.NewServer(sc.wrap(srv.Handler()))
 	t.Cleanup(ts.Close)
@@ -181,11 +120,30 @@ func TestInstanceLifecycleOverHTTP(t *testing.T) {
 func TestErrorStatusesAndCodes(t *testing.T) {
 	e := newEnv(t)
 	web := e.run(t, "web")
-	// Two ids sharing a first letter make an ambiguous one-letter prefix.
-	other := e.run(t, "other")
-	ambiguous := ""
-	if web.ID[0] == other.ID[0] {
-		ambiguous = web.ID[:1]
+	e.run(t, "other")
+	// Ambiguous references, made on purpose: two instances and two
+	// snapshots whose ids share a prefix, and an instance named like
+	// another's id.
+	err := e.h.Store.Update(func(tx *store.Tx) error {
+		for i, id := range []string{"ambig0aaaaaaaaaaaaaaaaaa", "ambig1aaaaaaaaaaaaaaaaaa"} {
+			err := tx.PutInstance(store.Instance{ID: id, Name: fmt.Sprintf("ambig-%d", i), State: store.Stopped, CreatedAt: time.Now(),
+				Spec: store.Spec{Hypervisor: "qemu", VCPUs: 1, MemoryBytes: 64 << 20}})
+			if err != nil {
+				return err
+			}
+			err = tx.PutSnapshot(store.Snapshot{ID: "snap" + id[:6] + "aaaaaaaaaaaaaa", Kind: store.SnapshotStopped, SourceInstanceID: id,
+				SourceInstanceName: fmt.Sprintf("ambig-%d", i), CreatedAt: time.Now(), Spec: store.Spec{Hypervisor: "qemu", VCPUs: 1, MemoryBytes: 64 << 20}})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: web.ID, Size: "64MB"}); err != nil {
+		t.Fatalf("an instance named like another's id: %v", err)
 	}
 	for _, tc := range []struct {
 		name, method, path, body string
@@ -206,6 +164,32 @@ func TestErrorStatusesAndCodes(t *testing.T) {
 		{"bad force", "DELETE", "/instances/web?force=maybe", "", 400, "invalid_request"},
 		{"bad log source", "GET", "/instances/web/logs?source=kernel", "", 400, "invalid_request"},
 		{"no route", "GET", "/nope", "", 404, "not_found"},
+		{"ambiguous id prefix", "GET", "/instances/ambig", "", 409, "ambiguous"},
+		{"one's id, another's name", "GET", "/instances/" + web.ID, "", 409, "ambiguous"},
+		{"ambiguous snapshot prefix", "GET", "/snapshots/snapambig", "", 409, "ambiguous"},
+		{"ambiguous snapshot to delete", "DELETE", "/snapshots/snapambig", "", 409, "ambiguous"},
+		{"unknown snapshot to delete", "DELETE", "/snapshots/nope", "", 404, "not_found"},
+		{"bad list state", "GET", "/instances?state=Bogus", "", 400, "invalid_request"},
+		{"bad snapshot kind filter", "GET", "/snapshots?kind=Full", "", 400, "invalid_request"},
+		{"standby unknown", "POST", "/instances/nope/standby", "", 404, "not_found"},
+		{"stop unknown", "POST", "/instances/nope/stop", "", 404, "not_found"},
+		{"standby a stopped instance", "POST", "/instances/ambig-0/standby", "", 409, "invalid_state"},
+		{"stop a stopped instance", "POST", "/instances/ambig-0/stop", "", 409, "invalid_state"},
+		// Requests openapi.yaml itself rejects (the checker also fails the
+		// test if the server accepted one).
+		{"vcpus above the maximum", "POST", "/instances", `{"name":"x","vcpus":65}`, 400, "invalid_request"},
+		{"kernel args too long", "POST", "/instances", `{"name":"x","kernel_args":"` + strings.Repeat("a", 1025) + `"}`, 400, "invalid_request"},
+		{"name not a string", "POST", "/instances", `{"name":7}`, 400, "invalid_request"},
+		{"no body", "POST", "/instances", ``, 400, "invalid_request"},
+		{"hypervisor outside the enum", "POST", "/instances", `{"name":"x","hypervisor":"bogus"}`, 400, "invalid_request"},
+		{"too many tags", "POST", "/instances", `{"name":"x","tags":{` + manyTags(51) + `}}`, 400, "invalid_request"},
+		{"tag value too long", "POST", "/instances", `{"name":"x","tags":{"k":"` + strings.Repeat("a", 257) + `"}}`, 400, "invalid_request"},
+		{"negative tail", "GET", "/instances/web/logs?tail=-1", "", 400, "invalid_request"},
+		{"snapshot name invalid", "POST", "/instances/web/snapshots", `{"kind":"Standby","name":"UP"}`, 400, "invalid_request"},
+		{"compression level", "POST", "/instances/web/snapshots", `{"kind":"Standby","compression":{"enabled":false,"level":20}}`, 400, "invalid_snapshot_compression"},
+		{"compression algorithm", "POST", "/instances/web/snapshots", `{"kind":"Standby","compression":{"enabled":false,"algorithm":"gzip"}}`, 400, "invalid_snapshot_compression"},
+		{"name prefix too long", "POST", "/instances/web/fork", `{"name_prefix":"` + strings.Repeat("a", 62) + `","count":1,"from_running":true}`, 400, "invalid_request"},
+		{"fork count zero", "POST", "/instances/web/fork", `{"name_prefix":"w","count":0,"from_running":true}`, 400, "invalid_request"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body := rawDo(t, tc.method, e.url+tc.path, tc.body, nil)
@@ -217,28 +201,24 @@ func TestErrorStatusesAndCodes(t *testing.T) {
 			}
 		})
 	}
-	if ambiguous != "" {
-		resp, body := rawDo(t, "GET", e.url+"/instances/"+ambiguous, "", nil)
-		if resp.StatusCode != 409 || !strings.Contains(body, "ambiguous") {
-			t.Fatalf("ambiguous prefix: %d %s", resp.StatusCode, body)
-		}
-	}
-	if list, _ := e.c.ListInstances(ctx, client.ListOptions{}); len(list) != 2 {
+	if list, _ := e.c.ListInstances(ctx, client.ListOptions{}); len(list) != 5 {
 		t.Fatalf("rejected requests changed the instance list: %d", len(list))
 	}
 }
 
 func TestTokenHandler(t *testing.T) {
 	h := instancestest.New(t, "", instancestest.NoClone)
-	srv := api.NewServer(api.ServerConfig{Manager: h.M, Token: "s3cret"})
-	ts := httptest.NewServer(srv.TokenHandler())
+	srv := api.NewServer(api.ServerConfig{Manager: h.M, Token: "s3cret", Metrics: promhttp.HandlerFor(prometheus.NewRegistry(), promhttp.HandlerOpts{})})
+	ts := httptest.NewServer(newSpecChecker(t).wrap(srv.TokenHandler()))
 	defer ts.Close()
 	if resp, _ := rawDo(t, "GET", ts.URL+"/health", "", nil); resp.StatusCode != 200 {
 		t.Fatalf("/health without a token: %d", resp.StatusCode)
 	}
 	for _, hdr := range []map[string]string{nil, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}} {
-		if resp, body := rawDo(t, "GET", ts.URL+"/instances", "", hdr); resp.StatusCode != 401 || !strings.Contains(body, "Unauthorized") {
-			t.Fatalf("/instances with %v: %d %s", hdr, resp.StatusCode, body)
+		for _, path := range []string{"/instances", "/metrics"} {
+			if resp, body := rawDo(t, "GET", ts.URL+path, "", hdr); resp.StatusCode != 401 || !strings.Contains(body, "Unauthorized") {
+				t.Fatalf("%s with %v: %d %s", path, hdr, resp.StatusCode, body)
+			}
 		}
 	}
 	c, _ := client.New(ts.URL, "s3cret")
@@ -331,6 +311,22 @@ func TestSpecServed(t *testing.T) {
 	raw, err := e.c.Spec(ctx)
 	if err != nil || !bytes.Equal(raw, api.Spec()) {
 		t.Fatalf("/spec: %v", err)
+	}
+	for _, path := range []string{"/spec", "/spec.yaml"} {
+		if resp, body := rawDo(t, "GET", e.url+path, "", nil); resp.StatusCode != 200 || body != string(api.Spec()) {
+			t.Fatalf("%s: %d", path, resp.StatusCode)
+		}
+	}
+	want, err := api.SpecJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, body := rawDo(t, "GET", e.url+"/spec.json", "", nil); resp.StatusCode != 200 || body != string(want) {
+		t.Fatalf("/spec.json: %d", resp.StatusCode)
+	}
+	resp, body := rawDo(t, "GET", e.url+"/metrics", "", nil)
+	if resp.StatusCode != 200 || !strings.Contains(body, "go_goroutines") {
+		t.Fatalf("/metrics: %d %.200q", resp.StatusCode, body)
 	}
 }
 
@@ -439,4 +435,13 @@ func TestForkOverHTTP(t *testing.T) {
 			}
 		})
 	}
+}
+
+// manyTags is n distinct JSON tag members.
+func manyTags(n int) string {
+	var out []string
+	for i := range n {
+		out = append(out, fmt.Sprintf(`"k%d":"v"`, i))
+	}
+	return strings.Join(out, ",")
 }

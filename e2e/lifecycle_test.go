@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,7 +14,6 @@ import (
 	"github.com/zygote/zygote/api"
 	"github.com/zygote/zygote/api/client"
 	"github.com/zygote/zygote/errdefs"
-	"github.com/zygote/zygote/internal/crashpoint"
 	"github.com/zygote/zygote/internal/testutil"
 )
 
@@ -22,7 +22,8 @@ import (
 var counterWorkload = []string{"sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /dev/shm/counter.new; mv /dev/shm/counter.new /dev/shm/counter; sleep 0.1; done"}
 
 // TestLifecycle boots one VM and takes it through the foundation's and the
-// standby/snapshot issue's lifecycle, crashes included, on XFS.
+// standby/snapshot issue's lifecycle on XFS (the daemon killed inside
+// operations: crash_test.go).
 func TestLifecycle(t *testing.T) {
 	d := newDaemon(t, testutil.XFS(t))
 	d.start()
@@ -118,8 +119,12 @@ func TestLifecycle(t *testing.T) {
 		if in, _ := d.c.GetInstance(ctx, "web"); in.State != "Running" {
 			t.Fatalf("source after snapshot: %s", in.State)
 		}
-		if _, err := d.c.CreateSnapshot(ctx, "web", api.CreateSnapshotRequest{Kind: "Standby", Name: "base"}); !errdefs.IsConflict(err) {
-			t.Fatalf("duplicate snapshot name: %v", err)
+		// hypeman's code on snapshot routes for a taken name is 409
+		// "conflict" (its class: ErrConflict), not name_conflict.
+		_, err = d.c.CreateSnapshot(ctx, "web", api.CreateSnapshotRequest{Kind: "Standby", Name: "base"})
+		var se *api.StatusError
+		if !errors.As(err, &se) || se.Status != 409 || se.Body.Code != "conflict" || !errdefs.IsConflict(err) || !strings.Contains(se.Body.Message, `already has a snapshot named "base"`) {
+			t.Fatalf("duplicate snapshot name: %v, want 409 conflict", err)
 		}
 		d.sh("web", "echo after > /dev/shm/mark")
 		d.c.StandbyInstance(ctx, "web")
@@ -183,42 +188,6 @@ func TestLifecycle(t *testing.T) {
 				t.Fatalf("counter %d → %d: the adopted VM is not the same running guest", before, after)
 			}
 			time.Sleep(100 * time.Millisecond)
-		}
-	})
-
-	t.Run("crash points", func(t *testing.T) {
-		for _, tc := range []struct {
-			point string
-			op    func() error
-		}{
-			{crashpoint.StandbySaved, func() error { _, err := d.c.StandbyInstance(ctx, "web"); return err }},
-			{crashpoint.RestoreLoaded, func() error { _, err := d.c.RestoreInstance(ctx, "web"); return err }},
-			{crashpoint.SnapshotCopied, func() error {
-				_, err := d.c.CreateSnapshot(ctx, "web", api.CreateSnapshotRequest{Kind: "Standby", Name: "crashy"})
-				return err
-			}},
-			{crashpoint.CreateBooted, func() error { _, err := d.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: "half"}); return err }},
-		} {
-			t.Run(tc.point, func(t *testing.T) {
-				d.stop()
-				d.start(crashpoint.Env + "=" + tc.point)
-				want := "Running" // adopted: wait until its agent is back
-				if tc.point == crashpoint.RestoreLoaded {
-					want = "Standby"
-				}
-				ensureState(t, d, "web", want)
-				err := tc.op()
-				if err == nil {
-					t.Fatal("the operation succeeded although the daemon was to die in it")
-				}
-				select {
-				case <-d.exited:
-				case <-time.After(60 * time.Second):
-					t.Fatalf("the daemon did not die at %s; the operation failed with: %v", tc.point, err)
-				}
-				d.start()
-				checkSettled(t, d)
-			})
 		}
 	})
 
@@ -302,55 +271,5 @@ func ensureState(t *testing.T, d *daemon, ref, want string) {
 	}
 	if err != nil {
 		t.Fatal(err)
-	}
-}
-
-// checkSettled asserts the state a crash may leave: every instance
-// Running, Standby or Stopped, a Standby one restores, nothing partial is
-// listed and no directory is unowned.
-func checkSettled(t *testing.T, d *daemon) {
-	t.Helper()
-	list, err := d.c.ListInstances(ctx, client.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	owned := map[string]bool{}
-	for _, in := range list {
-		owned[in.ID] = true
-		switch in.State {
-		case "Running", "Initializing":
-			d.waitRunning(in.ID)
-			if out := d.sh(in.ID, "echo ok"); out != "ok" {
-				t.Fatalf("%s does not answer after the crash", in.Name)
-			}
-		case "Standby":
-			// A source parked by an interrupted snapshot or fork is being
-			// restored by the daemon itself; either way it must run.
-			if _, err := d.c.RestoreInstance(ctx, in.ID); err != nil && !errdefs.IsInvalidState(err) {
-				t.Fatalf("%s is Standby after the crash but does not restore: %v", in.Name, err)
-			}
-			d.waitRunning(in.ID)
-		case "Stopped":
-		default:
-			t.Fatalf("%s is %s after the crash", in.Name, in.State)
-		}
-	}
-	if _, err := d.c.GetInstance(ctx, "half"); !errdefs.IsNotFound(err) {
-		t.Fatalf("a half-created instance is visible after the crash: %v", err)
-	}
-	snaps, _ := d.c.ListSnapshots(ctx, client.SnapshotListOptions{})
-	for _, s := range snaps {
-		if s.Name != nil && *s.Name == "crashy" {
-			t.Fatal("a snapshot interrupted before its commit is listed")
-		}
-	}
-	ents, _ := os.ReadDir(filepath.Join(d.dataDir, "instances"))
-	for _, e := range ents {
-		if !owned[e.Name()] {
-			t.Fatalf("unowned instance directory after reconcile: %s", e.Name())
-		}
-	}
-	if ents, _ := os.ReadDir(filepath.Join(d.dataDir, "snapshots")); len(ents) != len(snaps) {
-		t.Fatalf("%d snapshot directories for %d snapshots", len(ents), len(snaps))
 	}
 }

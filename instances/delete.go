@@ -58,9 +58,10 @@ func (m *Manager) reconcileDelete(ctx context.Context, in store.Intent) error {
 	var inst store.Instance
 	err := m.store.View(func(tx *store.Tx) (err error) { inst, err = tx.Instance(in.InstanceID); return })
 	exists := err == nil
-	if exists {
-		m.killVMMs(ctx, inst)
+	if !exists {
+		inst = store.Instance{ID: in.InstanceID} // its VMM is found by its directory
 	}
+	m.killVMMs(ctx, inst)
 	if err := os.RemoveAll(m.instanceDir(in.InstanceID)); err != nil {
 		return err
 	}

@@ -277,51 +277,6 @@ func TestFailedForkLeavesNothingAndSourceRunning(t *testing.T) {
 	}
 }
 
-func TestReconcileForkIntents(t *testing.T) {
-	t.Run("unfinished call rolled back, committed forks included", func(t *testing.T) {
-		h := newCloningHarness(t)
-		src := create(t, h, "src")
-		h.M.Standby(ctx, "src")
-		// One fork of the call was committed (and even restored), the
-		// other was still being copied when the daemon died.
-		done := fork(t, h, "src", instances.ForkRequest{Name: "done"})
-		h.M.Restore(ctx, "done")
-		half := "forkhalfaaaaaaaaaaaaaaaa"
-		instancestest.Clone.Dir(ctx, filepath.Join(h.DataDir, "instances", src.ID), filepath.Join(h.DataDir, "instances", half))
-		putIntent(t, h, store.Intent{ID: "forkcallaaaaaaaaaaaaaaaa", Op: store.OpFork, SourceID: src.ID, Members: []string{done.ID, half}})
-		h.Restart()
-		for _, id := range []string{done.ID, half} {
-			if _, err := os.Stat(filepath.Join(h.DataDir, "instances", id)); !os.IsNotExist(err) {
-				t.Fatalf("fork %s of an interrupted call survived on disk", id)
-			}
-		}
-		if _, err := h.M.Get(ctx, "done"); !errdefs.IsNotFound(err) {
-			t.Fatal("a fork of an interrupted call is visible")
-		}
-		if h.VM(done.ID) != nil {
-			t.Fatal("the VMM of a rolled-back fork still runs")
-		}
-		if _, err := h.M.Restore(ctx, "src"); err != nil {
-			t.Fatalf("the source was harmed: %v", err)
-		}
-	})
-	t.Run("parked source restored", func(t *testing.T) {
-		h := newCloningHarness(t)
-		create(t, h, "src")
-		h.M.Standby(ctx, "src") // parked by a fork when the daemon died
-		putIntent(t, h, store.Intent{ID: "resumeintentaaaaaaaaaaaa", Op: store.OpResume, InstanceID: mustGet(t, h, "src").ID})
-		h.Restart()
-		// The restore runs in the background once the reconcile is done.
-		deadline := time.Now().Add(5 * time.Second)
-		for mustGet(t, h, "src").State != instances.StateRunning {
-			if time.Now().After(deadline) {
-				t.Fatalf("parked source is %s after restart, want Running", mustGet(t, h, "src").State)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-}
-
 // TestForkSucceedsWhenTheSourceFailsToResume: once the forks are made, a
 // failure to restore the parked source does not undo them or fail the
 // call; the source stays parked and the next daemon start restores it.

@@ -15,7 +15,6 @@ import (
 	"github.com/zygote/zygote/hypervisor/drivertest"
 	"github.com/zygote/zygote/instances"
 	"github.com/zygote/zygote/instances/instancestest"
-	"github.com/zygote/zygote/store"
 )
 
 var ctx = context.Background()
@@ -354,71 +353,6 @@ func mustGet(t *testing.T, h *instancestest.Harness, ref string) instances.Insta
 	return v
 }
 
-// TestReconcileIntents plays a daemon killed in the middle of each
-// operation (the intent and files as the operation left them) and checks
-// the restart ends in the old or the new state, never half.
-func TestReconcileIntents(t *testing.T) {
-	t.Run("create rolls back", func(t *testing.T) {
-		h := newHarness(t)
-		id := "abcdefghijklmnopqrstuvwx"
-		os.MkdirAll(filepath.Join(h.DataDir, "instances", id), 0o700)
-		putIntent(t, h, store.Intent{ID: id, Op: store.OpCreate, InstanceID: id, Pending: &store.Instance{ID: id, Name: "half"}})
-		h.Restart()
-		if d := instanceDirs(t, h); len(d) != 0 {
-			t.Fatalf("half-created directory survived: %v", d)
-		}
-		if _, err := h.M.Get(ctx, "half"); !errdefs.IsNotFound(err) {
-			t.Fatalf("half-created instance visible: %v", err)
-		}
-	})
-	t.Run("standby with published state commits Standby", func(t *testing.T) {
-		h := newHarness(t)
-		web := create(t, h, "web")
-		vm := h.VM(web.ID)
-		vm.Pause(ctx)
-		if _, err := vm.SaveState(ctx); err != nil {
-			t.Fatal(err)
-		}
-		putIntent(t, h, store.Intent{ID: web.ID, Op: store.OpStandby, InstanceID: web.ID})
-		h.Restart()
-		got := mustGet(t, h, "web")
-		if got.State != instances.StateStandby || h.VM(web.ID) != nil || got.CacheKey == "" {
-			t.Fatalf("after an interrupted standby with state saved: %s vm=%v key=%q", got.State, h.VM(web.ID), got.CacheKey)
-		}
-		if _, err := h.M.Restore(ctx, "web"); err != nil {
-			t.Fatalf("restore the recovered standby image: %v", err)
-		}
-	})
-	t.Run("standby before the state resumes the VM", func(t *testing.T) {
-		h := newHarness(t)
-		web := create(t, h, "web")
-		h.VM(web.ID).Pause(ctx)
-		putIntent(t, h, store.Intent{ID: web.ID, Op: store.OpStandby, InstanceID: web.ID})
-		h.Restart()
-		h.WaitRunning("web")
-		if paused, _ := h.VM(web.ID).Paused(ctx); paused {
-			t.Fatal("the VM stayed paused after an interrupted standby")
-		}
-	})
-	t.Run("delete rolls forward", func(t *testing.T) {
-		h := newHarness(t)
-		web := create(t, h, "web")
-		putIntent(t, h, store.Intent{ID: web.ID, Op: store.OpDelete, InstanceID: web.ID})
-		h.Restart()
-		if _, err := h.M.Get(ctx, "web"); !errdefs.IsNotFound(err) || len(instanceDirs(t, h)) != 0 || len(h.Fake.Live()) != 0 {
-			t.Fatalf("interrupted delete not finished: %v %v %d", err, instanceDirs(t, h), len(h.Fake.Live()))
-		}
-	})
-	t.Run("orphan directory removed", func(t *testing.T) {
-		h := newHarness(t)
-		os.MkdirAll(filepath.Join(h.DataDir, "instances", "zzzzzzzzzzzzzzzzzzzzzzzz"), 0o700)
-		h.Restart()
-		if d := instanceDirs(t, h); len(d) != 0 {
-			t.Fatalf("orphan survived: %v", d)
-		}
-	})
-}
-
 func TestKillRecordsReason(t *testing.T) {
 	h := newHarness(t)
 	web := create(t, h, "web")
@@ -430,16 +364,6 @@ func TestKillRecordsReason(t *testing.T) {
 	}
 	if mustGet(t, h, "other").State != instances.StateRunning {
 		t.Fatal("Kill touched another instance")
-	}
-}
-
-// putIntent plays a daemon that died inside an operation: the intent it
-// had journalled stays in the store.
-func putIntent(t *testing.T, h *instancestest.Harness, in store.Intent) {
-	t.Helper()
-	in.CreatedAt = time.Now()
-	if err := h.Store.Update(func(tx *store.Tx) error { return tx.PutIntent(in) }); err != nil {
-		t.Fatal(err)
 	}
 }
 

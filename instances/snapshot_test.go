@@ -11,7 +11,6 @@ import (
 	"github.com/zygote/zygote/instances"
 	"github.com/zygote/zygote/instances/instancestest"
 	"github.com/zygote/zygote/snapshots"
-	"github.com/zygote/zygote/store"
 )
 
 func newCloningHarness(t *testing.T) *instancestest.Harness {
@@ -193,60 +192,5 @@ func TestDamagedSnapshotIsRefused(t *testing.T) {
 	}
 	if _, err := h.M.Restore(ctx, "web"); err != nil {
 		t.Fatalf("the instance was harmed by the refused restore: %v", err)
-	}
-}
-
-func TestReconcileSnapshotIntents(t *testing.T) {
-	t.Run("partial snapshot removed", func(t *testing.T) {
-		h := newCloningHarness(t)
-		web := create(t, h, "web")
-		id := "snappartialaaaaaaaaaaaaa"
-		os.MkdirAll(filepath.Join(h.DataDir, "snapshots", id), 0o700)
-		putIntent(t, h, store.Intent{ID: id, Op: store.OpSnapshot, SnapshotID: id, SourceID: web.ID})
-		h.Restart()
-		if _, err := os.Stat(filepath.Join(h.DataDir, "snapshots", id)); !os.IsNotExist(err) {
-			t.Fatal("partial snapshot directory survived")
-		}
-		if list, _ := h.M.ListSnapshots(ctx, instances.SnapshotFilter{}); len(list) != 0 {
-			t.Fatalf("partial snapshot listed: %v", list)
-		}
-		h.WaitRunning("web")
-	})
-	for _, stage := range []string{"copied", "moved aside", "swapped"} {
-		t.Run("restore interrupted when "+stage, func(t *testing.T) {
-			h := newCloningHarness(t)
-			web := create(t, h, "web")
-			execOut(t, h, "web", "write", "8192", "snap")
-			s := snapshot(t, h, "web", "")
-			execOut(t, h, "web", "write", "8192", "live")
-			h.M.Standby(ctx, "web")
-			dir := filepath.Join(h.DataDir, "instances", web.ID)
-			if _, err := instancestest.Clone.Dir(ctx, filepath.Join(h.DataDir, "snapshots", s.ID), dir+".new"); err != nil {
-				t.Fatal(err)
-			}
-			if stage != "copied" {
-				os.Rename(dir, dir+".old")
-			}
-			if stage == "swapped" {
-				os.Rename(dir+".new", dir)
-			}
-			putIntent(t, h, store.Intent{ID: web.ID, Op: store.OpSnapshotRestore, InstanceID: web.ID, SnapshotID: s.ID})
-			h.Restart()
-			want := "snap"
-			if stage == "copied" {
-				want = "live"
-			}
-			if _, err := h.M.Restore(ctx, "web"); err != nil {
-				t.Fatalf("restore after an interrupted snapshot restore: %v", err)
-			}
-			if out, _ := execOut(t, h, "web", "read", "8192", "4"); out != want {
-				t.Fatalf("memory = %q, want %q", out, want)
-			}
-			for _, leftover := range []string{dir + ".new", dir + ".old"} {
-				if _, err := os.Stat(leftover); !os.IsNotExist(err) {
-					t.Fatalf("%s survived", leftover)
-				}
-			}
-		})
 	}
 }
