@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/zygote/zygote/internal/testutil"
 )
 
@@ -78,3 +80,5 @@ func assertEmptyStore(t testing.TB, s *Store) {
 		}
 	}
 }
+
+func v1Config() v1.Config { return v1.Config{Entrypoint: []string{"/ok"}} }

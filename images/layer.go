@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/gzip"
@@ -105,6 +106,11 @@ func applyVerified(l v1.Layer, fl *flattener, onRead func(int64)) error {
 
 func drainAndCheck(br *bufio.Reader, cr *countingReader, want v1.Hash, size int64, buf []byte) error {
 	if _, err := io.CopyBuffer(io.Discard, br, buf); err != nil {
+		// go-containerregistry's remote reader checks the digest itself
+		// at EOF; its error type is internal, its message is stable.
+		if strings.Contains(err.Error(), "error verifying") {
+			return fmt.Errorf("layer %s: %w: %v", want, ErrDigestMismatch, err)
+		}
 		return fmt.Errorf("layer %s: read: %w", want, err)
 	}
 	if want.Algorithm != "sha256" {
