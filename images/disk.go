@@ -120,6 +120,9 @@ func buildExt4(ctx context.Context, src, out string) error {
 // errdefs.ErrResourceExhausted.
 func run(ctx context.Context, name string, args ...string) error {
 	cmd := exec.CommandContext(ctx, name, args...)
+	// A daemon killed mid-conversion takes its mkfs with it, so the next
+	// Open's sweep of the staging directory races no writer.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var stderr bytes.Buffer
 	cmd.Stdout = &stderr
 	cmd.Stderr = &stderr
