@@ -83,7 +83,9 @@ func applyVerified(l v1.Layer, fl *flattener, onRead func(int64)) error {
 	default:
 		tarStream = br
 	}
-	applyErr := fl.applyLayer(tarStream)
+	ra := newReadAhead(tarStream, 8)
+	defer ra.Close()
+	applyErr := fl.applyLayer(ra)
 	if errors.Is(applyErr, errEscape) {
 		return fmt.Errorf("layer %s: %w", want, applyErr)
 	}
@@ -91,10 +93,11 @@ func applyVerified(l v1.Layer, fl *flattener, onRead func(int64)) error {
 	// digest covers all of it. A corrupt blob usually also breaks gzip or
 	// tar; the digest mismatch is the real cause, so it is reported first.
 	if applyErr == nil {
-		if _, err := io.CopyBuffer(io.Discard, tarStream, fl.buf); err != nil {
+		if _, err := io.CopyBuffer(io.Discard, ra, fl.buf); err != nil {
 			applyErr = fmt.Errorf("read layer: %w", err)
 		}
 	}
+	ra.Close() // the producer no longer reads br
 	if err := drainAndCheck(br, cr, want, size, fl.buf); err != nil {
 		return err
 	}

@@ -198,6 +198,7 @@ func (s *Store) convert(ctx context.Context, j *job, img v1.Image, cf *v1.Config
 		return err
 	}
 	fl := newFlattener(rootfs)
+	phase := time.Now()
 	for idx, l := range layers {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -211,8 +212,11 @@ func (s *Store) convert(ctx context.Context, j *job, img v1.Image, cf *v1.Config
 		s.update(j, opts, func(i *Image) { i.Progress.LayersDone = idx + 1 })
 	}
 
+	s.log.Debug("layers flattened", "digest", digest, "layers", len(layers), "duration", time.Since(phase))
+
 	// Phase 2: build the root disk from the tree.
 	s.update(j, opts, func(i *Image) { i.Status = StatusConverting })
+	phase = time.Now()
 	out := filepath.Join(staging, "out")
 	if err := os.Mkdir(out, 0o755); err != nil {
 		return err
@@ -221,6 +225,7 @@ func (s *Store) convert(ctx context.Context, j *job, img v1.Image, cf *v1.Config
 	if err := buildDisk(ctx, s.cfg.Format, rootfs, disk); err != nil {
 		return fmt.Errorf("build %s root disk: %w", s.cfg.Format, err)
 	}
+	s.log.Debug("root disk built", "digest", digest, "format", s.cfg.Format, "duration", time.Since(phase))
 	if err := os.RemoveAll(rootfs); err != nil {
 		return err
 	}

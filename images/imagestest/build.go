@@ -82,12 +82,12 @@ func Layer(t testing.TB, entries []Entry) v1.Layer {
 	return LayerFromTar(t, TarBytes(t, entries))
 }
 
-// LayerFromTar builds a gzip-compressed layer from an uncompressed tar.
+// LayerFromTar builds a gzip-compressed OCI layer from an uncompressed tar.
 func LayerFromTar(t testing.TB, tarball_ []byte) v1.Layer {
 	t.Helper()
 	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(tarball_)), nil
-	})
+	}, tarball.WithMediaType(types.OCILayer))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // DefaultCacheDir is zygote's cache directory unless ZYGOTE_CACHE_DIR is
@@ -75,7 +76,7 @@ func DebianPythonTar(t testing.TB) string {
 func DebianPython(t testing.TB) v1.Image {
 	t.Helper()
 	path := DebianPythonTar(t)
-	layer, err := tarball.LayerFromFile(path)
+	layer, err := tarball.LayerFromFile(path, tarball.WithMediaType(types.OCILayer))
 	if err != nil {
 		t.Fatal(err)
 	}
