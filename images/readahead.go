@@ -14,7 +14,8 @@ type readAhead struct {
 	free   chan []byte
 	stop   chan struct{}
 	wg     sync.WaitGroup
-	cur    []byte
+	cur    []byte // unread part of held
+	held   []byte // the chunk being read, returned to free when used up
 	err    error // the producer's final error, valid after chunks closes
 	once   sync.Once
 }
@@ -39,8 +40,10 @@ func newReadAhead(r io.Reader, depth int) *readAhead {
 			case <-ra.stop:
 				return
 			}
-			n, err := io.ReadFull(r, buf[:cap(buf)])
-			if n > 0 {
+			n, err := io.ReadFull(r, buf)
+			if n == 0 {
+				ra.free <- buf
+			} else {
 				select {
 				case ra.chunks <- buf[:n]:
 				case <-ra.stop:
@@ -61,15 +64,15 @@ func newReadAhead(r io.Reader, depth int) *readAhead {
 
 func (ra *readAhead) Read(p []byte) (int, error) {
 	for len(ra.cur) == 0 {
-		if ra.cur != nil {
-			ra.free <- ra.cur[:cap(ra.cur)]
-			ra.cur = nil
+		if ra.held != nil {
+			ra.free <- ra.held[:cap(ra.held)]
+			ra.held = nil
 		}
 		c, ok := <-ra.chunks
 		if !ok {
 			return 0, ra.err
 		}
-		ra.cur = c
+		ra.cur, ra.held = c, c
 	}
 	n := copy(p, ra.cur)
 	ra.cur = ra.cur[n:]
