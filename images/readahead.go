@@ -16,7 +16,7 @@ type readAhead struct {
 	wg     sync.WaitGroup
 	cur    []byte // unread part of held
 	held   []byte // the chunk being read, returned to free when used up
-	err    error // the producer's final error, valid after chunks closes
+	err    error  // the producer's final error, valid after chunks closes
 	once   sync.Once
 }
 

@@ -15,8 +15,13 @@ fi
 
 # Debian packages: QEMU, the busybox the guest runs, reflink filesystems
 # for the data directory and tests, lz4 for the guest kernel, cpio for a
-# test that reads our initramfs back with GNU cpio.
-packages=(qemu-system-x86 qemu-utils busybox-static xfsprogs btrfs-progs lz4 cpio kmod ca-certificates curl)
+# test that reads our initramfs back with GNU cpio. Images: e2fsprogs
+# (mkfs.ext4 -d builds root disks) and erofs-utils (the erofs format);
+# for their tests and benchmarks docker-registry (a local OCI registry),
+# mmdebstrap (the cached Debian test image) and umoci (the reference
+# conversion pipeline).
+packages=(qemu-system-x86 qemu-utils busybox-static xfsprogs btrfs-progs lz4 cpio kmod ca-certificates curl
+  e2fsprogs erofs-utils docker-registry mmdebstrap umoci)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
