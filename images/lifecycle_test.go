@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os/exec"
 	"os"
 	"path/filepath"
 	"strings"
@@ -395,5 +396,53 @@ func TestParseRef(t *testing.T) {
 		if got := allowPlainHTTP(tc.reg, tc.insecure); got != tc.want {
 			t.Errorf("allowPlainHTTP(%q, %v) = %v", tc.reg, tc.insecure, got)
 		}
+	}
+}
+
+// TestStaticGoImage pulls the static Go program image and runs the binary
+// straight from the read-only root disk.
+func TestStaticGoImage(t *testing.T) {
+	reg := imagestest.StartRegistry(t)
+	ref := reg + "/test/goapp:v1"
+	imagestest.PushImage(t, ref, imagestest.StaticGoImage(t, "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"hello from the image\") }\n"))
+	s := newStore(t, Config{})
+	img, err := pullWait(t, s, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equalStrings(img.Entrypoint, []string{"/app"}) {
+		t.Errorf("entrypoint %q", img.Entrypoint)
+	}
+	disk, _ := s.RootDisk(img.Digest)
+	mnt := mountRO(t, disk, FormatExt4)
+	out, err := exec.Command(filepath.Join(mnt, "app")).Output()
+	if err != nil || string(out) != "hello from the image\n" {
+		t.Fatalf("run /app: %q, %v", out, err)
+	}
+}
+
+// TestDebianPython pulls the real distribution image and runs python3
+// from its root disk (chroot into the read-only mount).
+func TestDebianPython(t *testing.T) {
+	if testing.Short() {
+		t.Skip("pushes the Debian image")
+	}
+	reg := imagestest.StartRegistry(t)
+	ref := reg + "/test/debian:python3"
+	imagestest.PushImage(t, ref, imagestest.DebianPython(t))
+	s := newStore(t, Config{})
+	img, err := pullWait(t, s, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equalStrings(img.Cmd, []string{"/usr/bin/python3"}) {
+		t.Errorf("cmd %q", img.Cmd)
+	}
+	disk, _ := s.RootDisk(img.Digest)
+	mnt := mountRO(t, disk, FormatExt4)
+	out, err := exec.Command("chroot", mnt, "/usr/bin/python3", "-B", "-c",
+		"import os, sys; print(sys.version_info[:2] >= (3, 11), os.stat('/usr/bin/passwd').st_mode & 0o4000 != 0)").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "True True" {
+		t.Fatalf("python3 in the image: %q, %v", out, err)
 	}
 }
