@@ -33,9 +33,10 @@ var errEscape = fmt.Errorf("%w: tar entry escapes the image root", errdefs.ErrIn
 type flattener struct {
 	root string
 	buf  []byte
-	// written holds the paths (relative, resolved) created by the layer
-	// being applied: an opaque marker keeps them and removes the rest.
-	written map[string]bool
+	// touched holds the paths (relative, resolved) the layer being
+	// applied wrote, and all their ancestors: an opaque marker keeps
+	// those and removes the rest below it.
+	touched map[string]bool
 }
 
 func newFlattener(root string) *flattener {
@@ -127,7 +128,7 @@ func splitPath(p string) []string {
 
 // applyLayer reads one uncompressed layer tar and applies it.
 func (f *flattener) applyLayer(r io.Reader) error {
-	f.written = make(map[string]bool)
+	f.touched = make(map[string]bool)
 	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
@@ -170,7 +171,7 @@ func (f *flattener) applyEntry(h *tar.Header, r io.Reader) error {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	f.written[relPath] = true
+	f.touch(relPath)
 
 	switch h.Typeflag {
 	case tar.TypeDir:
@@ -282,19 +283,7 @@ func (f *flattener) whiteout(dir, base string) error {
 	}
 	pdir := filepath.Join(f.root, parent)
 	if base == whiteoutOpaque {
-		ents, err := os.ReadDir(pdir)
-		if err != nil {
-			return err
-		}
-		for _, e := range ents {
-			if f.written[path.Join(parent, e.Name())] {
-				continue
-			}
-			if err := os.RemoveAll(filepath.Join(pdir, e.Name())); err != nil {
-				return err
-			}
-		}
-		return nil
+		return f.prune(parent)
 	}
 	if strings.HasPrefix(base, whiteoutMeta) {
 		return nil // other AUFS metadata (.wh..wh.plnk, …): nothing to apply
@@ -306,6 +295,36 @@ func (f *flattener) whiteout(dir, base string) error {
 	err = os.RemoveAll(filepath.Join(pdir, victim))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
+	}
+	return nil
+}
+
+// touch records that the current layer wrote rel.
+func (f *flattener) touch(rel string) {
+	for p := rel; p != "." && p != "" && !f.touched[p]; p = path.Dir(p) {
+		f.touched[p] = true
+	}
+}
+
+// prune removes everything below dir (relative) that the current layer
+// did not write: the effect of an opaque marker on the layers beneath.
+func (f *flattener) prune(dir string) error {
+	ents, err := os.ReadDir(filepath.Join(f.root, dir))
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		child := path.Join(dir, e.Name())
+		switch {
+		case !f.touched[child]:
+			if err := os.RemoveAll(filepath.Join(f.root, child)); err != nil {
+				return err
+			}
+		case e.IsDir():
+			if err := f.prune(child); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

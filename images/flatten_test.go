@@ -30,6 +30,9 @@ func layeredImage(t testing.TB) v1.Image {
 		{Name: "opq/lower1", Body: []byte("l1")},
 		{Name: "opq/sub/", Type: tar.TypeDir},
 		{Name: "opq/sub/lower2", Body: []byte("l2")},
+		{Name: "opq2/", Type: tar.TypeDir},
+		{Name: "opq2/sub/", Type: tar.TypeDir},
+		{Name: "opq2/sub/lower", Body: []byte("hidden by the opaque parent")},
 		{Name: "data/", Type: tar.TypeDir, Mode: 0o750, UID: 1000, GID: 1001},
 		{Name: "data/orig", Body: []byte("hardlinked"), Mode: 0o640, UID: 1000, GID: 1001},
 		{Name: "data/replaced-dir/", Type: tar.TypeDir},
@@ -43,6 +46,8 @@ func layeredImage(t testing.TB) v1.Image {
 		{Name: "opq/.wh..wh..opq"},
 		{Name: "opq/new-after", Body: []byte("same layer, after the marker")},
 		{Name: "data/link", Type: tar.TypeLink, Linkname: "data/orig"},
+		{Name: "opq2/sub/upper", Body: []byte("same layer, no dir entry")},
+		{Name: "opq2/.wh..wh..opq"},
 		{Name: "data/replaced-dir", Body: []byte("now a file")},
 		{Name: "bin/", Type: tar.TypeDir},
 		{Name: "bin/suid", Body: []byte("#!/bin/sh\n"), Mode: 0o4755, UID: 0, GID: 50},
@@ -98,6 +103,10 @@ func checkTree(t *testing.T, root string) {
 	absent("opq/sub")
 	if got := dirNames(t, filepath.Join(root, "opq")); !reflect.DeepEqual(got, []string{"new-after", "new-before"}) {
 		t.Errorf("opq = %v, want [new-after new-before]", got)
+	}
+	absent("opq2/sub/lower")
+	if got := read("opq2/sub/upper"); got != "same layer, no dir entry" {
+		t.Errorf("opq2/sub/upper = %q", got)
 	}
 	a, b := lstat("data/orig"), lstat("data/link")
 	if a.Ino != b.Ino || a.Nlink != 2 {
