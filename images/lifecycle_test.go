@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -193,6 +194,28 @@ func TestEnsure(t *testing.T) {
 	}
 	if _, err := s.Ensure(ctx, reg+"/test/bb:nope", PullOptions{}); !errdefs.IsNotFound(err) {
 		t.Fatalf("Ensure of a missing tag = %v", err)
+	}
+	// By digest: the same image under a second, digest-pinned name.
+	byDigest := reg + "/test/bb@" + digest
+	img3, err := s.Ensure(ctx, byDigest, PullOptions{})
+	if err != nil || img3.Digest != digest || img3.Name != byDigest {
+		t.Fatalf("Ensure by digest = %+v, %v", img3, err)
+	}
+	list, err := s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, i := range list {
+		got = append(got, i.Name+" "+string(i.Status))
+	}
+	want := []string{reg + "/test/bb:nope failed", reg + "/test/bb:v1 ready", byDigest + " ready"}
+	sort.Strings(want)
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("List = %q, want %q", got, want)
+	}
+	if n := len(dirNames(t, filepath.Join(s.root, "blobs", "sha256"))); n != 1 {
+		t.Errorf("%d image directories for one digest", n)
 	}
 }
 
