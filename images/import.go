@@ -59,8 +59,11 @@ func (s *Store) Import(ctx context.Context, path, name string) (Image, error) {
 		return Image{}, fmt.Errorf("import %s: %w", path, err)
 	}
 	open := func(context.Context) (v1.Image, error) { return img, nil }
-	_, j, err := s.start(n, open, PullOptions{})
+	_, j, err := s.start(n, "import:"+path, open, PullOptions{})
 	if err != nil {
+		if cleanup != nil {
+			cleanup()
+		}
 		return Image{}, err
 	}
 	if cleanup != nil {

@@ -3,6 +3,7 @@ package images
 import (
 	"archive/tar"
 	"context"
+	"errors"
 	"io"
 	"math/rand"
 	"net/http"
@@ -468,4 +469,55 @@ func TestDebianPython(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(out)) != "True True" {
 		t.Fatalf("python3 in the image: %q, %v", out, err)
 	}
+}
+
+// TestJoinRunningPull: a second pull of a running name joins it with the
+// same credentials and is refused (ErrConflict) with others, as hypeman
+// does; once the first has failed, a new pull starts.
+func TestJoinRunningPull(t *testing.T) {
+	s := newStore(t, Config{})
+	release := make(chan struct{})
+	blocked := func(ctx context.Context) (v1.Image, error) {
+		<-release
+		return nil, errors.New("source gone")
+	}
+	alice, err := credentialKey(&authn.Basic{Username: "alice", Password: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob, _ := credentialKey(&authn.Basic{Username: "bob", Password: "b"})
+	n := "127.0.0.1:1/x/y:z"
+	_, j1, err := s.start(n, alice, blocked, PullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, j2, err := s.start(n, alice, blocked, PullOptions{})
+	if err != nil || j2 != j1 {
+		t.Fatalf("same credentials: job %p vs %p, %v", j2, j1, err)
+	}
+	if _, _, err := s.start(n, bob, blocked, PullOptions{}); !errdefs.IsConflict(err) {
+		t.Fatalf("other credentials: %v, want ErrConflict", err)
+	}
+	lp, err := layout.Write(t.TempDir(), empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lp.AppendImage(imagestest.BusyboxImage(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Import(context.Background(), string(lp), n); !errdefs.IsConflict(err) {
+		t.Fatalf("import onto a running pull: %v, want ErrConflict", err)
+	}
+	if err := s.Delete(context.Background(), n); !errdefs.IsConflict(err) {
+		t.Fatalf("Delete during a pull: %v, want ErrConflict", err)
+	}
+	close(release)
+	if _, err := s.Wait(context.Background(), n); err == nil || !strings.Contains(err.Error(), "source gone") {
+		t.Fatalf("Wait = %v", err)
+	}
+	_, j3, err := s.start(n, bob, func(context.Context) (v1.Image, error) { return nil, errors.New("again") }, PullOptions{})
+	if err != nil || j3 == j1 {
+		t.Fatalf("after failure: %v (new job %v)", err, j3 != j1)
+	}
+	<-j3.done
 }

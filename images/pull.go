@@ -2,6 +2,8 @@ package images
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,21 +46,48 @@ func (s *Store) Pull(ref string, opts PullOptions) (Image, error) {
 	open := func(ctx context.Context) (v1.Image, error) {
 		return remote.Image(r, remote.WithContext(ctx), remote.WithAuth(auth), remote.WithPlatform(*platform))
 	}
-	img, _, err := s.start(normalized(r), open, opts)
+	who, err := credentialKey(auth)
+	if err != nil {
+		return Image{}, fmt.Errorf("pull %s: credentials: %w: %v", ref, errdefs.ErrInvalidArgument, err)
+	}
+	img, _, err := s.start(normalized(r), who, open, opts)
 	return img, err
 }
 
-// start registers a job for name and runs it, unless one is running.
-func (s *Store) start(n string, open source, opts PullOptions) (Image, *job, error) {
+// credentialKey fingerprints credentials (never stored, only compared), so
+// a pull that joins a running one must bring the same credentials.
+func credentialKey(auth authn.Authenticator) (string, error) {
+	if auth == authn.Anonymous {
+		return "", nil
+	}
+	cfg, err := auth.Authorization()
+	if err != nil {
+		return "", err
+	}
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// start registers a job for name and runs it, unless one is running: then
+// that one is returned, or ErrConflict when it was started with other
+// credentials (who) or from another source.
+func (s *Store) start(n, who string, open source, opts PullOptions) (Image, *job, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ctx.Err() != nil {
 		return Image{}, nil, fmt.Errorf("pull %s: image store closed: %w", n, errdefs.ErrUnavailable)
 	}
 	if j, ok := s.jobs[n]; ok && j.img.Status != StatusFailed {
+		if j.who != who {
+			return Image{}, nil, fmt.Errorf("pull %s: a pull of it with other credentials or from another source is running: %w", n, errdefs.ErrConflict)
+		}
 		return s.snapshot(j), j, nil
 	}
-	j := &job{img: Image{Name: n, Status: StatusPending, CreatedAt: time.Now().UTC()}, done: make(chan struct{})}
+	j := &job{img: Image{Name: n, Status: StatusPending, CreatedAt: time.Now().UTC()}, who: who, done: make(chan struct{})}
 	s.jobs[n] = j
 	s.wg.Add(1)
 	go s.run(j, open, opts)
@@ -184,8 +213,8 @@ func (s *Store) convert(ctx context.Context, j *job, img v1.Image, cf *v1.Config
 	}
 	defer release()
 	digest := j.img.Digest
-	hex := strings.TrimPrefix(digest, "sha256:")
-	staging, err := os.MkdirTemp(filepath.Join(s.root, "tmp"), hex[:12]+"-")
+	short := strings.TrimPrefix(digest, "sha256:")[:12]
+	staging, err := os.MkdirTemp(filepath.Join(s.root, "tmp"), short+"-")
 	if err != nil {
 		return err
 	}

@@ -127,6 +127,7 @@ type Store struct {
 type job struct {
 	img    Image // guarded by Store.mu
 	ticket *ticket
+	who    string        // credential fingerprint or import source; see start
 	done   chan struct{} // closed when img is ready or failed
 }
 
