@@ -31,7 +31,8 @@
 // restarted daemon forgets them.
 //
 // A Pull of a name whose pull is running returns that pull (the same pull
-// requested twice at once is done once); two names resolving to the same
+// requested twice at once is done once), provided it brings the same
+// credentials: otherwise, as in hypeman, ErrConflict; two names resolving to the same
 // digest convert it once (the second waits, then only tags). Pulling a
 // ready name again re-resolves it: while that runs, Get shows the new pull.
 //
