@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/images/imagestest"
 )
 
@@ -65,35 +66,8 @@ func TestReconcileAfterKill(t *testing.T) {
 		imagestest.PushImage(t, reg+"/test/crash:pull", img)
 		layers, _ := img.Layers()
 		ld, _ := layers[0].Digest()
-		halfSent := make(chan struct{}, 1)
-		// A proxy that serves half of the layer, then stalls.
-		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			req, _ := http.NewRequestWithContext(r.Context(), r.Method, "http://"+reg+r.URL.RequestURI(), nil)
-			req.Header = r.Header.Clone()
-			resp, err := http.DefaultTransport.RoundTrip(req)
-			if err != nil {
-				w.WriteHeader(http.StatusBadGateway)
-				return
-			}
-			defer resp.Body.Close()
-			for k, v := range resp.Header {
-				w.Header()[k] = v
-			}
-			w.WriteHeader(resp.StatusCode)
-			if !strings.HasSuffix(r.URL.Path, "/blobs/"+ld.String()) || r.Method != http.MethodGet {
-				io.Copy(w, resp.Body)
-				return
-			}
-			io.CopyN(w, resp.Body, resp.ContentLength/2)
-			w.(http.Flusher).Flush()
-			select {
-			case halfSent <- struct{}{}:
-			default:
-			}
-			<-r.Context().Done()
-		}))
-		defer srv.Close()
-		ref := strings.TrimPrefix(srv.URL, "http://") + "/test/crash:pull"
+		proxy, halfSent := stallingProxy(t, reg, ld.String())
+		ref := proxy + "/test/crash:pull"
 		root := filepath.Join(t.TempDir(), "images")
 		cmd := startCrashHelper(t, root, ref)
 		select {
@@ -120,6 +94,44 @@ func TestReconcileAfterKill(t *testing.T) {
 		})
 		killAndCheckReopen(t, cmd, root, ref)
 	})
+}
+
+// stallingProxy fronts the registry reg on 127.0.0.1 and serves half of
+// the blob with digest, then stalls until the client goes away; halfSent
+// receives once half was sent. It returns the proxy's host:port.
+func stallingProxy(t *testing.T, reg, digest string) (string, <-chan struct{}) {
+	t.Helper()
+	halfSent := make(chan struct{}, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		req, _ := http.NewRequestWithContext(r.Context(), r.Method, "http://"+reg+r.URL.RequestURI(), nil)
+		req.Header = r.Header.Clone()
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		if !strings.HasSuffix(r.URL.Path, "/blobs/"+digest) || r.Method != http.MethodGet {
+			io.Copy(w, resp.Body)
+			return
+		}
+		io.CopyN(w, resp.Body, resp.ContentLength/2)
+		w.(http.Flusher).Flush()
+		select {
+		case halfSent <- struct{}{}:
+		default:
+		}
+		<-r.Context().Done()
+	}))
+	t.Cleanup(func() {
+		srv.CloseClientConnections()
+		srv.Close()
+	})
+	return strings.TrimPrefix(srv.URL, "http://"), halfSent
 }
 
 func killAndCheckReopen(t *testing.T, cmd *exec.Cmd, root, ref string) {
@@ -218,5 +230,60 @@ func TestOpenSweepsLeftovers(t *testing.T) {
 	img, err := s3.Get(ref)
 	if err != nil || img.Digest != good.Digest {
 		t.Errorf("good image after reopen: %+v, %v", img, err)
+	}
+}
+
+// TestQueuePositionAndClose: with one conversion slot, a second image
+// waits as pending with queue position 1 while the first is stalled
+// mid-download; Close cancels both and leaves no staging.
+func TestQueuePositionAndClose(t *testing.T) {
+	reg := imagestest.StartRegistry(t)
+	slow := imagestest.Image(t, v1Config(), randomLayer(t, 4<<20))
+	imagestest.PushImage(t, reg+"/test/slow:v1", slow)
+	imagestest.PushImage(t, reg+"/test/bb:v1", imagestest.BusyboxImage(t))
+	layers, _ := slow.Layers()
+	ld, _ := layers[0].Digest()
+	proxy, halfSent := stallingProxy(t, reg, ld.String())
+	root := filepath.Join(t.TempDir(), "images")
+	s, err := Open(Config{Root: root, MaxConversions: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, second := proxy+"/test/slow:v1", proxy+"/test/bb:v1"
+	if _, err := s.Pull(first, PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-halfSent:
+	case <-time.After(60 * time.Second):
+		t.Fatal("first pull never fetched its layer")
+	}
+	if _, err := s.Pull(second, PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		img, err := s.Get(second)
+		return err == nil && img.QueuePosition != nil
+	})
+	img, _ := s.Get(second)
+	if img.Status != StatusPending || *img.QueuePosition != 1 || img.Digest == "" {
+		t.Errorf("queued image = %+v (position %d)", img, *img.QueuePosition)
+	}
+	if got, _ := s.Get(first); got.Status != StatusPulling || got.Progress.BytesDone == 0 || got.QueuePosition != nil {
+		t.Errorf("stalled image = %+v", got)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{first, second} {
+		if img, _ := s.Get(ref); img.Status != StatusFailed || !strings.Contains(img.Error, "context canceled") {
+			t.Errorf("%s after Close: %+v", ref, img)
+		}
+	}
+	if got := dirNames(t, filepath.Join(root, "tmp")); len(got) != 0 {
+		t.Errorf("staging after Close: %v", got)
+	}
+	if _, err := s.Pull(first, PullOptions{}); !errdefs.IsUnavailable(err) {
+		t.Errorf("Pull after Close: %v, want ErrUnavailable", err)
 	}
 }

@@ -101,6 +101,10 @@ func (s *Store) run(j *job, open source, opts PullOptions) {
 	n := j.img.Name
 	start := time.Now()
 	err := s.pull(s.ctx, j, open, opts)
+	if err != nil && s.ctx.Err() != nil {
+		// Close interrupted it; the read error alone would hide that.
+		err = fmt.Errorf("%w: image store closed (%w): %w", errdefs.ErrUnavailable, s.ctx.Err(), err)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	j.ticket = nil
