@@ -2,7 +2,9 @@ package images
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"math/rand"
@@ -239,9 +241,12 @@ func TestImport(t *testing.T) {
 	if err := tarball.WriteToFile(dockerTar, tag, src); err != nil {
 		t.Fatal(err)
 	}
+	rawTar := filepath.Join(dir, "docker-raw.tar")
+	writeRawDockerSave(t, rawTar, "example.com/bb:raw")
 	cases := []struct {
 		name, path, as, want string
 	}{
+		{"docker save, uncompressed layers", rawTar, "", "example.com/bb:raw"},
 		{"oci layout dir", layoutDir, "", "example.com/bb:oci"},
 		{"oci archive", ociTar, "local/bb:renamed", "docker.io/local/bb:renamed"},
 		{"docker save", dockerTar, "", "example.com/bb:saved"},
@@ -256,7 +261,7 @@ func TestImport(t *testing.T) {
 			if img.Name != tc.want || img.Status != StatusReady || !equalStrings(img.Entrypoint, []string{"/bin/sh"}) {
 				t.Errorf("imported %+v", img)
 			}
-			if tc.name != "docker save" && img.Digest != digest.String() {
+			if !strings.HasPrefix(tc.name, "docker save") && img.Digest != digest.String() {
 				t.Errorf("digest %s, want %s", img.Digest, digest)
 			}
 			disk, err := s.RootDisk(img.Digest)
@@ -520,4 +525,50 @@ func TestJoinRunningPull(t *testing.T) {
 		t.Fatalf("after failure: %v (new job %v)", err, j3 != j1)
 	}
 	<-j3.done
+}
+
+// writeRawDockerSave writes what `docker save` writes: manifest.json, the
+// config, and uncompressed layer tars, for a busybox-like image.
+func writeRawDockerSave(t *testing.T, out, tag string) {
+	t.Helper()
+	bb, err := os.ReadFile(imagestest.BusyboxPath)
+	if err != nil {
+		t.Skip("needs busybox-static")
+	}
+	layer := imagestest.TarBytes(t, []imagestest.Entry{
+		{Name: "bin/", Type: tar.TypeDir},
+		{Name: "bin/busybox", Mode: 0o755, Body: bb},
+		{Name: "bin/sh", Type: tar.TypeSymlink, Linkname: "busybox"},
+	})
+	diffID, _, err := v1.SHA256(bytes.NewReader(layer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := json.Marshal(v1.ConfigFile{
+		Architecture: "amd64", OS: "linux",
+		Config: v1.Config{Entrypoint: []string{"/bin/sh"}},
+		RootFS: v1.RootFS{Type: "layers", DiffIDs: []v1.Hash{diffID}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest, _ := json.Marshal([]map[string]any{{"Config": "config.json", "RepoTags": []string{tag}, "Layers": []string{"l1/layer.tar"}}})
+	f, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tw := tar.NewWriter(f)
+	for _, e := range []struct {
+		name string
+		body []byte
+	}{{"config.json", cfg}, {"l1/layer.tar", layer}, {"manifest.json", manifest}} {
+		if err := tw.WriteHeader(&tar.Header{Name: e.name, Mode: 0o644, Size: int64(len(e.body)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(e.body)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
 }
