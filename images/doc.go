@@ -69,7 +69,8 @@
 // # Concurrency
 //
 // Store methods are safe for concurrent use. The Store owns one goroutine
-// per running pull; Close cancels them and waits. Lock order: Store.mu,
+// per running pull; Close cancels them (they end failed, ErrUnavailable,
+// their staging removed) and waits. Lock order: Store.mu,
 // then the queue's lock (leaf). Config.InUse is called with Store.mu held
 // and must not call back into the Store. One process at a time: Open takes
 // an flock on <root>/lock.
