@@ -17,8 +17,9 @@ fi
 # for the data directory and tests, lz4 for the guest kernel, cpio for a
 # test that reads our initramfs back with GNU cpio; e2fsprogs and
 # erofs-utils for image root disks and overlays; the CNI plugins (and the
-# iptables they run), nftables and iproute2 for VM networking.
-packages=(qemu-system-x86 qemu-utils busybox-static xfsprogs btrfs-progs lz4 cpio kmod ca-certificates curl e2fsprogs erofs-utils iproute2 containernetworking-plugins iptables nftables)
+# iptables they run), nftables and iproute2 for VM networking;
+# docker-registry, mmdebstrap and umoci for the image tests.
+packages=(qemu-system-x86 qemu-utils busybox-static xfsprogs btrfs-progs lz4 cpio kmod ca-certificates curl e2fsprogs erofs-utils iproute2 containernetworking-plugins iptables nftables docker-registry mmdebstrap umoci)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
