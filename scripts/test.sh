@@ -9,6 +9,13 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 export ZYGOTE_REQUIRE_VM_TESTS=1 ZYGOTE_REQUIRE_PRIVILEGED=1
 
+echo "==> go.mod/go.sum tidy" >&2
+# -diff changes nothing: it prints what `go mod tidy` would change and fails.
+if ! tidy_diff=$(go mod tidy -diff 2>&1); then
+	printf '%s\n' "$tidy_diff" >&2
+	echo "go.mod/go.sum are not tidy: run \`go mod tidy\` and commit the result" >&2
+	exit 1
+fi
 echo "==> go vet" >&2
 go vet ./...
 echo "==> layout: import rules" >&2
