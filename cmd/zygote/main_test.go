@@ -1,0 +1,52 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"testing"
+)
+
+// TestMain refuses to act as the zygote binary: a daemon under test that
+// starts `<this executable> pager` gets a process that exits at once,
+// which is what a pager binary that cannot run looks like.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "pager" {
+		fmt.Fprintln(os.Stderr, "this is the cmd/zygote test binary, not a pager")
+		os.Exit(3)
+	}
+	os.Exit(m.Run())
+}
+
+// TestRootAssemblesEveryVerb checks main's explicit list against the
+// verbs the CLI documents.
+func TestRootAssemblesEveryVerb(t *testing.T) {
+	want := []string{"serve", "pager", "kernel", "run", "ps", "inspect", "logs", "exec", "start", "stop",
+		"standby", "restore", "fork", "rm", "snapshot", "snapshot create", "snapshot ls", "snapshot inspect",
+		"snapshot rm", "snapshot fork", "snapshot restore"}
+	root := newRootCmd()
+	for _, path := range want {
+		t.Run(path, func(t *testing.T) {
+			args := append([]string{}, splitWords(path)...)
+			cmd, rest, err := root.Find(args)
+			if err != nil || len(rest) != 0 || cmd.CommandPath() != "zygote "+path {
+				t.Fatalf("zygote %s: found %q rest %q err %v", path, cmd.CommandPath(), rest, err)
+			}
+		})
+	}
+}
+
+func splitWords(s string) []string {
+	var out []string
+	word := ""
+	for _, r := range s + " " {
+		if r == ' ' {
+			if word != "" {
+				out = append(out, word)
+			}
+			word = ""
+			continue
+		}
+		word += string(r)
+	}
+	return out
+}
