@@ -36,7 +36,7 @@ type Config struct {
 	// boot asset: a hard link where it can (DESIGN invariant 1), else a
 	// reflink or a copy. dst does not exist.
 	ShareFile func(ctx context.Context, src, dst string) error
-	Logger   *slog.Logger
+	Logger    *slog.Logger
 }
 
 // Driver runs VMs with QEMU. It is safe for concurrent use.
