@@ -58,67 +58,60 @@ func checkSameContent(t *testing.T, src string, files []string) {
 	}
 }
 
-func TestShareAssetsSameFilesystem(t *testing.T) {
-	var logs bytes.Buffer
-	s := newAssetSharer(slog.New(slog.NewTextHandler(&logs, nil)))
-	root := t.TempDir()
-	src := writeAsset(t, filepath.Join(root))
-	files := shareInto(t, s, src, root, 2)
-	checkSameContent(t, src, files)
-	a, _ := os.Stat(files[0])
-	b, _ := os.Stat(files[1])
-	if !os.SameFile(a, b) {
-		t.Fatal("two instances' kernel files are different inodes; want one hard-linked immutable inode")
-	}
-	if fi, _ := os.Stat(src); fi.Mode().Perm() != 0o444 {
-		t.Errorf("cached asset mode %v, want read-only 0444", fi.Mode())
-	}
-	if n := strings.Count(logs.String(), "hard link"); n != 1 {
-		t.Errorf("logged the hard link %d times, want once:\n%s", n, logs.String())
-	}
-}
-
-// TestShareAssetsAcrossMounts: a cache on another mount of the same XFS
-// cannot be hard-linked (EXDEV) but can be reflinked.
-func TestShareAssetsAcrossMounts(t *testing.T) {
+// bindMountedXFS returns a cache directory on an XFS and a data directory
+// on another mount of the same XFS: a hard link between them fails with
+// EXDEV, a reflink works.
+func bindMountedXFS(t *testing.T) (cache, data string) {
 	xfs := testutil.SharedXFS(t)
-	cache, data := filepath.Join(xfs, "cache"), filepath.Join(t.TempDir(), "data")
-	for _, d := range []string{cache, data} {
+	cache, data = filepath.Join(xfs, "cache"), filepath.Join(t.TempDir(), "data")
+	dataOnXFS := filepath.Join(xfs, "data")
+	for _, d := range []string{cache, data, dataOnXFS} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
-	}
-	dataOnXFS := filepath.Join(xfs, "data")
-	if err := os.MkdirAll(dataOnXFS, 0o755); err != nil {
-		t.Fatal(err)
 	}
 	if err := unix.Mount(dataOnXFS, data, "", unix.MS_BIND, ""); err != nil {
 		t.Fatalf("bind mount: %v", err)
 	}
 	t.Cleanup(func() { unix.Unmount(data, unix.MNT_DETACH) })
-
-	var logs bytes.Buffer
-	s := newAssetSharer(slog.New(slog.NewTextHandler(&logs, nil)))
-	src := writeAsset(t, cache)
-	files := shareInto(t, s, src, data, 2)
-	checkSameContent(t, src, files)
-	if n := strings.Count(logs.String(), "by reflink"); n != 1 {
-		t.Errorf("want one log line about reflink, got:\n%s", logs.String())
-	}
+	return cache, data
 }
 
-// TestShareAssetsCopyLogsOnce: a cache on ext4 and instances on XFS
-// cannot share blocks at all; each instance gets a copy and the daemon
-// says so once, not once per create.
-func TestShareAssetsCopyLogsOnce(t *testing.T) {
-	cache := testutil.Ext4Dir(t)
-	data := testutil.SharedXFS(t)
-	var logs bytes.Buffer
-	s := newAssetSharer(slog.New(slog.NewTextHandler(&logs, nil)))
-	src := writeAsset(t, cache)
-	files := shareInto(t, s, src, data, 3)
-	checkSameContent(t, src, files)
-	if n := strings.Count(logs.String(), "level=WARN"); n != 1 {
-		t.Errorf("want exactly one warning for 3 copies, got:\n%s", logs.String())
+// TestShareAssets: instances share the cached guest assets by hard link
+// when the cache is on their filesystem, by reflink on another mount of
+// it, and get copies only as a last resort; each way is logged once per
+// daemon, not once per create.
+func TestShareAssets(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		dirs      func(t *testing.T) (cache, data string)
+		sameInode bool   // every instance's file is the cache's inode
+		logOnce   string // appears exactly once in the log
+	}{
+		{"same filesystem", func(t *testing.T) (string, string) { d := t.TempDir(); return d, d }, true, "by hard link"},
+		{"another mount of the filesystem", bindMountedXFS, false, "by reflink"},
+		{"another filesystem", func(t *testing.T) (string, string) { return testutil.Ext4Dir(t), testutil.SharedXFS(t) }, false, "level=WARN"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cache, data := tc.dirs(t)
+			var logs bytes.Buffer
+			s := newAssetSharer(slog.New(slog.NewTextHandler(&logs, nil)))
+			src := writeAsset(t, cache)
+			files := shareInto(t, s, src, data, 3)
+			checkSameContent(t, src, files)
+			if fi, _ := os.Stat(src); fi.Mode().Perm() != 0o444 {
+				t.Errorf("cached asset mode %v, want read-only 0444", fi.Mode())
+			}
+			srcInfo, _ := os.Stat(src)
+			for _, f := range files {
+				fi, _ := os.Stat(f)
+				if same := os.SameFile(srcInfo, fi); same != tc.sameInode {
+					t.Errorf("%s shares the cache's inode: %v, want %v", f, same, tc.sameInode)
+				}
+			}
+			if n := strings.Count(logs.String(), tc.logOnce); n != 1 {
+				t.Errorf("%q logged %d times for 3 instances, want once:\n%s", tc.logOnce, n, logs.String())
+			}
+		})
 	}
 }
