@@ -147,6 +147,7 @@ func (r *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 }
 
 func (s *Server) logged(next http.Handler) http.Handler {
+	next = limitBodies(next)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		begin := time.Now()
 		id := newRequestID()

@@ -9,8 +9,19 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 export ZYGOTE_REQUIRE_VM_TESTS=1 ZYGOTE_REQUIRE_PRIVILEGED=1
 
+echo "==> go.mod/go.sum tidy" >&2
+# -diff changes nothing: it prints what `go mod tidy` would change and fails.
+if ! tidy_diff=$(go mod tidy -diff 2>&1); then
+	printf '%s\n' "$tidy_diff" >&2
+	echo "go.mod/go.sum are not tidy: run \`go mod tidy\` and commit the result" >&2
+	exit 1
+fi
 echo "==> go vet" >&2
 go vet ./...
+echo "==> platform-neutral packages build and vet off Linux" >&2
+# The rest (instances, api, hypervisor/qemu, cmd) need internal/proc's
+# pidfds and are Linux-only by design.
+GOOS=darwin go vet ./errdefs/ ./store/... ./clone/... ./snapshots/ ./hypervisor/ ./uffd/... ./guest/agentproto/
 echo "==> layout: import rules" >&2
 go test -count=1 -run TestImportRules .
 echo "==> race detector on the concurrent packages" >&2

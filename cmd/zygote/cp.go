@@ -11,8 +11,6 @@ import (
 	"github.com/zygote/zygote/api/client"
 )
 
-func init() { subcommands = append(subcommands, newCpCmd) }
-
 // newCpCmd is `zygote cp`, docker cp's rules over the cp WebSocket.
 func newCpCmd() *cobra.Command {
 	var archive, followLinks, quiet bool

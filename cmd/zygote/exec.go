@@ -10,8 +10,6 @@ import (
 	"github.com/zygote/zygote/api/client"
 )
 
-func init() { subcommands = append(subcommands, newExecCmd, newLogsCmd) }
-
 // execFailed is the exit code when exec itself fails (as docker's 125),
 // so scripts can tell it from the command's own codes.
 const execFailed = 125

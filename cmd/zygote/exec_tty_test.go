@@ -22,17 +22,6 @@ import (
 	"github.com/zygote/zygote/instances/instancestest"
 )
 
-// TestMain lets a test run this binary as the real CLI: with
-// ZYGOTE_TEST_CLI=1 it is `zygote` with the remaining arguments.
-func TestMain(m *testing.M) {
-	if os.Getenv("ZYGOTE_TEST_CLI") == "1" {
-		os.Args = append([]string{"zygote"}, os.Args[1:]...)
-		main()
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
-
 type ptyOutput struct {
 	mu sync.Mutex
 	b  bytes.Buffer

@@ -11,11 +11,6 @@ import (
 	"github.com/zygote/zygote/api/client"
 )
 
-func init() {
-	subcommands = append(subcommands, newForkCmd)
-	snapshotSubcommands = append(snapshotSubcommands, newSnapshotForkCmd)
-}
-
 // forkFlags are shared by `fork` and `snapshot fork`.
 type forkFlags struct {
 	target string

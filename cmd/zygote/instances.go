@@ -15,11 +15,6 @@ import (
 	"github.com/zygote/zygote/api/client"
 )
 
-func init() {
-	subcommands = append(subcommands, newRunCmd, newPsCmd, newInspectCmd, newStartCmd, newStopCmd,
-		newStandbyCmd, newRestoreCmd, newRmCmd)
-}
-
 func randomName() string {
 	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
 	b := make([]byte, 4)

@@ -11,8 +11,6 @@ import (
 	"github.com/zygote/zygote/guest"
 )
 
-func init() { subcommands = append(subcommands, newKernelCmd) }
-
 // newKernelCmd manages the guest kernel cache. It works on the local cache
 // directory, not through the daemon: fetching needs apt, and the daemon
 // only reads the cache.

@@ -28,6 +28,7 @@ type exitCodeError struct{ code int }
 
 func (e exitCodeError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
+// newRootCmd assembles every verb, in the order `zygote help` lists them.
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "zygote",
@@ -35,12 +36,26 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	for _, newCmd := range subcommands {
-		root.AddCommand(newCmd())
-	}
+	root.AddCommand(
+		// the daemon and what it runs
+		newServeCmd(),
+		newPagerCmd(),
+		newKernelCmd(),
+		// instances
+		newRunCmd(),
+		newPsCmd(),
+		newInspectCmd(),
+		newLogsCmd(),
+		newExecCmd(),
+		newCpCmd(),
+		newStartCmd(),
+		newStopCmd(),
+		newStandbyCmd(),
+		newRestoreCmd(),
+		newForkCmd(),
+		newRmCmd(),
+		// snapshots
+		newSnapshotCmd(),
+	)
 	return root
 }
-
-// subcommands collects the verbs; each verb's file appends its constructor
-// in an init func, so verbs live in separate files without editing this one.
-var subcommands []func() *cobra.Command

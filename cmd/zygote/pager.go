@@ -14,8 +14,6 @@ import (
 	"github.com/zygote/zygote/uffd/pager"
 )
 
-func init() { subcommands = append(subcommands, newPagerCmd) }
-
 // newPagerCmd is `zygote pager`: the userfaultfd page server the daemon
 // supervises. Operators rarely run it by hand; see docs/pager.md.
 func newPagerCmd() *cobra.Command {

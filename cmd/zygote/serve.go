@@ -9,9 +9,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,19 +36,18 @@ import (
 	"github.com/zygote/zygote/uffd/pagerclient"
 )
 
-func init() { subcommands = append(subcommands, newServeCmd) }
-
 type serveConfig struct {
 	dataDir, socket, listen, tokenFile string
 	cacheDir, initBinary, accel        string
 	hypervisor, logLevel               string
 	reflinkStrict, pager, densify      bool
+	http                               httpTimeouts
 	logMaxSize                         string // per console.log / vmm.log file
 	logFiles                           int
 }
 
 func newServeCmd() *cobra.Command {
-	var cfg serveConfig
+	cfg := serveConfig{http: defaultHTTPTimeouts}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the zygote daemon",
@@ -55,7 +56,7 @@ with --listen, on TCP behind a bearer token. VMs outlive the daemon: a
 restarted daemon adopts them.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := signalContext()
+			ctx, cancel := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer cancel()
 			return serve(ctx, cfg)
 		},
@@ -71,7 +72,7 @@ restarted daemon adopts them.`,
 	f.StringVar(&cfg.hypervisor, "default-hypervisor", "qemu", "hypervisor for instances that do not name one: qemu or qemu-microvm")
 	f.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&cfg.densify, "densify", true, "after a standby, rewrite a memory file that fork-shared writes fragmented, in the background, so forks of it stay fast (costs disk: the file stops sharing blocks)")
-	f.BoolVar(&cfg.pager, "pager", true, "start and supervise the userfaultfd pager (zygote pager) for lazy restores; state in <data-dir>/pager")
+	f.BoolVar(&cfg.pager, "pager", false, "start and supervise the userfaultfd pager (zygote pager); off by default because no driver uses it yet (QEMU maps its memory file directly); state in <data-dir>/pager")
 	f.BoolVar(&cfg.reflinkStrict, "reflink-strict", false, "refuse the sparse-copy fallback: snapshots and forks fail unless reflink works (also env "+clone.EnvStrict+"=1)")
 	f.StringVar(&cfg.logMaxSize, "log-max-size", envOr("ZYGOTE_LOG_MAX_SIZE", "10MB"), "cap of each instance's console.log and vmm.log; at the cap a file is rotated to console.1.log (env ZYGOTE_LOG_MAX_SIZE)")
 	f.IntVar(&cfg.logFiles, "log-files", 2, "files kept per log, the live one included: an instance's logs use at most log-max-size × log-files each")
@@ -86,125 +87,205 @@ func newLogger(level string) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
 }
 
+// serve is the daemon: read the configuration, build the components,
+// serve until ctx ends or a listener fails, shut down.
 func serve(ctx context.Context, cfg serveConfig) error {
 	log, err := newLogger(cfg.logLevel)
 	if err != nil {
 		return err
 	}
 	slog.SetDefault(log)
-	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
-		return fmt.Errorf("data directory: %w", err)
-	}
-	envStrict, err := clone.StrictFromEnv()
+	d, err := buildDaemon(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	strict := cfg.reflinkStrict || envStrict
-	probe, err := clone.Probe(cfg.dataDir)
-	if err != nil {
-		return fmt.Errorf("probe reflink in %s: %w", cfg.dataDir, err)
-	}
-	log.Info(probe.String(), "reflink", probe.Reflink, "filesystem", probe.Filesystem, "strict", strict)
-	if strict && !probe.Reflink {
-		return fmt.Errorf("--reflink-strict: %s", probe)
-	}
+	defer d.close()
+	return d.run(ctx)
+}
 
+// daemon is the running components of `zygote serve`.
+type daemon struct {
+	cfg     serveConfig
+	log     *slog.Logger
+	servers []*http.Server
+	lns     []net.Listener
+	closers []func() // run newest first by close
+}
+
+// buildDaemon builds every component and opens the listeners; on error it
+// closes what it built.
+func buildDaemon(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *daemon, err error) {
+	d := &daemon{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	cloneOpts, err := openDataDir(cfg, log)
+	if err != nil {
+		return nil, err
+	}
 	st, err := store.Open(filepath.Join(cfg.dataDir, "db"))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer st.Close()
+	d.closers = append(d.closers, func() { st.Close() })
 
-	cloner := clone.New(clone.Options{Strict: strict, Logger: log})
-	copyFile := func(ctx context.Context, src, dst string) error {
-		_, err := cloner.File(ctx, src, dst)
-		return err
+	drivers, err := newDrivers(cfg, log)
+	if err != nil {
+		return nil, err
 	}
-	logMax, err := bytesize.Parse(cfg.logMaxSize)
-	if err != nil || logMax < 4096 || cfg.logFiles < 1 {
-		return fmt.Errorf("--log-max-size %q (at least 4KB) and --log-files %d (at least 1): %w", cfg.logMaxSize, cfg.logFiles, errors.Join(err, errdefs.ErrInvalidArgument))
-	}
-	logLimits := logfile.Limits{MaxBytes: logMax, Files: cfg.logFiles}
-	var drivers []hypervisor.Driver
-	for _, machine := range []string{"q35", "microvm"} {
-		d, err := qemu.New(qemu.Config{Machine: machine, Accel: cfg.accel, ProbeCacheDir: cfg.cacheDir, CopyFile: copyFile, LogLimits: logLimits, Logger: log})
-		if err != nil {
-			return err
-		}
-		drivers = append(drivers, d)
-	}
-
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m, err := instances.New(instances.Config{
-		DataDir: cfg.dataDir, Store: st, Drivers: drivers, DefaultHypervisor: cfg.hypervisor,
-		Assets:    assetResolver(cfg),
-		DialAgent: dialAgent(log),
-		Clone:     cloner,
-		NoDensify: !cfg.densify,
-		Metrics:   instances.NewMetrics(reg),
-		Logger:    log,
-	})
+	m, err := newManager(cfg, st, drivers, cloneOpts, reg, log)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// Not on the signal context: a reconcile cut short by ^C would take
 	// VMMs it could not attach to for dead ones.
 	if err := m.Reconcile(context.WithoutCancel(ctx)); err != nil {
 		log.Error("startup reconcile finished with errors", "err", err)
 	}
-	defer m.Close()
+	d.closers = append(d.closers, func() { m.Close() })
 
 	// Uncompressed: the pager's metrics are appended to the body.
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{DisableCompression: true})
 	if cfg.pager {
 		sup, err := startPager(ctx, cfg, m, log)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		defer sup.Close() // the pager, like the VMs, outlives a daemon restart
+		d.closers = append(d.closers, func() { sup.Close() }) // the pager, like the VMs, outlives a daemon restart
 		metrics = withPagerMetrics(metrics, sup.Client())
 	}
-	srv := api.NewServer(api.ServerConfig{Manager: m, Metrics: metrics, Logger: log})
-	var servers []*http.Server
-	errc := make(chan error, 2)
+	if err := d.listen(m, metrics); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
 
-	unixLn, err := listenUnix(cfg.socket)
+// openDataDir creates the data directory and checks that it can make the
+// copies the configuration asks for.
+func openDataDir(cfg serveConfig, log *slog.Logger) (clone.Options, error) {
+	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
+		return clone.Options{}, fmt.Errorf("data directory: %w", err)
+	}
+	envStrict, err := clone.StrictFromEnv()
+	if err != nil {
+		return clone.Options{}, err
+	}
+	strict := cfg.reflinkStrict || envStrict
+	probe, err := clone.Probe(cfg.dataDir)
+	if err != nil {
+		return clone.Options{}, fmt.Errorf("probe reflink in %s: %w", cfg.dataDir, err)
+	}
+	log.Info(probe.String(), "reflink", probe.Reflink, "filesystem", probe.Filesystem, "strict", strict)
+	if strict && !probe.Reflink {
+		return clone.Options{}, fmt.Errorf("--reflink-strict: %s", probe)
+	}
+	return clone.Options{Strict: strict, Logger: log}, nil
+}
+
+// newDrivers is the one place the hypervisor drivers are named.
+func newDrivers(cfg serveConfig, log *slog.Logger) ([]hypervisor.Driver, error) {
+	logMax, err := bytesize.Parse(cfg.logMaxSize)
+	if err != nil || logMax < 4096 || cfg.logFiles < 1 {
+		return nil, fmt.Errorf("--log-max-size %q (at least 4KB) and --log-files %d (at least 1): %w", cfg.logMaxSize, cfg.logFiles, errors.Join(err, errdefs.ErrInvalidArgument))
+	}
+	logLimits := logfile.Limits{MaxBytes: logMax, Files: cfg.logFiles}
+	share := newAssetSharer(log)
+	var drivers []hypervisor.Driver
+	for _, machine := range []string{"q35", "microvm"} {
+		d, err := qemu.New(qemu.Config{Machine: machine, Accel: cfg.accel, ProbeCacheDir: cfg.cacheDir, ShareFile: share.Share, LogLimits: logLimits, Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		drivers = append(drivers, d)
+	}
+	return drivers, nil
+}
+
+func newManager(cfg serveConfig, st *store.Store, drivers []hypervisor.Driver, cloneOpts clone.Options, reg *prometheus.Registry, log *slog.Logger) (*instances.Manager, error) {
+	return instances.New(instances.Config{
+		DataDir: cfg.dataDir, Store: st, Drivers: drivers, DefaultHypervisor: cfg.hypervisor,
+		Assets:    assetResolver(cfg),
+		DialAgent: dialAgent(log),
+		Clone:     clone.New(cloneOpts),
+		NoDensify: !cfg.densify,
+		Metrics:   instances.NewMetrics(reg),
+		Logger:    log,
+	})
+}
+
+// listen opens the unix socket and, with --listen, the TCP listener.
+func (d *daemon) listen(m *instances.Manager, metrics http.Handler) error {
+	unixLn, err := listenUnix(d.cfg.socket)
 	if err != nil {
 		return err
 	}
-	servers = append(servers, &http.Server{Handler: srv.Handler()})
-	go func() { errc <- servers[0].Serve(unixLn) }()
-	log.Info("zygote serving", "socket", cfg.socket, "data_dir", cfg.dataDir)
+	socket := d.cfg.socket
+	d.closers = append(d.closers, func() { os.Remove(socket) })
+	srv := api.NewServer(api.ServerConfig{Manager: m, Metrics: metrics, Logger: d.log})
+	d.add(unixLn, srv.Handler())
 
-	if cfg.listen != "" {
-		token, err := readToken(cfg.tokenFile)
-		if err != nil {
-			return err
-		}
-		tcpLn, err := net.Listen("tcp", cfg.listen)
-		if err != nil {
-			return err
-		}
-		tsrv := api.NewServer(api.ServerConfig{Manager: m, Metrics: metrics, Token: token, Logger: log})
-		servers = append(servers, &http.Server{Handler: tsrv.TokenHandler()})
-		go func() { errc <- servers[1].Serve(tcpLn) }()
-		log.Info("zygote serving on TCP (bearer token required)", "addr", tcpLn.Addr().String())
+	if d.cfg.listen == "" {
+		return nil
 	}
+	token, err := readToken(d.cfg.tokenFile)
+	if err != nil {
+		return err
+	}
+	tcpLn, err := net.Listen("tcp", d.cfg.listen)
+	if err != nil {
+		return err
+	}
+	tsrv := api.NewServer(api.ServerConfig{Manager: m, Metrics: metrics, Token: token, Logger: d.log})
+	d.add(tcpLn, tsrv.TokenHandler())
+	return nil
+}
 
+// add pairs a listener with a server; close closes listeners never served.
+func (d *daemon) add(ln net.Listener, h http.Handler) {
+	d.lns = append(d.lns, ln)
+	d.servers = append(d.servers, d.cfg.http.server(h))
+	d.closers = append(d.closers, func() { ln.Close() })
+}
+
+// run serves until ctx ends or a server fails, then shuts the servers
+// down. VMs keep running.
+func (d *daemon) run(ctx context.Context) error {
+	errc := make(chan error, len(d.servers))
+	for i, s := range d.servers {
+		go func() { errc <- s.Serve(d.lns[i]) }() // owner: run; Shutdown ends it
+		d.log.Info("zygote serving", "addr", d.lns[i].Addr().String(), "data_dir", d.cfg.dataDir)
+	}
+	var err error
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down; VMs keep running and are adopted by the next daemon")
-	case err := <-errc:
-		log.Error("server failed", "err", err)
+		d.log.Info("shutting down; VMs keep running and are adopted by the next daemon")
+	case err = <-errc:
+		d.log.Error("server failed", "err", err)
+		err = fmt.Errorf("serve: %w", err)
 	}
+	d.shutdown()
+	return err
+}
+
+func (d *daemon) shutdown() {
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for _, s := range servers {
-		s.Shutdown(sctx)
+	for _, s := range d.servers {
+		if err := s.Shutdown(sctx); err != nil {
+			d.log.Warn("shutdown", "err", err)
+		}
 	}
-	os.Remove(cfg.socket)
-	return nil
+}
+
+func (d *daemon) close() {
+	for i := len(d.closers) - 1; i >= 0; i-- {
+		d.closers[i]()
+	}
+	d.closers = nil
 }
 
 // assetResolver resolves the guest kernel and initramfs on first use and

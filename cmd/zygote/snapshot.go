@@ -14,21 +14,21 @@ import (
 	"github.com/zygote/zygote/internal/bytesize"
 )
 
-func init() { subcommands = append(subcommands, newSnapshotCmd) }
-
 func newSnapshotCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "snapshot",
 		Short: "Named, immutable, fully owned copies of instances",
 	}
-	for _, sub := range snapshotSubcommands {
-		cmd.AddCommand(sub())
-	}
+	cmd.AddCommand(
+		newSnapshotCreateCmd(),
+		newSnapshotLsCmd(),
+		newSnapshotInspectCmd(),
+		newSnapshotRmCmd(),
+		newSnapshotForkCmd(),
+		newSnapshotRestoreCmd(),
+	)
 	return cmd
 }
-
-// snapshotSubcommands are the `zygote snapshot` verbs; fork.go adds fork.
-var snapshotSubcommands = []func() *cobra.Command{newSnapshotCreateCmd, newSnapshotLsCmd, newSnapshotInspectCmd, newSnapshotRmCmd, newSnapshotRestoreCmd}
 
 func snapshotName(s api.Snapshot) string {
 	if s.Name != nil {

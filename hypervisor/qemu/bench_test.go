@@ -31,7 +31,7 @@ func BenchmarkConfinement(b *testing.B) {
 		return err
 	}
 	// Probe the accelerator once, outside the timings.
-	probe, err := qemu.New(qemu.Config{CopyFile: copyFile})
+	probe, err := qemu.New(qemu.Config{ShareFile: copyFile})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -43,8 +43,8 @@ func BenchmarkConfinement(b *testing.B) {
 		name string
 		cfg  qemu.Config
 	}{
-		{"unconfined (before)", qemu.Config{Accel: accel, Unconfined: true, CopyFile: copyFile}},
-		{"confined (after)", qemu.Config{Accel: accel, CopyFile: copyFile}},
+		{"unconfined (before)", qemu.Config{Accel: accel, Unconfined: true, ShareFile: copyFile}},
+		{"confined (after)", qemu.Config{Accel: accel, ShareFile: copyFile}},
 	}
 	ctx := context.Background()
 	type times struct{ boot, standby, restore []time.Duration }
@@ -116,7 +116,7 @@ func msOf(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Micr
 func BenchmarkRestorePageCache(b *testing.B) {
 	guesttest.QEMU(b)
 	assets := guesttest.Assets(b)
-	d, err := qemu.New(qemu.Config{CopyFile: func(ctx context.Context, src, dst string) error {
+	d, err := qemu.New(qemu.Config{ShareFile: func(ctx context.Context, src, dst string) error {
 		_, err := clone.File(ctx, src, dst, clone.Options{NoSync: true, Logger: slog.New(slog.DiscardHandler)})
 		return err
 	}})

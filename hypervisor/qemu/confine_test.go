@@ -97,7 +97,7 @@ func TestConfinedVMMAndCappedConsole(t *testing.T) {
 	assets := guesttest.Assets(t)
 	limits := logfile.Limits{MaxBytes: 64 << 10, Files: 2}
 	d, err := qemu.New(qemu.Config{
-		CopyFile: func(ctx context.Context, src, dst string) error {
+		ShareFile: func(ctx context.Context, src, dst string) error {
 			_, err := clone.File(ctx, src, dst, clone.Options{NoSync: true, Logger: slog.New(slog.DiscardHandler)})
 			return err
 		},

@@ -33,9 +33,10 @@ type Config struct {
 	Accel string
 	// ProbeCacheDir caches the KVM probe's verdict per host boot.
 	ProbeCacheDir string
-	// CopyFile copies a boot asset into an instance directory (the clone
-	// package's reflink-first copy).
-	CopyFile func(ctx context.Context, src, dst string) error
+	// ShareFile gives an instance directory its own link to an immutable
+	// boot asset: a hard link where it can (DESIGN invariant 1), else a
+	// reflink or a copy. dst does not exist.
+	ShareFile func(ctx context.Context, src, dst string) error
 	// Unconfined runs QEMU without its -sandbox seccomp filter and with
 	// the daemon's capabilities (debugging only; see confine.go).
 	Unconfined bool
@@ -76,8 +77,8 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.Machine != "q35" && cfg.Machine != "microvm" {
 		return nil, fmt.Errorf("qemu: unknown machine type %q (want q35 or microvm): %w", cfg.Machine, errdefs.ErrInvalidArgument)
 	}
-	if cfg.CopyFile == nil {
-		return nil, errors.New("qemu: Config.CopyFile is required")
+	if cfg.ShareFile == nil {
+		return nil, errors.New("qemu: Config.ShareFile is required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -110,7 +111,7 @@ func (d *Driver) Accelerator(ctx context.Context, kernel string) (string, error)
 	return d.chooseAccel(ctx, kernel)
 }
 
-// Boot copies the boot assets into spec.Dir (first boot only), starts QEMU
+// Boot shares the boot assets into spec.Dir (first boot only), starts QEMU
 // and returns once its QMP socket answers; the guest boots asynchronously.
 func (d *Driver) Boot(ctx context.Context, spec hypervisor.Spec, assets hypervisor.BootAssets) (hypervisor.VM, json.RawMessage, error) {
 	if err := validateSpec(spec); err != nil {
@@ -124,8 +125,8 @@ func (d *Driver) Boot(ctx context.Context, spec hypervisor.Spec, assets hypervis
 		if src == "" {
 			return nil, nil, fmt.Errorf("qemu boot %s: no %s given and none in the instance directory: %w", spec.ID, name, errdefs.ErrInvalidArgument)
 		}
-		if err := d.cfg.CopyFile(ctx, src, dst); err != nil {
-			return nil, nil, fmt.Errorf("qemu boot %s: copy %s: %w", spec.ID, name, err)
+		if err := d.cfg.ShareFile(ctx, src, dst); err != nil {
+			return nil, nil, fmt.Errorf("qemu boot %s: share %s: %w", spec.ID, name, err)
 		}
 	}
 	var st driverState

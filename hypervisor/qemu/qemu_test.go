@@ -22,7 +22,7 @@ func TestConformance(t *testing.T) {
 	guesttest.QEMU(t)
 	assets := guesttest.Assets(t)
 	d, err := qemu.New(qemu.Config{
-		CopyFile: func(ctx context.Context, src, dst string) error {
+		ShareFile: func(ctx context.Context, src, dst string) error {
 			_, err := clone.File(ctx, src, dst, clone.Options{NoSync: true, Logger: slog.New(slog.DiscardHandler)})
 			return err
 		},

@@ -178,7 +178,7 @@ func TestWorkloadFromDisks(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 
-	d, err := qemu.New(qemu.Config{CopyFile: func(ctx context.Context, src, dst string) error {
+	d, err := qemu.New(qemu.Config{ShareFile: func(ctx context.Context, src, dst string) error {
 		_, err := clone.File(ctx, src, dst, clone.Options{NoSync: true, Logger: slog.New(slog.DiscardHandler)})
 		return err
 	}})
@@ -505,7 +505,7 @@ func TestMicrovmDisksAndNIC(t *testing.T) {
 	assets := guesttest.Assets(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	d, err := qemu.New(qemu.Config{Machine: "microvm", CopyFile: func(ctx context.Context, src, dst string) error {
+	d, err := qemu.New(qemu.Config{Machine: "microvm", ShareFile: func(ctx context.Context, src, dst string) error {
 		_, err := clone.File(ctx, src, dst, clone.Options{NoSync: true, Logger: slog.New(slog.DiscardHandler)})
 		return err
 	}})
