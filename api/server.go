@@ -35,8 +35,17 @@ type ServerConfig struct {
 	// Metrics serves /metrics (a promhttp handler); nil leaves it out.
 	Metrics http.Handler
 	// Token, when set, is the bearer token the TCP handler requires.
-	Token  string
-	Logger *slog.Logger
+	Token string
+	// Images serves /images; nil answers those routes 501 not_supported.
+	Images ImageStore
+	// UploadDir stages archives POST /images/import receives (removed
+	// once converted); os.TempDir() when empty. Put it on a disk, not a
+	// tmpfs: archives are as large as images.
+	UploadDir string
+	// MaxImportBytes bounds an uploaded archive (413 past it);
+	// DefaultMaxImportBytes when zero.
+	MaxImportBytes int64
+	Logger         *slog.Logger
 }
 
 // Server is the HTTP API: it decodes requests, calls the manager, and
@@ -82,6 +91,7 @@ func (s *Server) routes() {
 	h("GET /instances/{id}/stat", s.statPath)
 	s.snapshotRoutes()
 	s.forkRoutes()
+	s.imageRoutes()
 	s.mux.HandleFunc("/", s.noRoute)
 }
 

@@ -188,3 +188,47 @@ type ForkSnapshotRequest struct {
 	Count            int    `json:"count,omitempty"`
 	NamePrefix       string `json:"name_prefix,omitempty"`
 }
+
+// PullImageRequest is POST /images.
+type PullImageRequest struct {
+	Name        string            `json:"name"`
+	Platform    string            `json:"platform,omitempty"`
+	Credentials *ImageCredentials `json:"credentials,omitempty"`
+	Tags        map[string]string `json:"tags,omitempty"`
+}
+
+// ImageCredentials authenticate one pull; they are never stored.
+type ImageCredentials struct {
+	Username      string `json:"username,omitempty"`
+	Password      string `json:"password,omitempty"`
+	RegistryToken string `json:"registry_token,omitempty"`
+}
+
+// Image is the image resource.
+type Image struct {
+	Name          string            `json:"name"`
+	Digest        string            `json:"digest"`
+	Status        string            `json:"status"`
+	QueuePosition *int              `json:"queue_position,omitempty"`
+	Error         *string           `json:"error,omitempty"`
+	SizeBytes     *int64            `json:"size_bytes,omitempty"`
+	Entrypoint    []string          `json:"entrypoint,omitempty"`
+	Cmd           []string          `json:"cmd,omitempty"`
+	Env           map[string]string `json:"env,omitempty"`
+	WorkingDir    *string           `json:"working_dir,omitempty"`
+	Platform      string            `json:"platform,omitempty"`
+	CreatedAt     time.Time         `json:"created_at"`
+	// Extensions.
+	Format   string         `json:"format,omitempty"`
+	User     string         `json:"user,omitempty"`
+	Progress *ImageProgress `json:"progress,omitempty"`
+}
+
+// ImageProgress (extension) counts a running pull's work: layers applied
+// and compressed bytes read.
+type ImageProgress struct {
+	LayersDone  int   `json:"layers_done"`
+	LayersTotal int   `json:"layers_total"`
+	BytesDone   int64 `json:"bytes_done"`
+	BytesTotal  int64 `json:"bytes_total"`
+}
