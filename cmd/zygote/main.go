@@ -56,6 +56,10 @@ func newRootCmd() *cobra.Command {
 		newRmCmd(),
 		// snapshots
 		newSnapshotCmd(),
+		// images
+		newPullCmd(),
+		newImagesCmd(),
+		newImageCmd(),
 	)
 	return root
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/zygote/zygote/guest/agent"
 	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/hypervisor/qemu"
+	"github.com/zygote/zygote/images"
 	"github.com/zygote/zygote/instances"
 	"github.com/zygote/zygote/internal/bytesize"
 	"github.com/zygote/zygote/internal/logfile"
@@ -44,6 +45,7 @@ type serveConfig struct {
 	http                               httpTimeouts
 	logMaxSize                         string // per console.log / vmm.log file
 	logFiles                           int
+	images                             imageFlags
 }
 
 func newServeCmd() *cobra.Command {
@@ -76,6 +78,7 @@ restarted daemon adopts them.`,
 	f.BoolVar(&cfg.reflinkStrict, "reflink-strict", false, "refuse the sparse-copy fallback: snapshots and forks fail unless reflink works (also env "+clone.EnvStrict+"=1)")
 	f.StringVar(&cfg.logMaxSize, "log-max-size", envOr("ZYGOTE_LOG_MAX_SIZE", "10MB"), "cap of each instance's console.log and vmm.log; at the cap a file is rotated to console.1.log (env ZYGOTE_LOG_MAX_SIZE)")
 	f.IntVar(&cfg.logFiles, "log-files", 2, "files kept per log, the live one included: an instance's logs use at most log-max-size × log-files each")
+	addImageFlags(cmd, &cfg.images)
 	return cmd
 }
 
@@ -107,6 +110,7 @@ func serve(ctx context.Context, cfg serveConfig) error {
 type daemon struct {
 	cfg     serveConfig
 	log     *slog.Logger
+	images  *images.Store
 	servers []*http.Server
 	lns     []net.Listener
 	closers []func() // run newest first by close
@@ -130,6 +134,12 @@ func buildDaemon(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *dae
 		return nil, err
 	}
 	d.closers = append(d.closers, func() { st.Close() })
+	imgs, imgUsers, err := newImageStore(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	d.images = imgs
+	d.closers = append(d.closers, func() { imgs.Close() }) // after the manager's Close: closers run newest first
 
 	drivers, err := newDrivers(cfg, log)
 	if err != nil {
@@ -147,6 +157,7 @@ func buildDaemon(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *dae
 		log.Error("startup reconcile finished with errors", "err", err)
 	}
 	d.closers = append(d.closers, func() { m.Close() })
+	imgUsers.attach(m)
 
 	// Uncompressed: the pager's metrics are appended to the body.
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{DisableCompression: true})
@@ -225,7 +236,7 @@ func (d *daemon) listen(m *instances.Manager, metrics http.Handler) error {
 	}
 	socket := d.cfg.socket
 	d.closers = append(d.closers, func() { os.Remove(socket) })
-	srv := api.NewServer(api.ServerConfig{Manager: m, Metrics: metrics, Logger: d.log})
+	srv := api.NewServer(api.ServerConfig{Manager: m, Metrics: metrics, Images: d.images, UploadDir: uploadsDir(d.cfg), Logger: d.log})
 	d.add(unixLn, srv.Handler())
 
 	if d.cfg.listen == "" {
@@ -239,7 +250,7 @@ func (d *daemon) listen(m *instances.Manager, metrics http.Handler) error {
 	if err != nil {
 		return err
 	}
-	tsrv := api.NewServer(api.ServerConfig{Manager: m, Metrics: metrics, Token: token, Logger: d.log})
+	tsrv := api.NewServer(api.ServerConfig{Manager: m, Metrics: metrics, Images: d.images, UploadDir: uploadsDir(d.cfg), Token: token, Logger: d.log})
 	d.add(tcpLn, tsrv.TokenHandler())
 	return nil
 }
