@@ -230,7 +230,7 @@ func newImageLsCmd() *cobra.Command {
 	var asJSON, quiet bool
 	cmd := &cobra.Command{
 		Use:   "ls",
-		Short: "List images: ready ones, and pulls running or failed",
+		Short: "List images: ready ones, and pulls running or failed (`image inspect` says why one failed)",
 		Args:  cobra.NoArgs,
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the images as JSON")
@@ -252,22 +252,10 @@ func newImageLsCmd() *cobra.Command {
 		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "NAME\tSTATUS\tDIGEST\tSIZE\tCREATED")
 		for _, img := range list {
-			status := img.Status
-			if img.Status == "failed" && img.Error != nil {
-				status += ": " + firstLine(*img.Error, 60)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Name, status, shortDigest(img.Digest), imageSize(img), age(img.CreatedAt))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Name, img.Status, shortDigest(img.Digest), imageSize(img), age(img.CreatedAt))
 		}
 		return tw.Flush()
 	})
-}
-
-func firstLine(s string, n int) string {
-	s, _, _ = strings.Cut(s, "\n")
-	if len(s) > n {
-		s = s[:n-1] + "…"
-	}
-	return s
 }
 
 func newImageInspectCmd() *cobra.Command {
