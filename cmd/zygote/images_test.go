@@ -317,4 +317,3 @@ func TestImageVerbs(t *testing.T) {
 		t.Errorf("inspect removed: %v %q", err, stderr)
 	}
 }
-
