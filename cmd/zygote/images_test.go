@@ -317,3 +317,34 @@ func TestImageVerbs(t *testing.T) {
 		t.Errorf("inspect removed: %v %q", err, stderr)
 	}
 }
+
+func TestProgressRendering(t *testing.T) {
+	two, size := 2, int64(12<<20)
+	for _, tc := range []struct {
+		img       api.Image
+		line, bar string
+	}{
+		{img: api.Image{Name: "a", Status: "pending", QueuePosition: &two, Progress: &api.ImageProgress{}},
+			line: "a: pending, queue position 2", bar: "a  pending    [>                       ]   0%  0 B / 0 B  layers 0/0  queue 2"},
+		{img: api.Image{Name: "a", Status: "pulling", Progress: &api.ImageProgress{LayersDone: 1, LayersTotal: 2, BytesDone: 3 << 20, BytesTotal: 4 << 20}},
+			line: "a: pulling, layers 1/2, 3.0 MB of 4.0 MB", bar: "a  pulling    [==================>     ]  75%  3.0 MB / 4.0 MB  layers 1/2"},
+		{img: api.Image{Name: "a", Status: "converting", Progress: &api.ImageProgress{LayersDone: 2, LayersTotal: 2, BytesDone: 4 << 20, BytesTotal: 4 << 20}},
+			line: "a: converting", bar: "a  converting [========================] 100%  4.0 MB / 4.0 MB  layers 2/2"},
+		{img: api.Image{Name: "a", Status: "ready", SizeBytes: &size},
+			line: "a: ready, 12.0 MB", bar: "a  ready      [========================] 100%  0 B / 0 B  layers 0/0"},
+	} {
+		if got := progressLine(tc.img); got != tc.line {
+			t.Errorf("progressLine(%s) = %q, want %q", tc.img.Status, got, tc.line)
+		}
+		if got := progressBar(tc.img); got != tc.bar {
+			t.Errorf("progressBar(%s) = %q, want %q", tc.img.Status, got, tc.bar)
+		}
+	}
+	// Plain lines come per layer, not per byte.
+	a := api.Image{Status: "pulling", Progress: &api.ImageProgress{LayersDone: 1, LayersTotal: 2, BytesDone: 10}}
+	b := api.Image{Status: "pulling", Progress: &api.ImageProgress{LayersDone: 1, LayersTotal: 2, BytesDone: 20}}
+	c := api.Image{Status: "pulling", Progress: &api.ImageProgress{LayersDone: 2, LayersTotal: 2, BytesDone: 20}}
+	if progressKey(a) != progressKey(b) || progressKey(b) == progressKey(c) {
+		t.Errorf("progress keys: %q %q %q", progressKey(a), progressKey(b), progressKey(c))
+	}
+}
