@@ -40,13 +40,16 @@ func (m *Manager) restore(ctx context.Context, inst *store.Instance) error {
 	crashpoint.Hit(crashpoint.RestoreLoaded)
 	inst.State, inst.VMM, inst.CacheKey = store.Running, vmmRecord(vm), ""
 	inst.RestorePending = true
+	// The runtime is attached before the commit, so no client ever sees a
+	// Running record without its VMM handle (Unknown).
+	rt := m.attachRuntime(*inst, vm, restoreNotice(*inst))
 	if err := m.commit(*inst, intent.ID); err != nil {
 		// The state file is consumed and the guest has run: the image is
 		// gone. The intent stays, so the reconcile records what remains.
+		m.dropRuntime(rt)
 		vm.Quit(context.WithoutCancel(ctx))
 		return fmt.Errorf("record the restore: %w", err)
 	}
-	rt := m.attachRuntime(*inst, vm, restoreNotice(*inst))
 	return m.awaitRestored(ctx, inst, rt)
 }
 

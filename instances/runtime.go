@@ -82,6 +82,15 @@ func (m *Manager) attachRuntime(inst store.Instance, vm hypervisor.VM, restored 
 	return rt
 }
 
+// dropRuntime detaches rt and forgets it: the operation that attached it
+// failed before recording the VM.
+func (m *Manager) dropRuntime(rt *runtime) {
+	rt.detach()
+	if m.runtimeOf(rt.id) == rt {
+		m.setRuntime(rt.id, nil)
+	}
+}
+
 // detach stops the watcher and closes the agent connection, so the VMM can
 // be stopped on purpose without the watcher recording it as a crash.
 func (rt *runtime) detach() {
