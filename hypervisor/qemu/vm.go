@@ -31,6 +31,9 @@ type vm struct {
 	stopWatch context.CancelFunc // adopted VMMs only: stops the pidfd watcher
 	log       *slog.Logger
 	saved     atomic.Bool // SaveState succeeded: Quit evicts the memory file's page cache
+	// shared: the guest RAM is a private mapping of a (maybe shared)
+	// memory file (sharing.go).
+	shared bool
 }
 
 func (v *vm) Process() hypervisor.Process { return v.proc }
@@ -83,12 +86,16 @@ type migrateInfo struct {
 	ErrorDesc string `json:"error-desc"`
 }
 
-func (v *vm) ignoreShared(ctx context.Context) error {
+func (v *vm) ignoreShared(ctx context.Context, on bool) error {
 	// x-ignore-shared: RAM in a shared file-backed region is not streamed;
 	// the memory file already is the RAM, so the state file stays small
-	// (tens to hundreds of KB) whatever the guest's size.
+	// (tens to hundreds of KB) whatever the guest's size. A VM on a
+	// private mapping (sharing.go) streams its RAM, with the capability
+	// off: the stream's format depends on it, and a loader with it on
+	// refuses RAM pages for a shared mapping, which an owning restore of
+	// a sharing VM's state needs to write into its own memory file.
 	return v.qmp.execute(ctx, "migrate-set-capabilities", map[string]any{
-		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}},
+		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": on}},
 	}, nil)
 }
 
@@ -105,7 +112,7 @@ func (v *vm) SaveState(ctx context.Context) (hypervisor.SaveStats, error) {
 	if st.Running {
 		return stats, fmt.Errorf("qemu %s: save state of a running VM (pause it first): %w", v.spec.ID, errdefs.ErrInvalidState)
 	}
-	if err := v.ignoreShared(ctx); err != nil {
+	if err := v.ignoreShared(ctx, !v.shared); err != nil {
 		return stats, err
 	}
 	// Named like the clone package's temporaries, so copies skip it and the
@@ -139,6 +146,10 @@ func (v *vm) SaveState(ctx context.Context) (hypervisor.SaveStats, error) {
 	// into a machine whose disks differ in mode (or a NIC in MAC) without
 	// complaint, so Restore checks it.
 	if err := writeFileSync(filepath.Join(v.spec.Dir, devicesFile), []byte(hypervisor.DeviceSignature(v.spec))); err != nil {
+		return stats, diskFull(err)
+	}
+	// Whether the stream carries RAM, which decides how it loads.
+	if err := markStateRAM(v.spec.Dir, v.shared); err != nil {
 		return stats, diskFull(err)
 	}
 	if err := os.Rename(tmp, filepath.Join(v.spec.Dir, stateFile)); err != nil {
@@ -180,7 +191,7 @@ func (v *vm) waitMigration(ctx context.Context) error {
 // loadState runs the incoming migration from stateFD and waits until the
 // machine is loaded and paused.
 func (v *vm) loadState(ctx context.Context) error {
-	if err := v.ignoreShared(ctx); err != nil {
+	if err := v.ignoreShared(ctx, !stateHasRAM(v.spec.Dir)); err != nil {
 		return err
 	}
 	if err := v.qmp.execute(ctx, "migrate-incoming", map[string]any{"uri": fmt.Sprintf("fd:%d", stateFD(v.spec))}, nil); err != nil {
@@ -232,7 +243,9 @@ func (v *vm) Quit(ctx context.Context) error {
 	case <-ctx.Done():
 		v.kill()
 	}
-	if v.saved.Load() && !v.drv.keepPageCache {
+	// Never the shared file of a sharing VM: its page cache is what the
+	// other forks map.
+	if v.saved.Load() && !v.drv.keepPageCache && !v.shared {
 		evictPageCache(filepath.Join(v.spec.Dir, memoryFile), v.log)
 	}
 	v.Close()
