@@ -32,6 +32,14 @@ func (m *Manager) restore(ctx context.Context, inst *store.Instance) error {
 	if err := m.putIntent(intent); err != nil {
 		return err
 	}
+	// An owning instance may hold a link shared with sharing forks (it was
+	// parked when they were forked): it breaks it before its restore maps
+	// the file writable (sharing.go).
+	if err := m.ownMemory(ctx, *inst); err != nil {
+		m.dropIntent(intent.ID)
+		return err
+	}
+	crashpoint.Hit(crashpoint.RestoreOwned)
 	vm, err := d.Restore(ctx, m.specOf(*inst))
 	if err != nil {
 		m.dropIntent(intent.ID)
@@ -80,7 +88,9 @@ func randomBytes(n int) []byte {
 }
 
 // reconcileRestore is the crash rule of a restore: a state file still
-// there means the restore never loaded it (stay Standby, kill any VMM);
+// there means the restore never loaded it (stay Standby, kill any VMM;
+// a link broken meanwhile left an own, identical memory file, or the
+// link, plus at most a temporary the sweep removes);
 // else a live VMM is adopted (Running, the guest told of the restore);
 // else the instance is Stopped.
 func (m *Manager) reconcileRestore(ctx context.Context, inst store.Instance, d hypervisor.Driver) error {
