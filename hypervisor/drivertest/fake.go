@@ -51,6 +51,9 @@ type Fake struct {
 	// FailNext makes the next call of the named method ("Boot", "Restore",
 	// "SaveState", "Pause") fail once, for error-path tests.
 	failNext map[string]error
+	// sharedWrites counts in-place writes into a memory file with more
+	// than one link (SharedWrites): what must never happen.
+	sharedWrites atomic.Int64
 }
 
 // NewFake returns an empty fake driver.
@@ -316,6 +319,9 @@ func (v *FakeVM) GuestWrite(off int64, data []byte) error {
 	}
 	if v.shared {
 		return v.writePrivate(off, data)
+	}
+	if err := v.auditInPlace(); err != nil {
+		return err
 	}
 	_, err := v.mem.WriteAt(data, off)
 	return err

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -187,6 +188,9 @@ func (v *FakeVM) loadDelta(delta map[int64][]byte) error {
 			v.overlay[off] = p
 			continue
 		}
+		if err := v.auditInPlace(); err != nil {
+			return err
+		}
 		if _, err := v.mem.WriteAt(p, off); err != nil {
 			return err
 		}
@@ -219,4 +223,54 @@ func decodeDelta(raw []byte) (map[int64][]byte, error) {
 		raw = raw[8+fakePage:]
 	}
 	return out, nil
+}
+
+// SharedWrites is how many in-place writes into a memory file with more
+// than one link the fake was asked to make (and refused): any is a bug in
+// the caller, which let a VM write a file others share.
+func (f *Fake) SharedWrites() int64 { return f.sharedWrites.Load() }
+
+// auditInPlace refuses an in-place write into the memory file while it has
+// more than one link. Callers hold v.mu.
+func (v *FakeVM) auditInPlace() error {
+	fi, err := v.mem.Stat()
+	if err != nil {
+		return err
+	}
+	if n := fi.Sys().(*syscall.Stat_t).Nlink; n > 1 {
+		v.f.sharedWrites.Add(1)
+		return fmt.Errorf("fake VM %s: an in-place write into a memory file with %d links: %w", v.spec.ID, n, errdefs.ErrInvalidState)
+	}
+	return nil
+}
+
+// ParkedMemory reads n bytes at off of the guest memory a parked
+// directory restores to: its memory file with the pages its state file
+// carries (a sharing VM's own writes) laid over it.
+func ParkedMemory(dir string, off int64, n int) ([]byte, error) {
+	buf := make([]byte, n)
+	mem, err := os.Open(filepath.Join(dir, MemoryFile))
+	if err != nil {
+		return nil, err
+	}
+	defer mem.Close()
+	if _, err := mem.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, StateFile))
+	if err != nil {
+		return buf, nil // no state: the file is all there is
+	}
+	_, deltaRaw, _ := strings.Cut(string(raw), deltaMarker)
+	delta, err := decodeDelta([]byte(deltaRaw))
+	if err != nil {
+		return nil, err
+	}
+	for i := range buf {
+		pos := off + int64(i)
+		if p, ok := delta[pos&^(fakePage-1)]; ok {
+			buf[i] = p[pos&(fakePage-1)]
+		}
+	}
+	return buf, nil
 }
