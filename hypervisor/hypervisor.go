@@ -85,6 +85,9 @@ type Process struct {
 type SaveStats struct {
 	StateBytes int64
 	Duration   time.Duration
+	// DirtyBytes is, for a VM running with Spec.SharedMemory, the guest
+	// RAM the state file carries: the pages the guest wrote.
+	DirtyBytes int64
 }
 
 // Driver launches VMs.

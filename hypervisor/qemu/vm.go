@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -124,13 +125,13 @@ func (v *vm) SaveState(ctx context.Context) (hypervisor.SaveStats, error) {
 	}
 	defer os.Remove(tmp) // no-op after the rename
 	defer f.Close()
-	if err := v.qmp.executeWithFD(ctx, "getfd", map[string]any{"fdname": "zygote-state"}, int(f.Fd()), nil); err != nil {
-		return stats, err
-	}
-	if err := v.qmp.execute(ctx, "migrate", map[string]any{"uri": "fd:zygote-state"}, nil); err != nil {
-		return stats, err
-	}
-	if err := v.waitMigration(ctx); err != nil {
+	if v.shared {
+		// The stream carries RAM: it goes through the filter that keeps
+		// only the guest's own pages (ramfilter.go).
+		if err := v.migrateFiltered(ctx, f, &stats); err != nil {
+			return stats, fmt.Errorf("qemu %s: save state: %w", v.spec.ID, diskFull(err))
+		}
+	} else if err := v.migrateTo(ctx, f); err != nil {
 		return stats, fmt.Errorf("qemu %s: save state: %w", v.spec.ID, diskFull(err))
 	}
 	if err := f.Sync(); err != nil {
@@ -164,6 +165,65 @@ func (v *vm) SaveState(ctx context.Context) (hypervisor.SaveStats, error) {
 	stats.Duration = time.Since(begin)
 	v.saved.Store(true)
 	return stats, nil
+}
+
+// migrateTo streams the migration into the file (or pipe) f.
+func (v *vm) migrateTo(ctx context.Context, f *os.File) error {
+	if err := v.qmp.executeWithFD(ctx, "getfd", map[string]any{"fdname": "zygote-state"}, int(f.Fd()), nil); err != nil {
+		return err
+	}
+	if err := v.qmp.execute(ctx, "migrate", map[string]any{"uri": "fd:zygote-state"}, nil); err != nil {
+		return err
+	}
+	return v.waitMigration(ctx)
+}
+
+// migrateFiltered streams the migration of a sharing VM through a pipe and
+// the RAM filter into out: only the pages the guest wrote (its anonymous
+// copies, read from the paused VMM's page map) stay in the stream.
+func (v *vm) migrateFiltered(ctx context.Context, out *os.File, stats *hypervisor.SaveStats) error {
+	keep, dirtyBytes, err := dirtyPages(v.proc.PID, filepath.Join(v.spec.Dir, memoryFile))
+	if err != nil {
+		return fmt.Errorf("scan the guest's own pages: %w", err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer pr.Close()
+	type result struct {
+		f   *ramFilter
+		err error
+	}
+	done := make(chan result, 1)
+	go func() { // owner: migrateFiltered, which waits for it
+		f, err := filterRAM(out, pr, keep)
+		if err != nil {
+			io.Copy(io.Discard, pr) // never leave QEMU blocked on a full pipe
+		}
+		done <- result{f, err}
+	}()
+	err = v.migrateTo(ctx, pw)
+	pw.Close() // QEMU holds its own copy, closed when the migration ends
+	if err != nil {
+		pr.Close()
+		<-done
+		return err
+	}
+	var res result
+	select {
+	case res = <-done:
+	case <-time.After(30 * time.Second):
+		pr.Close()
+		<-done
+		return errors.New("the migration completed but its stream did not end")
+	}
+	if res.err != nil {
+		return fmt.Errorf("filter the migration stream: %w", res.err)
+	}
+	v.log.Debug("sharing VM saved its own pages", "dirty_bytes", dirtyBytes, "pages_kept", res.f.Kept, "pages_dropped", res.f.Dropped)
+	stats.DirtyBytes = res.f.Kept * guestPage
+	return nil
 }
 
 func (v *vm) waitMigration(ctx context.Context) error {
