@@ -175,4 +175,3 @@ func BenchmarkForkDensity(b *testing.B) {
 		b.ReportMetric(float64(res[false].sum.pss)/(1<<20), "owned-pss-MiB")
 	}
 }
-
