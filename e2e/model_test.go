@@ -92,8 +92,8 @@ func (w *apiWorld) Start(ctx context.Context, name string) error {
 	return w.running(name)
 }
 
-func (w *apiWorld) Fork(ctx context.Context, src, name, target string) (string, error) {
-	in, err := w.c().ForkInstance(ctx, src, api.ForkInstanceRequest{Name: name, FromRunning: true, TargetState: target})
+func (w *apiWorld) Fork(ctx context.Context, src, name, target, memory string) (string, error) {
+	in, err := w.c().ForkInstance(ctx, src, api.ForkInstanceRequest{Name: name, FromRunning: true, TargetState: target, Memory: memory})
 	if err == nil && target == "Running" {
 		err = w.running(name)
 	}
@@ -105,8 +105,8 @@ func (w *apiWorld) Snapshot(ctx context.Context, src, kind string) (string, erro
 	return s.ID, err
 }
 
-func (w *apiWorld) ForkSnapshot(ctx context.Context, id, name string) (string, error) {
-	in, err := w.c().ForkSnapshot(ctx, id, api.ForkSnapshotRequest{Name: name})
+func (w *apiWorld) ForkSnapshot(ctx context.Context, id, name, memory string) (string, error) {
+	in, err := w.c().ForkSnapshot(ctx, id, api.ForkSnapshotRequest{Name: name, Memory: memory})
 	if err == nil && in.State != "Stopped" {
 		err = w.running(name)
 	}
