@@ -178,6 +178,23 @@ type MemorySharer interface {
 	MemoryLinks(dir string) (group string, links int, err error)
 }
 
+// MemoryUsage is what a running VM's guest RAM costs the host now.
+type MemoryUsage struct {
+	// SharedBytes is resident guest RAM read from a memory file other VMs
+	// may map too (the page cache of a shared file: a VM running with
+	// Spec.SharedMemory).
+	SharedBytes int64
+	// PrivateBytes is resident guest RAM only this VM holds: a sharing
+	// VM's own (copied-on-write) pages, an owning VM's resident RAM.
+	PrivateBytes int64
+}
+
+// MemoryUsageReporter is implemented by VMs that can tell what their guest
+// RAM costs (the manager exports it per instance in /metrics).
+type MemoryUsageReporter interface {
+	MemoryUsage() (MemoryUsage, error)
+}
+
 // AcceleratorReporter is implemented by drivers that can tell, from the
 // driver state Boot returned, which accelerator the VM runs on ("kvm",
 // "tcg"). The manager shows it to clients; a driver without it shows none.

@@ -114,6 +114,8 @@ func New(cfg Config) (*Manager, error) {
 		densifySem: make(chan struct{}, 1),
 	}
 	m.closingCtx, m.stopAll = context.WithCancel(context.Background())
+	src := m.instanceMemory
+	m.metrics.memory.source.Store(&src)
 	for _, d := range cfg.Drivers {
 		m.drivers[d.Name()] = d
 	}

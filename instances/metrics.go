@@ -15,6 +15,7 @@ type Metrics struct {
 	densified         prometheus.Counter
 	memoryLinks       prometheus.Counter
 	memoryOwned       prometheus.Counter
+	memory            *memoryCollector // per instance, at scrape time (sharing_metrics.go)
 }
 
 // NewMetrics creates the metrics and registers them with reg (nil: not
@@ -51,9 +52,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "zygote", Name: "memory_unshared_total",
 			Help: "Shared memory files an owning instance replaced by its own copy before writing it.",
 		}),
+		memory: newMemoryCollector(),
 	}
 	if reg != nil {
-		reg.MustRegister(m.opDuration, m.cloneBytes, m.cloneTotal, m.standbyStateBytes, m.densified, m.memoryLinks, m.memoryOwned)
+		reg.MustRegister(m.opDuration, m.cloneBytes, m.cloneTotal, m.standbyStateBytes, m.densified, m.memoryLinks, m.memoryOwned, m.memory)
 	}
 	return m
 }

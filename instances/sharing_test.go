@@ -286,3 +286,36 @@ func TestReconcileSharing(t *testing.T) {
 		})
 	}
 }
+
+// TestSharedPrivateMemoryMetrics: /metrics has each running instance's
+// shared and private guest RAM; a sharing fork's writes are private.
+func TestSharedPrivateMemoryMetrics(t *testing.T) {
+	h := newCloningHarness(t)
+	create(t, h, "src")
+	h.M.Standby(ctx, "src")
+	fork(t, h, "src", instances.ForkRequest{Name: "child", Memory: instances.MemoryShared, TargetState: instances.StateRunning})
+	execOut(t, h, "child", "write", "8192", "x")
+	got := map[string]float64{}
+	mfs, err := h.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "zygote_instance_memory_bytes" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			got[l["name"]+"/"+l["memory"]+"/"+l["kind"]] = m.GetGauge().GetValue()
+		}
+	}
+	if got["child/shared/private"] <= 0 || got["child/shared/shared"] <= 0 || got["child/shared/private"] >= float64(instances.MinMemoryBytes) {
+		t.Fatalf("memory metrics %v: want the sharing fork's own pages private and the rest shared", got)
+	}
+	if _, ok := got["src/owned/private"]; ok {
+		t.Fatalf("a parked instance has memory metrics: %v", got)
+	}
+}

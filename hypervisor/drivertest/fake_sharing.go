@@ -274,3 +274,20 @@ func ParkedMemory(dir string, off int64, n int) ([]byte, error) {
 	}
 	return buf, nil
 }
+
+var _ hypervisor.MemoryUsageReporter = (*FakeVM)(nil)
+
+// MemoryUsage: a shared fake VM's own pages are private, the rest of its
+// RAM counts as shared; an owning one's RAM is all private.
+func (v *FakeVM) MemoryUsage() (hypervisor.MemoryUsage, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.live(); err != nil {
+		return hypervisor.MemoryUsage{}, err
+	}
+	if !v.shared {
+		return hypervisor.MemoryUsage{PrivateBytes: v.spec.MemoryBytes}, nil
+	}
+	own := int64(len(v.overlay)) * fakePage
+	return hypervisor.MemoryUsage{SharedBytes: v.spec.MemoryBytes - own, PrivateBytes: own}, nil
+}

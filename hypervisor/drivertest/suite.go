@@ -101,6 +101,12 @@ func Suite(t *testing.T, h Harness) {
 		}
 		h.Ready(t, vm)
 		h.Poke(t, vm, "conformance-1")
+		if mu, ok := vm.(hypervisor.MemoryUsageReporter); ok {
+			u, err := mu.MemoryUsage()
+			if err != nil || u.SharedBytes != 0 || u.PrivateBytes <= 0 {
+				t.Fatalf("MemoryUsage of a booted VM: %+v %v (its RAM is its own)", u, err)
+			}
+		}
 	})
 
 	t.Run("save state needs a paused VM", func(t *testing.T) {
@@ -390,6 +396,12 @@ func sharedMemory(t *testing.T, h Harness, ms hypervisor.MemorySharer, spec hype
 		t.Fatalf("the shared fork sees %q", got)
 	}
 	h.Poke(t, fvm, "fork-memory-1")
+	if mu, ok := fvm.(hypervisor.MemoryUsageReporter); ok {
+		u, err := mu.MemoryUsage()
+		if err != nil || u.SharedBytes <= 0 || u.PrivateBytes <= 0 {
+			t.Fatalf("MemoryUsage of a sharing VM that read shared memory and wrote its own: %+v %v", u, err)
+		}
+	}
 	park(fvm)
 	if fvm, err = d.Restore(ctx, fork); err != nil {
 		t.Fatalf("shared Restore of the fork's own standby: %v", err)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/zygote/zygote/errdefs"
@@ -133,4 +135,48 @@ func markStateRAM(dir string, ram bool) error {
 func stateHasRAM(dir string) bool {
 	_, err := os.Stat(filepath.Join(dir, stateRAMFile))
 	return err == nil
+}
+
+var _ hypervisor.MemoryUsageReporter = (*vm)(nil)
+
+// MemoryUsage reads the smaps of the guest-RAM mapping: a sharing VM's
+// anonymous pages are its own, the rest is the shared file's page cache;
+// an owning VM's resident RAM is all its own.
+func (v *vm) MemoryUsage() (hypervisor.MemoryUsage, error) {
+	var u hypervisor.MemoryUsage
+	if err := v.alive(); err != nil {
+		return u, err
+	}
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", v.proc.PID))
+	if err != nil {
+		return u, err
+	}
+	var rss, anon int64
+	in := false
+	for _, line := range strings.Split(string(raw), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) == 0 {
+			continue
+		}
+		if !strings.HasSuffix(fields[0], ":") {
+			in = len(fields) >= 6 && fields[5] == filepath.Join(v.spec.Dir, memoryFile)
+			continue
+		}
+		if !in || len(fields) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseInt(fields[1], 10, 64)
+		switch fields[0] {
+		case "Rss:":
+			rss += kb << 10
+		case "Anonymous:":
+			anon += kb << 10
+		}
+	}
+	if v.shared {
+		u.SharedBytes, u.PrivateBytes = rss-anon, anon
+	} else {
+		u.PrivateBytes = rss
+	}
+	return u, nil
 }
