@@ -1,0 +1,98 @@
+package e2e
+
+import (
+	"testing"
+	"time"
+
+	"github.com/zygote/zygote/api"
+	"github.com/zygote/zygote/errdefs"
+	"github.com/zygote/zygote/internal/crashpoint"
+	"github.com/zygote/zygote/internal/testutil"
+)
+
+// TestSharingForksCrashPoints runs sharing forks through the daemon with
+// real QEMU VMs and kills the daemon (SIGKILL) at each new step: after a
+// fork's memory file was linked (fork:linked) and after an owning source
+// broke the link (restore:owned). Every instance restores afterwards, the
+// forks keep the memory they inherited and their own writes, and the
+// source's are its own.
+func TestSharingForksCrashPoints(t *testing.T) {
+	d := newDaemon(t, testutil.XFS(t))
+	d.start()
+	d.run("src")
+	d.sh("src", "echo inherited > /dev/shm/note")
+	if _, err := d.c.StandbyInstance(ctx, "src"); err != nil {
+		t.Fatal(err)
+	}
+	die := func(point string, op func() error) {
+		t.Helper()
+		d.stop()
+		d.start(crashpoint.Env + "=" + point)
+		if err := op(); err == nil {
+			t.Fatalf("the operation succeeded although the daemon was to die at %s", point)
+		}
+		select {
+		case <-d.exited:
+		case <-time.After(60 * time.Second):
+			t.Fatalf("the daemon did not die at %s", point)
+		}
+		d.start()
+	}
+
+	t.Run(crashpoint.ForkLinked, func(t *testing.T) {
+		die(crashpoint.ForkLinked, func() error {
+			_, err := d.c.ForkInstance(ctx, "src", api.ForkInstanceRequest{Name: "half", Memory: "shared"})
+			return err
+		})
+		if _, err := d.c.GetInstance(ctx, "half"); !errdefs.IsNotFound(err) {
+			t.Fatalf("the fork of the interrupted call is visible: %v", err)
+		}
+		if in, err := d.c.GetInstance(ctx, "src"); err != nil || in.State != "Standby" || in.MemoryLinks != 1 {
+			t.Fatalf("source after the crash: %+v %v", in, err)
+		}
+	})
+
+	t.Run(crashpoint.RestoreOwned, func(t *testing.T) {
+		kid, err := d.c.ForkInstance(ctx, "src", api.ForkInstanceRequest{Name: "kid", Memory: "shared", TargetState: "Running"})
+		if err != nil || kid.Memory != "shared" {
+			t.Fatalf("sharing fork: %+v %v", kid, err)
+		}
+		d.waitRunning("kid")
+		src, _ := d.c.GetInstance(ctx, "src")
+		if src.MemoryGroup != kid.MemoryGroup || src.MemoryLinks != 2 {
+			t.Fatalf("source %s/%d, fork %s/%d: want one shared file", src.MemoryGroup, src.MemoryLinks, kid.MemoryGroup, kid.MemoryLinks)
+		}
+		d.sh("kid", "echo kids-own > /dev/shm/mine")
+		die(crashpoint.RestoreOwned, func() error { _, err := d.c.RestoreInstance(ctx, "src"); return err })
+		if in, err := d.c.GetInstance(ctx, "src"); err != nil || in.State != "Standby" || in.MemoryGroup == kid.MemoryGroup {
+			t.Fatalf("source after a crash past its break-link: %+v %v", in, err)
+		}
+		d.waitRunning("kid") // adopted
+		if _, err := d.c.RestoreInstance(ctx, "src"); err != nil {
+			t.Fatal(err)
+		}
+		d.sh("src", "echo rewritten > /dev/shm/note")
+		if _, err := d.c.StandbyInstance(ctx, "src"); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 2; i++ {
+			if out := d.sh("kid", "cat /dev/shm/note /dev/shm/mine"); out != "inherited\nkids-own" {
+				t.Fatalf("the sharing fork sees %q", out)
+			}
+			in, err := d.c.StandbyInstance(ctx, "kid")
+			if err != nil || in.State != "Standby" {
+				t.Fatalf("standby of the sharing fork: %+v %v", in, err)
+			}
+			if _, err := d.c.RestoreInstance(ctx, "kid"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := d.c.RestoreInstance(ctx, "src"); err != nil {
+			t.Fatal(err)
+		}
+		if out := d.sh("src", "cat /dev/shm/note"); out != "rewritten" {
+			t.Fatalf("the source sees %q", out)
+		}
+		checkSettled(t, d)
+	})
+}
