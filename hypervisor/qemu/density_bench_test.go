@@ -13,8 +13,10 @@ import (
 	"time"
 
 	"github.com/zygote/zygote/clone"
+	"github.com/zygote/zygote/guest/agent"
 	"github.com/zygote/zygote/guest/guesttest"
 	"github.com/zygote/zygote/hypervisor"
+	"github.com/zygote/zygote/hypervisor/qemu"
 	"github.com/zygote/zygote/internal/testutil"
 )
 
@@ -56,6 +58,16 @@ func ramSmaps(tb testing.TB, pid int, dir string) ramUsage {
 		}
 	}
 	return u
+}
+
+func meminfoField(raw, name string) int64 {
+	for _, line := range strings.Split(raw, "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == name {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }
 
 // memFree is /proc/meminfo's MemFree in bytes (page cache counts as
@@ -173,5 +185,193 @@ func BenchmarkForkDensity(b *testing.B) {
 		b.ReportMetric(float64(res[true].sum.pss)/float64(res[true].one.pss), "shared-ratio")
 		b.ReportMetric(float64(res[true].sum.pss)/(1<<20), "shared-pss-MiB")
 		b.ReportMetric(float64(res[false].sum.pss)/(1<<20), "owned-pss-MiB")
+	}
+}
+
+// forkTo makes a fork directory of the parked srcDir (clone, then a link
+// for a sharing fork) and restores it to agent ready: the product's fork
+// to Running, driver side. It may run on any goroutine.
+func forkTo(d *qemu.Driver, src hypervisor.Spec, dir, id string, shared bool) (hypervisor.VM, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if _, err := clone.Dir(ctx, src.Dir, dir, clone.Options{NoSync: true}); err != nil {
+		return nil, err
+	}
+	if shared {
+		if err := d.LinkMemory(src.Dir, dir); err != nil {
+			return nil, err
+		}
+	}
+	spec := src
+	spec.ID, spec.Dir, spec.SharedMemory = id, dir, shared
+	vm, err := d.Restore(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	c, err := agent.DialFunc(ctx, vm.DialAgent, agent.Options{})
+	if err != nil {
+		vm.Quit(ctx)
+		return nil, err
+	}
+	defer c.Close()
+	if code, err := c.Exec(ctx, agent.ExecRequest{Command: []string{"true"}}); err != nil || code != 0 {
+		vm.Quit(ctx)
+		return nil, fmt.Errorf("agent exec: %d %v", code, err)
+	}
+	return vm, nil
+}
+
+// BenchmarkSharingLatency: fork to Running and standby of a sharing fork
+// against an owning one, at 256 MiB and 2 GiB, after the fork dirtied 1 %
+// and 50 % of its RAM (random bytes, so every dirtied page is a full page
+// record). Standby is pause + save state + quit: an owning fork fsyncs
+// its dirty memory file; a sharing fork's QEMU streams all of its RAM and
+// the filter keeps its own pages.
+//
+//	go test ./hypervisor/qemu -run '^$' -bench SharingLatency -benchtime 1x
+func BenchmarkSharingLatency(b *testing.B) {
+	guesttest.QEMU(b)
+	assets := guesttest.Assets(b)
+	d := newSharingDriver(b)
+	ctx := context.Background()
+	data := testutil.XFS(b)
+	type row struct {
+		size            int64
+		dirty           int
+		shared          bool
+		fork, standby   time.Duration
+		state, ownBytes int64
+	}
+	for i := 0; i < b.N; i++ {
+		var rows []row
+		for _, size := range []int64{256 << 20, 2 << 30} {
+			srcDir := filepath.Join(data, fmt.Sprintf("src%d", size>>20))
+			os.Mkdir(srcDir, 0o700)
+			src := hypervisor.Spec{ID: fmt.Sprintf("lat%d", size>>20), Dir: srcDir, VCPUs: 1, MemoryBytes: size}
+			vm, state, err := d.Boot(ctx, src, hypervisor.BootAssets{Kernel: assets.Kernel, Initramfs: assets.Initramfs})
+			if err != nil {
+				b.Fatal(err)
+			}
+			src.DriverState = state
+			guestSh(b, vm, "mount -o remount,size=90% /dev/shm; dd if=/dev/urandom of=/dev/shm/seed bs=1M count=1 2>/dev/null")
+			park(b, vm)
+			for _, pct := range []int{1, 50} {
+				for _, shared := range []bool{false, true} {
+					dir := filepath.Join(data, fmt.Sprintf("f%d-%d-%v", size>>20, pct, shared))
+					begin := time.Now()
+					fvm, err := forkTo(d, src, dir, "latfork", shared)
+					if err != nil {
+						b.Fatal(err)
+					}
+					r := row{size: size, dirty: pct, shared: shared, fork: time.Since(begin)}
+					mibs := size * int64(pct) / 100 >> 20
+					guestSh(b, fvm, fmt.Sprintf("for i in $(seq %d); do cat /dev/shm/seed; done > /dev/shm/dirty", mibs))
+					begin = time.Now()
+					st := park(b, fvm)
+					r.standby, r.state, r.ownBytes = time.Since(begin), st.StateBytes, st.DirtyBytes
+					rows = append(rows, r)
+					os.RemoveAll(dir)
+				}
+			}
+			os.RemoveAll(srcDir)
+		}
+		fmt.Println("\nfork to Running (clone, link when shared, restore, agent ready) and standby (pause, save, quit) of one fork; TCG, XFS")
+		tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "RAM\tdirtied\tfork\tfork → Running\tstandby\tstate file")
+		for _, r := range rows {
+			mode := "owned"
+			if r.shared {
+				mode = "shared"
+			}
+			fmt.Fprintf(tw, "%s\t%d %%\t%s\t%s\t%s\t%s\n", mib(r.size), r.dirty, mode, msOf(r.fork), msOf(r.standby), mib(r.state))
+			b.ReportMetric(r.standby.Seconds()*1000, fmt.Sprintf("standby-ms-%dM-%dpct-%s", r.size>>20, r.dirty, mode))
+		}
+		tw.Flush()
+	}
+}
+
+// BenchmarkConcurrentForks: 32 forks of one parked 256 MiB parent restored
+// to agent ready at once, owning then sharing: wall time, and the host's
+// peak memory use (the largest MemFree drop, sampled every 20 ms).
+//
+//	go test ./hypervisor/qemu -run '^$' -bench ConcurrentForks -benchtime 1x
+func BenchmarkConcurrentForks(b *testing.B) {
+	guesttest.QEMU(b)
+	assets := guesttest.Assets(b)
+	d := newSharingDriver(b)
+	ctx := context.Background()
+	data := testutil.XFS(b)
+	const n = 32
+	srcDir := filepath.Join(data, "src")
+	os.Mkdir(srcDir, 0o700)
+	src := hypervisor.Spec{ID: "concsrc", Dir: srcDir, VCPUs: 1, MemoryBytes: 256 << 20}
+	vm, state, err := d.Boot(ctx, src, hypervisor.BootAssets{Kernel: assets.Kernel, Initramfs: assets.Initramfs})
+	if err != nil {
+		b.Fatal(err)
+	}
+	src.DriverState = state
+	guestSh(b, vm, "dd if=/dev/urandom of=/dev/shm/blob bs=1M count=64 2>/dev/null")
+	park(b, vm)
+	for i := 0; i < b.N; i++ {
+		type res struct {
+			wall time.Duration
+			peak int64
+		}
+		out := map[bool]res{}
+		for _, shared := range []bool{false, true} {
+			before := memFree(b)
+			stop := make(chan struct{})
+			peakc := make(chan int64)
+			go func() { // owner: this loop, which stops it
+				peak := int64(0)
+				for {
+					if raw, err := os.ReadFile("/proc/meminfo"); err == nil {
+						peak = max(peak, before-meminfoField(string(raw), "MemFree:"))
+					}
+					select {
+					case <-stop:
+						peakc <- peak
+						return
+					case <-time.After(20 * time.Millisecond):
+					}
+				}
+			}()
+			begin := time.Now()
+			vms := make([]hypervisor.VM, n)
+			errs := make(chan error, n)
+			for k := 0; k < n; k++ {
+				go func() { // owner: this loop, which waits for all n
+					var err error
+					vms[k], err = forkTo(d, src, filepath.Join(data, fmt.Sprintf("c%v%d", shared, k)), fmt.Sprintf("conc%d", k), shared)
+					errs <- err
+				}()
+			}
+			var failed error
+			for k := 0; k < n; k++ {
+				if err := <-errs; err != nil {
+					failed = err
+				}
+			}
+			wall := time.Since(begin)
+			close(stop)
+			out[shared] = res{wall, <-peakc}
+			if failed != nil {
+				b.Errorf("a concurrent fork failed: %v", failed)
+			}
+			for k, v := range vms {
+				if v != nil {
+					v.Quit(ctx)
+				}
+				os.RemoveAll(filepath.Join(data, fmt.Sprintf("c%v%d", shared, k)))
+			}
+		}
+		fmt.Printf("\n%d concurrent forks of one parked 256 MiB parent (64 MiB blob) to agent ready, TCG, 2 cores\n", n)
+		tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "forks\twall time\tpeak host memory (MemFree drop)")
+		fmt.Fprintf(tw, "owned\t%s\t%s\n", msOf(out[false].wall), mib(out[false].peak))
+		fmt.Fprintf(tw, "shared\t%s\t%s\n", msOf(out[true].wall), mib(out[true].peak))
+		tw.Flush()
+		b.ReportMetric(out[false].wall.Seconds(), "owned-wall-s")
+		b.ReportMetric(out[true].wall.Seconds(), "shared-wall-s")
 	}
 }
