@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/instances"
@@ -41,6 +44,30 @@ func noSharedWrites(t *testing.T, h *instancestest.Harness) {
 		if in.State == instances.StateRunning && in.MemoryLinks > 1 && in.Memory != instances.MemoryShared {
 			t.Fatalf("%s runs owning a memory file with %d links", in.Name, in.MemoryLinks)
 		}
+	}
+}
+
+// watchWrites reports every write into the inode of path from now on
+// (fanotify FAN_MODIFY: write, fallocate, a reflink or densify swap into
+// it), whoever makes it: the manager's own file code included, not only
+// the driver's.
+func watchWrites(t *testing.T, path string) func() int {
+	t.Helper()
+	fd, err := unix.FanotifyInit(unix.FAN_CLASS_NOTIF|unix.FAN_NONBLOCK|unix.FAN_CLOEXEC, unix.O_RDONLY)
+	if err != nil {
+		t.Skipf("fanotify: %v", err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.FanotifyMark(fd, unix.FAN_MARK_ADD, unix.FAN_MODIFY, unix.AT_FDCWD, path); err != nil {
+		t.Fatal(err)
+	}
+	return func() int {
+		buf := make([]byte, 4096)
+		n, err := unix.Read(fd, buf)
+		if err != nil || n <= 0 {
+			return 0
+		}
+		return n / int(unsafe.Sizeof(unix.FanotifyEventMetadata{}))
 	}
 }
 
@@ -81,6 +108,7 @@ func sharingInvariants(t *testing.T, mode instances.MemoryMode) {
 		h.M.Standby(ctx, "src")
 		f := fork(t, h, "src", instances.ForkRequest{Name: "child", Memory: mode})
 		before := fileHash(t, memPath(h, f.ID))
+		writes := watchWrites(t, memPath(h, f.ID))
 		for i := 0; i < 2; i++ {
 			if _, err := h.M.Restore(ctx, "src"); err != nil {
 				t.Fatal(err)
@@ -96,6 +124,9 @@ func sharingInvariants(t *testing.T, mode instances.MemoryMode) {
 		}
 		if fileHash(t, memPath(h, f.ID)) != before {
 			t.Fatal("the fork's memory file changed when its source was rewritten")
+		}
+		if n := writes(); n != 0 {
+			t.Fatalf("%d writes into the fork's memory file while its source was rewritten", n)
 		}
 		if _, n := links(t, memPath(h, f.ID)); n != 1 {
 			t.Fatalf("the fork's file still has %d links after the source owned a copy", n)
@@ -134,6 +165,7 @@ func sharingInvariants(t *testing.T, mode instances.MemoryMode) {
 			t.Fatal(err)
 		}
 		base := fileHash(t, memPath(h, out[2].ID))
+		writes := watchWrites(t, memPath(h, out[2].ID))
 		execOut(t, h, "sib-1", "write", "8192", "mine-1")
 		execOut(t, h, "sib-2", "write", "8192", "mine-2")
 		for i := 0; i < 2; i++ {
@@ -156,6 +188,9 @@ func sharingInvariants(t *testing.T, mode instances.MemoryMode) {
 		}
 		if shared && fileHash(t, memPath(h, out[2].ID)) != base {
 			t.Fatal("the shared memory file changed")
+		}
+		if n := writes(); shared && n != 0 {
+			t.Fatalf("%d writes into the shared memory file", n)
 		}
 		noSharedWrites(t, h)
 	})
