@@ -8,6 +8,7 @@ import (
 	"github.com/zygote/zygote/guest/agent"
 	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/internal/crashpoint"
+	"github.com/zygote/zygote/internal/ids"
 	"github.com/zygote/zygote/store"
 )
 
@@ -96,7 +97,11 @@ func randomBytes(n int) []byte {
 func (m *Manager) reconcileRestore(ctx context.Context, inst store.Instance, d hypervisor.Driver) error {
 	if d.HasSavedState(m.instanceDir(inst.ID)) {
 		m.killVMMs(ctx, inst)
-		return nil
+		// The interrupted restore may have written the state's own pages
+		// (a sharing VM's) into the owned memory file: the image restores
+		// the same, but the file's bytes changed, so its key does too.
+		inst.CacheKey = ids.New()
+		return m.putInstance(inst)
 	}
 	if vm := m.adoptAny(ctx, inst); vm != nil {
 		inst.State, inst.VMM, inst.CacheKey = store.Running, vmmRecord(vm), ""
