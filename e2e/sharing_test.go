@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -95,4 +96,67 @@ func TestSharingForksCrashPoints(t *testing.T) {
 		}
 		checkSettled(t, d)
 	})
+}
+
+// TestSharingForkChain: 20 generations of sharing forks, each forked from
+// its running parent and writing its own mark, all hold one memory file
+// (the first parent's, parked at the first fork); each keeps exactly the
+// marks of its ancestors and its own through standby and restore, and
+// deleting a middle generation harms none.
+func TestSharingForkChain(t *testing.T) {
+	d := newDaemon(t, testutil.XFS(t))
+	d.start()
+	d.run("g0")
+	d.sh("g0", "echo 0 > /dev/shm/mark-0")
+	const gens = 20
+	var group string
+	for g := 1; g <= gens; g++ {
+		name, parent := fmt.Sprintf("g%d", g), fmt.Sprintf("g%d", g-1)
+		in, err := d.c.ForkInstance(ctx, parent, api.ForkInstanceRequest{Name: name, FromRunning: true, TargetState: "Running", Memory: "shared"})
+		if err != nil {
+			t.Fatalf("fork %s: %v", name, err)
+		}
+		if g == 1 {
+			group = in.MemoryGroup
+		} else if in.MemoryGroup != group {
+			t.Fatalf("%s holds memory %s, generation 1 %s: the chain should share one file", name, in.MemoryGroup, group)
+		}
+		d.waitRunning(name)
+		d.sh(name, fmt.Sprintf("echo %d > /dev/shm/mark-%d", g, g))
+	}
+	if in, _ := d.c.GetInstance(ctx, "g20"); in.MemoryLinks != gens {
+		t.Fatalf("g20's memory file has %d links, want %d (one per sharing generation)", in.MemoryLinks, gens)
+	}
+	if in, _ := d.c.GetInstance(ctx, "g0"); in.MemoryGroup == group || in.Memory != "owned" {
+		t.Fatalf("the owning root %+v still holds the shared file", in)
+	}
+	if err := d.c.DeleteInstance(ctx, "g10", true); err != nil {
+		t.Fatal(err)
+	}
+	for g := 0; g <= gens; g++ {
+		if g == 10 {
+			continue
+		}
+		name := fmt.Sprintf("g%d", g)
+		want := ""
+		for k := 0; k <= g; k++ {
+			want += fmt.Sprintf("%d ", k)
+		}
+		script := fmt.Sprintf("cat /dev/shm/mark-* | sort -n | tr '\\n' ' '; test ! -e /dev/shm/mark-%d", g+1)
+		if got := d.sh(name, script) + " "; got != want {
+			t.Fatalf("%s sees marks %q, want %q", name, got, want)
+		}
+		if g%5 == 1 { // a few through standby and restore
+			if _, err := d.c.StandbyInstance(ctx, name); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.c.RestoreInstance(ctx, name); err != nil {
+				t.Fatal(err)
+			}
+			if got := d.sh(name, script) + " "; got != want {
+				t.Fatalf("%s after standby and restore sees marks %q, want %q", name, got, want)
+			}
+		}
+	}
+	checkSettled(t, d)
 }
