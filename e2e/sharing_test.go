@@ -160,3 +160,48 @@ func TestSharingForkChain(t *testing.T) {
 	}
 	checkSettled(t, d)
 }
+
+// TestSharingForksOutliveTheirSource: sharing forks of an instance and of
+// its snapshot live on when the snapshot and the instance are deleted the
+// moment the forks return (DESIGN invariant 2 with shared memory files).
+func TestSharingForksOutliveTheirSource(t *testing.T) {
+	d := newDaemon(t, testutil.XFS(t))
+	d.start()
+	d.run("src")
+	d.sh("src", "echo m0 > /dev/shm/marker")
+	snap, err := d.c.CreateSnapshot(ctx, "src", api.CreateSnapshotRequest{Kind: "Standby"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs, err := d.c.ForkSnapshot(ctx, snap.ID, api.ForkSnapshotRequest{Name: "fromsnap", Memory: "shared"})
+	if err != nil || fs.Memory != "shared" {
+		t.Fatalf("sharing fork of a snapshot: %+v %v", fs, err)
+	}
+	if err := d.c.DeleteSnapshot(ctx, snap.ID); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := d.c.ForkInstance(ctx, "src", api.ForkInstanceRequest{Name: "frominst", FromRunning: true, TargetState: "Standby", Memory: "shared"})
+	if err != nil || fi.Memory != "shared" {
+		t.Fatalf("sharing fork of an instance: %+v %v", fi, err)
+	}
+	if err := d.c.DeleteInstance(ctx, "src", true); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"fromsnap", "frominst"} {
+		for i := 0; i < 2; i++ {
+			if in, _ := d.c.GetInstance(ctx, name); in.State != "Running" {
+				if _, err := d.c.RestoreInstance(ctx, name); err != nil {
+					t.Fatalf("restore %s: %v", name, err)
+				}
+			}
+			d.waitRunning(name)
+			if got := d.sh(name, "cat /dev/shm/marker"); got != "m0" {
+				t.Fatalf("%s sees %q", name, got)
+			}
+			if _, err := d.c.StandbyInstance(ctx, name); err != nil {
+				t.Fatalf("standby %s: %v", name, err)
+			}
+		}
+	}
+	checkSettled(t, d)
+}
