@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/zygote/zygote/api"
+	"github.com/zygote/zygote/api/client"
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/internal/crashpoint"
 	"github.com/zygote/zygote/internal/testutil"
@@ -94,7 +95,7 @@ func TestSharingForksCrashPoints(t *testing.T) {
 		if out := d.sh("src", "cat /dev/shm/note"); out != "rewritten" {
 			t.Fatalf("the source sees %q", out)
 		}
-		checkSettled(t, d)
+		sharingSettled(t, d)
 	})
 }
 
@@ -158,7 +159,7 @@ func TestSharingForkChain(t *testing.T) {
 			}
 		}
 	}
-	checkSettled(t, d)
+	sharingSettled(t, d)
 }
 
 // TestSharingForksOutliveTheirSource: sharing forks of an instance and of
@@ -203,5 +204,32 @@ func TestSharingForksOutliveTheirSource(t *testing.T) {
 			}
 		}
 	}
-	checkSettled(t, d)
+	sharingSettled(t, d)
+}
+
+// sharingSettled asserts every instance is Running (and answers) or
+// Standby (and restores, then answers) or Stopped.
+func sharingSettled(t *testing.T, d *daemon) {
+	t.Helper()
+	list, err := d.c.ListInstances(ctx, client.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range list {
+		switch in.State {
+		case "Running", "Initializing":
+		case "Standby":
+			if _, err := d.c.RestoreInstance(ctx, in.ID); err != nil && !errdefs.IsInvalidState(err) {
+				t.Fatalf("%s is Standby but does not restore: %v", in.Name, err)
+			}
+		case "Stopped":
+			continue
+		default:
+			t.Fatalf("%s is %s", in.Name, in.State)
+		}
+		d.waitRunning(in.ID)
+		if out := d.sh(in.ID, "echo ok"); out != "ok" {
+			t.Fatalf("%s does not answer", in.Name)
+		}
+	}
 }

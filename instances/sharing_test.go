@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -251,6 +252,16 @@ func TestSharedForkMemoryValidation(t *testing.T) {
 	}
 }
 
+// journal leaves an intent in the store as a daemon killed mid-operation
+// does.
+func journal(t *testing.T, h *instancestest.Harness, in store.Intent) {
+	t.Helper()
+	in.CreatedAt = time.Now()
+	if err := h.Store.Update(func(tx *store.Tx) error { return tx.PutIntent(in) }); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestReconcileSharing: a daemon killed at each new step of sharing
 // (link, break-link) leaves every instance restorable.
 func TestReconcileSharing(t *testing.T) {
@@ -266,7 +277,7 @@ func TestReconcileSharing(t *testing.T) {
 		if err := h.Fake.LinkMemory(srcDir, halfDir); err != nil {
 			t.Fatal(err)
 		}
-		putIntent(t, h, store.Intent{ID: "forkcallbbbbbbbbbbbbbbbb", Op: store.OpFork, SourceID: src.ID, Members: []string{half}})
+		journal(t, h, store.Intent{ID: "forkcallbbbbbbbbbbbbbbbb", Op: store.OpFork, SourceID: src.ID, Members: []string{half}})
 		h.Restart()
 		if _, err := os.Stat(halfDir); !os.IsNotExist(err) {
 			t.Fatal("the linked fork of an interrupted call survived")
@@ -299,7 +310,7 @@ func TestReconcileSharing(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			putIntent(t, h, store.Intent{ID: src.ID, Op: store.OpRestore, InstanceID: src.ID})
+			journal(t, h, store.Intent{ID: src.ID, Op: store.OpRestore, InstanceID: src.ID})
 			h.Restart()
 			if _, err := os.Stat(tmp); !os.IsNotExist(err) {
 				t.Fatal("the break-link temporary survived the reconcile")

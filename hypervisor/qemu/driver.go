@@ -36,6 +36,12 @@ type Config struct {
 	// CopyFile copies a boot asset into an instance directory (the clone
 	// package's reflink-first copy).
 	CopyFile func(ctx context.Context, src, dst string) error
+	// CopyMemory copies a memory file into a new file of the same
+	// directory, reflink-first (sharing.go: an owner breaking the link of a
+	// shared memory file). Never a hard link. nil: clone.File with the
+	// clone package's default options (the daemon passes its Cloner's File,
+	// so strict mode applies).
+	CopyMemory func(ctx context.Context, src, dst string) error
 	// Unconfined runs QEMU without its -sandbox seccomp filter and with
 	// the daemon's capabilities (debugging only; see confine.go).
 	Unconfined bool

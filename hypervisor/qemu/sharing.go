@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/zygote/zygote/clone"
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/hypervisor"
 )
@@ -63,7 +64,7 @@ func (d *Driver) OwnMemory(ctx context.Context, dir string) (bool, error) {
 	}
 	tmp := filepath.Join(dir, ownTemp)
 	os.Remove(tmp)
-	if err := d.cfg.CopyFile(ctx, path, tmp); err != nil {
+	if err := d.copyMemory(ctx, path, tmp); err != nil {
 		os.Remove(tmp)
 		return false, fmt.Errorf("own memory: copy: %w", diskFull(err))
 	}
@@ -76,6 +77,15 @@ func (d *Driver) OwnMemory(ctx context.Context, dir string) (bool, error) {
 		return false, fmt.Errorf("own memory: %w", err)
 	}
 	return true, syncDir(dir)
+}
+
+// copyMemory makes dst an own copy of src (reflink-first, sparse).
+func (d *Driver) copyMemory(ctx context.Context, src, dst string) error {
+	if d.cfg.CopyMemory != nil {
+		return d.cfg.CopyMemory(ctx, src, dst)
+	}
+	_, err := clone.File(ctx, src, dst, clone.Options{Logger: d.log})
+	return err
 }
 
 // MemoryLinks reports the memory file's inode and link count.

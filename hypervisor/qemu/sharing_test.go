@@ -34,7 +34,7 @@ func TestSharedMemoryArgs(t *testing.T) {
 }
 
 func testDriver(t *testing.T) *Driver {
-	return &Driver{cfg: Config{CopyFile: func(ctx context.Context, src, dst string) error {
+	return &Driver{cfg: Config{CopyMemory: func(ctx context.Context, src, dst string) error {
 		in, err := os.Open(src)
 		if err != nil {
 			return err
