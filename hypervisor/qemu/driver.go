@@ -36,12 +36,6 @@ type Config struct {
 	// CopyFile copies a boot asset into an instance directory (the clone
 	// package's reflink-first copy).
 	CopyFile func(ctx context.Context, src, dst string) error
-	// CopyMemory copies a memory file into a new file of the same
-	// directory, reflink-first (sharing.go: an owner breaking the link of a
-	// shared memory file). Never a hard link. nil: clone.File with the
-	// clone package's default options (the daemon passes its Cloner's File,
-	// so strict mode applies).
-	CopyMemory func(ctx context.Context, src, dst string) error
 	// Unconfined runs QEMU without its -sandbox seccomp filter and with
 	// the daemon's capabilities (debugging only; see confine.go).
 	Unconfined bool
@@ -50,6 +44,12 @@ type Config struct {
 	// guest write then dirties 2 MiB of the memory file, and a re-standby
 	// writes all of it. Off by default.
 	HostHugePages bool
+	// CopyMemory copies a memory file into a new file of the same
+	// directory, reflink-first (sharing.go: an owner breaking the link of a
+	// shared memory file). Never a hard link. nil: clone.File with the
+	// clone package's default options (the daemon passes its Cloner's File,
+	// so strict mode applies).
+	CopyMemory func(ctx context.Context, src, dst string) error
 	// LogLimits caps console.log and vmm.log (zero fields: 10 MiB × 2
 	// files each).
 	LogLimits logfile.Limits
