@@ -289,7 +289,7 @@ func (m *Manager) newFork(src forkSource, name string) store.Instance {
 // commits its record. The caller holds the fork's lock.
 func (m *Manager) copyFork(ctx context.Context, src forkSource, f *store.Instance) error {
 	dir := m.instanceDir(f.ID)
-	if _, err := m.clone(ctx, src.dir, dir); err != nil {
+	if _, err := m.clone(ctx, src.dir, dir, m.sharedMemoryFiles(*f)...); err != nil {
 		return fmt.Errorf("copy %s: %w", filepath.Base(src.dir), err)
 	}
 	if src.manifest {

@@ -3,6 +3,7 @@ package instances
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/hypervisor"
@@ -95,9 +96,27 @@ func (m *Manager) forkMemoryMode(req MemoryMode, hv string) (MemoryMode, error) 
 	return MemoryShared, nil
 }
 
-// linkForkMemory replaces a fresh fork's copy of its source's memory file
-// by a hard link of the source's file (the caller holds the fork's lock
-// and the fork's intent covers it).
+// sharedMemoryFiles names the files a fork's copy may leave out because
+// it links them (its memory file, when it shares memory), relative to the
+// directory.
+func (m *Manager) sharedMemoryFiles(f store.Instance) []string {
+	if !f.MemoryShared {
+		return nil
+	}
+	d, err := m.driver(f.Spec.Hypervisor)
+	if err != nil {
+		return nil
+	}
+	mf, ok := d.(hypervisor.MemoryFiler)
+	if !ok {
+		return nil
+	}
+	return []string{filepath.Base(mf.MemoryFile(m.instanceDir(f.ID)))}
+}
+
+// linkForkMemory gives a fresh fork a hard link of its source's memory
+// file, in place of its copy if the clone made one. The caller holds the
+// fork's lock, and the fork's intent covers it.
 func (m *Manager) linkForkMemory(src forkSource, f *store.Instance) error {
 	ms, ok := m.sharer(f.Spec.Hypervisor)
 	if !ok {

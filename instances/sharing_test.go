@@ -365,3 +365,34 @@ func TestSharedPrivateMemoryMetrics(t *testing.T) {
 		t.Fatalf("a parked instance has memory metrics: %v", got)
 	}
 }
+
+// TestSharingForkCopiesNoMemory: a sharing fork's copy leaves the memory
+// file out (it links it), an owning fork's copies it.
+func TestSharingForkCopiesNoMemory(t *testing.T) {
+	h := newCloningHarness(t)
+	create(t, h, "src")
+	h.M.Standby(ctx, "src")
+	copied := func() float64 {
+		mfs, err := h.Registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sum float64
+		for _, mf := range mfs {
+			if mf.GetName() == "zygote_clone_bytes_total" {
+				for _, m := range mf.GetMetric() {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+		return sum
+	}
+	before := copied()
+	fork(t, h, "src", instances.ForkRequest{Name: "owner", Memory: instances.MemoryOwned})
+	owned := copied() - before
+	fork(t, h, "src", instances.ForkRequest{Name: "sharer", Memory: instances.MemoryShared})
+	shared := copied() - before - owned
+	if owned < float64(instances.MinMemoryBytes) || shared >= float64(instances.MinMemoryBytes) {
+		t.Fatalf("copied %.0f bytes for an owning fork, %.0f for a sharing one: the sharing fork should not copy its memory file", owned, shared)
+	}
+}
