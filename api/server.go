@@ -259,6 +259,7 @@ func toInstance(v instances.Instance) Instance {
 	if v.StateError != "" {
 		out.StateError = &v.StateError
 	}
+	out.Memory, out.MemoryGroup, out.MemoryLinks = string(v.Memory), v.MemoryGroup, v.MemoryLinks
 	if o := v.ForkedFrom; o != nil {
 		out.ForkedFrom = &Origin{InstanceID: o.InstanceID, InstanceName: o.InstanceName, SnapshotID: o.SnapshotID}
 	}

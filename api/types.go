@@ -71,6 +71,11 @@ type Instance struct {
 	ForkedFrom  *Origin           `json:"forked_from,omitempty"`
 	// HotplugSize is always "0 B": zygote has no memory hotplug.
 	HotplugSize string `json:"hotplug_size"`
+	// Memory is "owned" or "shared" (a sharing fork); MemoryGroup names
+	// the memory file's inode and MemoryLinks how many hold it.
+	Memory      string `json:"memory,omitempty"`
+	MemoryGroup string `json:"memory_group,omitempty"`
+	MemoryLinks int    `json:"memory_links,omitempty"`
 }
 
 // StartInstanceRequest is POST /instances/{id}/start. zygote refuses
@@ -178,6 +183,8 @@ type ForkInstanceRequest struct {
 	TargetState string `json:"target_state,omitempty"`
 	Count       int    `json:"count,omitempty"`
 	NamePrefix  string `json:"name_prefix,omitempty"`
+	// Memory is "shared" or "owned" ("": the daemon's default).
+	Memory string `json:"memory,omitempty"`
 }
 
 // ForkSnapshotRequest is POST /snapshots/{id}/fork.
@@ -187,6 +194,7 @@ type ForkSnapshotRequest struct {
 	TargetHypervisor string `json:"target_hypervisor,omitempty"`
 	Count            int    `json:"count,omitempty"`
 	NamePrefix       string `json:"name_prefix,omitempty"`
+	Memory           string `json:"memory,omitempty"`
 }
 
 // PullImageRequest is POST /images.

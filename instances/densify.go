@@ -46,6 +46,9 @@ func (m *Manager) densifyLater(inst store.Instance) {
 			return
 		}
 		defer func() { <-m.densifySem }()
+		if m.memoryShared(inst) {
+			return // a shared file is immutable (sharing.go)
+		}
 		layout, err := clone.FileLayout(path)
 		if err != nil || !layout.Fragmented() {
 			return
@@ -66,7 +69,9 @@ func (m *Manager) densifyLater(inst store.Instance) {
 			return
 		}
 		defer unlock()
-		if cur.State != store.Standby || cur.CacheKey != key {
+		if cur.State != store.Standby || cur.CacheKey != key || m.memoryShared(cur) {
+			// Changed, or linked by a sharing fork meanwhile (forks take
+			// this lock): never rewrite a shared file.
 			m.log.Debug("densify dropped: the instance changed meanwhile", "instance", inst.ID)
 			return
 		}

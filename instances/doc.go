@@ -67,7 +67,9 @@
 // snapshot manifest.
 //
 // The manager sees drivers only through hypervisor.Driver and the optional
-// interfaces hypervisor declares (MemoryFiler, AcceleratorReporter); every
+// interfaces hypervisor declares (MemoryFiler, AcceleratorReporter,
+// MemorySharer, MemoryUsageReporter; sharing.go orchestrates which file
+// forks share and who breaks a link, without knowing QEMU); every
 // copy and every densify goes through Config.Clone (Cloner), built once by
 // the daemon with its clone options (strict mode).
 //

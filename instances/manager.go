@@ -45,8 +45,11 @@ type Config struct {
 	// MaxSessions bounds the exec and cp sessions open at once per
 	// instance (sessions.go; default DefaultMaxSessions).
 	MaxSessions int
-	Metrics     *Metrics
-	Logger      *slog.Logger
+	// ForkMemory is the memory mode of a fork that names none (default
+	// MemoryOwned; sharing.go).
+	ForkMemory MemoryMode
+	Metrics    *Metrics
+	Logger     *slog.Logger
 }
 
 // Manager runs instances. It is safe for concurrent use.
@@ -91,6 +94,12 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.ForkMemory == "" {
+		cfg.ForkMemory = MemoryOwned
+	}
+	if _, err := ParseMemoryMode(string(cfg.ForkMemory)); err != nil {
+		return nil, fmt.Errorf("instances: Config.ForkMemory: %w", err)
+	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
@@ -105,6 +114,8 @@ func New(cfg Config) (*Manager, error) {
 		densifySem: make(chan struct{}, 1),
 	}
 	m.closingCtx, m.stopAll = context.WithCancel(context.Background())
+	src := m.instanceMemory
+	m.metrics.memory.source.Store(&src)
 	for _, d := range cfg.Drivers {
 		m.drivers[d.Name()] = d
 	}
@@ -285,6 +296,7 @@ func (m *Manager) specOf(inst store.Instance) hypervisor.Spec {
 		ID: inst.ID, Dir: m.instanceDir(inst.ID),
 		VCPUs: inst.Spec.VCPUs, MemoryBytes: inst.Spec.MemoryBytes,
 		KernelArgs: inst.Spec.KernelArgs, DriverState: inst.Spec.DriverState,
+		SharedMemory: inst.MemoryShared,
 	}
 }
 

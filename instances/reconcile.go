@@ -90,10 +90,13 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 //	stop              roll forward                                        stop.go
 //	standby           state file published: commit Standby; else VMM     standby.go
 //	                  alive: resume it (Running); else Stopped
-//	restore           state file still there: stay Standby; else VMM     restore.go
-//	                  alive: adopt it (Running); else Stopped
+//	restore           state file still there: stay Standby (a broken     restore.go
+//	                  link left an own identical copy, a temporary is
+//	                  swept); else VMM alive: adopt it (Running); else
+//	                  Stopped
 //	delete            roll forward                                        delete.go
-//	fork              remove every fork of the call                       fork.go
+//	fork              remove every fork of the call (a sharing fork's     fork.go
+//	                  link with it: the source's file is untouched)
 //	resume            restore the parked source, last                     park.go
 //	snapshot          no record: remove the partial directory             snapshot_create.go
 //	snapshot_restore  not swapped: drop the copy; else finish the swap    snapshot_restore.go

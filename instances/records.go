@@ -57,6 +57,14 @@ type Instance struct {
 	HasSavedState bool
 	// Accelerator is the VMM's accelerator when known ("kvm", "tcg").
 	Accelerator string
+	// Memory is how the instance holds its memory file (sharing.go).
+	Memory MemoryMode
+	// MemoryGroup names the memory file's inode (the sharing group: every
+	// instance and snapshot with the same group holds one file) and
+	// MemoryLinks how many hold it; empty and 0 without a memory file, or
+	// when the driver cannot share memory.
+	MemoryGroup string
+	MemoryLinks int
 }
 
 // SnapshotKind says what a snapshot holds.
@@ -98,6 +106,7 @@ func instanceOf(r store.Instance) Instance {
 		ID: r.ID, Name: r.Name, Spec: specOfRecord(r.Spec), Tags: r.Tags, CreatedAt: r.CreatedAt,
 		StartedAt: r.StartedAt, StoppedAt: r.StoppedAt, Hostname: r.Hostname, BootID: r.BootID,
 		CacheKey: r.CacheKey, ExitCode: r.ExitCode, ExitMessage: r.ExitMessage,
+		Memory: memoryModeOf(r),
 	}
 	if o := r.ForkedFrom; o != nil {
 		v.ForkedFrom = &Origin{InstanceID: o.InstanceID, InstanceName: o.InstanceName, SnapshotID: o.SnapshotID}

@@ -261,7 +261,7 @@ func (m *Manager) markStopped(inst *store.Instance, msg string) error {
 		}
 	}
 	inst.State, inst.VMM, inst.StoppedAt, inst.ExitMessage = store.Stopped, nil, timePtr(now()), msg
-	inst.CacheKey = ""
+	inst.CacheKey, inst.MemoryShared = "", false // no memory left to share
 	if err := m.putInstance(*inst); err != nil {
 		m.log.Error("record stopped instance", "instance", inst.ID, "err", err)
 		return fmt.Errorf("record the instance stopped: %w", err)

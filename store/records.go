@@ -81,9 +81,14 @@ type Instance struct {
 	// RestorePending is set from a restore's commit until the guest has
 	// been told (clock, entropy, identity), so a daemon that dies in
 	// between tells it on adoption.
-	RestorePending bool   `json:"restore_pending,omitempty"`
-	ExitCode       *int   `json:"exit_code,omitempty"`
-	ExitMessage    string `json:"exit_message,omitempty"`
+	RestorePending bool `json:"restore_pending,omitempty"`
+	// MemoryShared: the instance's memory file may be a hard link shared
+	// with other instances (immutable by rule); its VMM maps it privately
+	// and never writes it. Unset: the instance owns its memory file and
+	// breaks any link before it writes it.
+	MemoryShared bool   `json:"memory_shared,omitempty"`
+	ExitCode     *int   `json:"exit_code,omitempty"`
+	ExitMessage  string `json:"exit_message,omitempty"`
 }
 
 // SnapshotKind says what a snapshot holds.

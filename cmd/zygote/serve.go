@@ -141,7 +141,7 @@ func buildDaemon(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *dae
 	d.images = imgs
 	d.closers = append(d.closers, func() { imgs.Close() }) // after the manager's Close: closers run newest first
 
-	drivers, err := newDrivers(cfg, log)
+	drivers, err := newDrivers(cfg, cloneOpts, log)
 	if err != nil {
 		return nil, err
 	}
@@ -198,16 +198,23 @@ func openDataDir(cfg serveConfig, log *slog.Logger) (clone.Options, error) {
 }
 
 // newDrivers is the one place the hypervisor drivers are named.
-func newDrivers(cfg serveConfig, log *slog.Logger) ([]hypervisor.Driver, error) {
+func newDrivers(cfg serveConfig, cloneOpts clone.Options, log *slog.Logger) ([]hypervisor.Driver, error) {
 	logMax, err := bytesize.Parse(cfg.logMaxSize)
 	if err != nil || logMax < 4096 || cfg.logFiles < 1 {
 		return nil, fmt.Errorf("--log-max-size %q (at least 4KB) and --log-files %d (at least 1): %w", cfg.logMaxSize, cfg.logFiles, errors.Join(err, errdefs.ErrInvalidArgument))
 	}
 	logLimits := logfile.Limits{MaxBytes: logMax, Files: cfg.logFiles}
 	share := newAssetSharer(log)
+	// A sharing fork's memory becomes its own through the same copies
+	// (and --reflink-strict) as every other fork.
+	cloner := clone.New(cloneOpts)
+	copyMemory := func(ctx context.Context, src, dst string) error {
+		_, err := cloner.File(ctx, src, dst)
+		return err
+	}
 	var drivers []hypervisor.Driver
 	for _, machine := range []string{"q35", "microvm"} {
-		d, err := qemu.New(qemu.Config{Machine: machine, Accel: cfg.accel, ProbeCacheDir: cfg.cacheDir, ShareFile: share.Share, LogLimits: logLimits, Logger: log})
+		d, err := qemu.New(qemu.Config{Machine: machine, Accel: cfg.accel, ProbeCacheDir: cfg.cacheDir, ShareFile: share.Share, CopyMemory: copyMemory, LogLimits: logLimits, Logger: log})
 		if err != nil {
 			return nil, err
 		}

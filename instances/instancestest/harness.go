@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/hypervisor/drivertest"
 	"github.com/zygote/zygote/instances"
@@ -25,7 +27,9 @@ type Harness struct {
 	Store   *store.Store
 	DataDir string
 	Clone   instances.Cloner
-	t       testing.TB
+	// Registry holds the manager's metrics (a fresh one each start).
+	Registry *prometheus.Registry
+	t        testing.TB
 }
 
 // New starts a manager over a fake driver in dataDir (t.TempDir() if
@@ -52,7 +56,9 @@ func (h *Harness) start() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	h.Registry = prometheus.NewRegistry()
 	m, err := instances.New(instances.Config{
+		Metrics: instances.NewMetrics(h.Registry),
 		DataDir: h.DataDir, Store: st, Drivers: []hypervisor.Driver{h.Fake},
 		Assets: func(context.Context) (hypervisor.BootAssets, error) {
 			return hypervisor.BootAssets{Kernel: "fake-kernel", Initramfs: "fake-initramfs"}, nil
