@@ -3,10 +3,8 @@ package instances_test
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"syscall"
 	"testing"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -14,7 +12,6 @@ import (
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/instances"
 	"github.com/zygote/zygote/instances/instancestest"
-	"github.com/zygote/zygote/store"
 )
 
 var memoryModes = []instances.MemoryMode{instances.MemoryOwned, instances.MemoryShared}
@@ -249,87 +246,6 @@ func TestSharedForkMemoryValidation(t *testing.T) {
 	h.M.Stop(ctx, "dflt")
 	if f := fork(t, h, "dflt", instances.ForkRequest{Name: "cold", Memory: instances.MemoryShared}); f.Memory != instances.MemoryOwned {
 		t.Fatalf("fork of a stopped source: memory %q", f.Memory)
-	}
-}
-
-// journal leaves an intent in the store as a daemon killed mid-operation
-// does.
-func journal(t *testing.T, h *instancestest.Harness, in store.Intent) {
-	t.Helper()
-	in.CreatedAt = time.Now()
-	if err := h.Store.Update(func(tx *store.Tx) error { return tx.PutIntent(in) }); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// TestReconcileSharing: a daemon killed at each new step of sharing
-// (link, break-link) leaves every instance restorable.
-func TestReconcileSharing(t *testing.T) {
-	t.Run("link: fork intent with a linked, uncommitted fork", func(t *testing.T) {
-		h := newCloningHarness(t)
-		src := create(t, h, "src")
-		execOut(t, h, "src", "write", "8192", "linked")
-		h.M.Standby(ctx, "src")
-		half := "forkhalfbbbbbbbbbbbbbbbb"
-		srcDir := filepath.Join(h.DataDir, "instances", src.ID)
-		halfDir := filepath.Join(h.DataDir, "instances", half)
-		instancestest.Clone.Dir(ctx, srcDir, halfDir)
-		if err := h.Fake.LinkMemory(srcDir, halfDir); err != nil {
-			t.Fatal(err)
-		}
-		journal(t, h, store.Intent{ID: "forkcallbbbbbbbbbbbbbbbb", Op: store.OpFork, SourceID: src.ID, Members: []string{half}})
-		h.Restart()
-		if _, err := os.Stat(halfDir); !os.IsNotExist(err) {
-			t.Fatal("the linked fork of an interrupted call survived")
-		}
-		if _, n := links(t, memPath(h, src.ID)); n != 1 {
-			t.Fatalf("source memory has %d links", n)
-		}
-		if _, err := h.M.Restore(ctx, "src"); err != nil {
-			t.Fatal(err)
-		}
-		if got, _ := execOut(t, h, "src", "read", "8192", "6"); got != "linked" {
-			t.Fatalf("source sees %q", got)
-		}
-	})
-	for _, step := range []string{"temporary left", "renamed"} {
-		t.Run("break-link: restore intent, "+step, func(t *testing.T) {
-			h := newCloningHarness(t)
-			src := create(t, h, "src")
-			execOut(t, h, "src", "write", "8192", "broken")
-			h.M.Standby(ctx, "src")
-			f := fork(t, h, "src", instances.ForkRequest{Name: "child", Memory: instances.MemoryShared, TargetState: instances.StateRunning})
-			execOut(t, h, "child", "write", "8192", "childs")
-			srcDir := filepath.Join(h.DataDir, "instances", src.ID)
-			tmp := filepath.Join(srcDir, ".memory.zygote-tmp-own")
-			if err := os.WriteFile(tmp, []byte("half a copy"), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			if step == "renamed" {
-				if _, err := h.Fake.OwnMemory(ctx, srcDir); err != nil {
-					t.Fatal(err)
-				}
-			}
-			journal(t, h, store.Intent{ID: src.ID, Op: store.OpRestore, InstanceID: src.ID})
-			h.Restart()
-			if _, err := os.Stat(tmp); !os.IsNotExist(err) {
-				t.Fatal("the break-link temporary survived the reconcile")
-			}
-			if v := mustGet(t, h, "src"); v.State != instances.StateStandby {
-				t.Fatalf("source is %s", v.State)
-			}
-			if _, err := h.M.Restore(ctx, "src"); err != nil {
-				t.Fatal(err)
-			}
-			if got, _ := execOut(t, h, "src", "read", "8192", "6"); got != "broken" {
-				t.Fatalf("source sees %q", got)
-			}
-			h.WaitRunning("child")
-			if got, _ := execOut(t, h, f.ID, "read", "8192", "6"); got != "childs" {
-				t.Fatalf("fork sees %q", got)
-			}
-			noSharedWrites(t, h)
-		})
 	}
 }
 
