@@ -3,6 +3,8 @@ package instances_test
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"unsafe"
@@ -10,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/zygote/zygote/errdefs"
+	"github.com/zygote/zygote/hypervisor/drivertest"
 	"github.com/zygote/zygote/instances"
 	"github.com/zygote/zygote/instances/instancestest"
 )
@@ -310,5 +313,135 @@ func TestSharingForkCopiesNoMemory(t *testing.T) {
 	shared := copied() - before - owned
 	if owned < float64(instances.MinMemoryBytes) || shared >= float64(instances.MinMemoryBytes) {
 		t.Fatalf("copied %.0f bytes for an owning fork, %.0f for a sharing one: the sharing fork should not copy its memory file", owned, shared)
+	}
+}
+
+// TestSharedFileUntouched: every operation on one holder of a shared
+// memory file (stop, delete, snapshot, snapshot restored in place, forks
+// of a sharing fork) leaves the file's bytes alone (no write of any kind
+// into its inode, watched with fanotify), removes or adds exactly its own
+// link, and leaves the other holders running their memory.
+func TestSharedFileUntouched(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		// op acts on the group; it returns how many links it adds to (+)
+		// or takes from (-) the shared file.
+		op func(t *testing.T, h *instancestest.Harness) int
+	}{
+		{"stop a parked sharing fork", func(t *testing.T, h *instancestest.Harness) int {
+			a := mustGet(t, h, "a")
+			if _, err := h.M.Stop(ctx, "a"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(memPath(h, a.ID)); !os.IsNotExist(err) {
+				t.Fatalf("a stopped sharing fork keeps its memory file: %v", err)
+			}
+			return -1
+		}},
+		{"stop a running sharing fork", func(t *testing.T, h *instancestest.Harness) int {
+			fork(t, h, "src", instances.ForkRequest{Name: "c", Memory: instances.MemoryShared, TargetState: instances.StateRunning})
+			execOut(t, h, "c", "write", "8192", "c-own")
+			if _, err := h.M.Stop(ctx, "c"); err != nil {
+				t.Fatal(err)
+			}
+			return 0
+		}},
+		{"delete a sharing fork", func(t *testing.T, h *instancestest.Harness) int {
+			if err := h.M.Delete(ctx, "a", true); err != nil {
+				t.Fatal(err)
+			}
+			return -1
+		}},
+		{"snapshot a sharing fork: a copy", func(t *testing.T, h *instancestest.Harness) int {
+			s := snapshot(t, h, "a", "")
+			ino, n := links(t, filepath.Join(h.DataDir, "snapshots", s.ID, drivertest.MemoryFile))
+			if shared, _ := links(t, memPath(h, mustGet(t, h, "b").ID)); ino == shared || n != 1 {
+				t.Fatalf("the snapshot's memory file is inode %d with %d links, the shared one %d: want its own copy", ino, n, shared)
+			}
+			if _, err := h.M.ForkSnapshot(ctx, s.ID, instances.ForkRequest{Name: "from-snap", TargetState: instances.StateRunning}); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := execOut(t, h, "from-snap", "read", "8192", "5"); got != "base!" {
+				t.Fatalf("a fork of the snapshot sees %q", got)
+			}
+			return 0
+		}},
+		{"snapshot restored into a sharing fork", func(t *testing.T, h *instancestest.Harness) int {
+			s := snapshot(t, h, "a", "")
+			if _, err := h.M.RestoreSnapshot(ctx, "a", s.ID, instances.StateRunning); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := execOut(t, h, "a", "read", "8192", "5"); got != "base!" {
+				t.Fatalf("the sharing fork restored from its snapshot sees %q", got)
+			}
+			execOut(t, h, "a", "write", "8192", "a-new")
+			if _, err := h.M.Standby(ctx, "a"); err != nil {
+				t.Fatal(err)
+			}
+			return -1
+		}},
+		{"snapshot restored into the source", func(t *testing.T, h *instancestest.Harness) int {
+			s := snapshot(t, h, "src", "")
+			if _, err := h.M.RestoreSnapshot(ctx, "src", s.ID, instances.StateRunning); err != nil {
+				t.Fatal(err)
+			}
+			execOut(t, h, "src", "write", "8192", "s-new")
+			if _, err := h.M.Standby(ctx, "src"); err != nil {
+				t.Fatal(err)
+			}
+			return -1
+		}},
+		{"forks of a sharing fork, shared and owned", func(t *testing.T, h *instancestest.Harness) int {
+			for _, mode := range memoryModes {
+				name := "a-" + string(mode)
+				fork(t, h, "a", instances.ForkRequest{Name: name, Memory: mode, TargetState: instances.StateRunning})
+				execOut(t, h, name, "write", "8192", "mine!")
+				if _, err := h.M.Standby(ctx, name); err != nil {
+					t.Fatal(err)
+				}
+			}
+			return +1
+		}},
+	} {
+		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {
+			h := newCloningHarness(t)
+			create(t, h, "src")
+			execOut(t, h, "src", "write", "8192", "base!")
+			h.M.Standby(ctx, "src")
+			fork(t, h, "src", instances.ForkRequest{Name: "a", Memory: instances.MemoryShared})
+			b := fork(t, h, "src", instances.ForkRequest{Name: "b", Memory: instances.MemoryShared, TargetState: instances.StateRunning})
+			execOut(t, h, "b", "write", "12288", "b-own")
+			shared := memPath(h, b.ID)
+			hash := fileHash(t, shared)
+			ino, before := links(t, shared)
+			writes := watchWrites(t, shared)
+			delta := c.op(t, h)
+			if n := writes(); n != 0 {
+				t.Fatalf("%d writes into the shared memory file", n)
+			}
+			if fileHash(t, shared) != hash {
+				t.Fatal("the shared memory file changed")
+			}
+			if got, n := links(t, shared); got != ino || n != before+delta {
+				t.Fatalf("the shared file (inode %d) has %d links, want %d (inode %d)", got, n, before+delta, ino)
+			}
+			for name, want := range map[string]string{"b": "base!", "src": "base!"} {
+				if name == "src" && c.name == "snapshot restored into the source" {
+					want = "s-new"
+				}
+				if mustGet(t, h, name).State != instances.StateRunning {
+					if _, err := h.M.Restore(ctx, name); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if got, _ := execOut(t, h, name, "read", "8192", "5"); got != want {
+					t.Fatalf("%s sees %q, want %q", name, got, want)
+				}
+			}
+			if got, _ := execOut(t, h, "b", "read", "12288", "5"); got != "b-own" {
+				t.Fatalf("b lost its own write: %q", got)
+			}
+			noSharedWrites(t, h)
+		})
 	}
 }
