@@ -51,7 +51,8 @@ func noSharedWrites(t *testing.T, h *instancestest.Harness) {
 // watchWrites reports every write into the inode of path from now on
 // (fanotify FAN_MODIFY: write, fallocate, a reflink or densify swap into
 // it), whoever makes it: the manager's own file code included, not only
-// the driver's.
+// the driver's. Not truncate(2), which raises no FAN_MODIFY here: callers
+// also compare the file's hash.
 func watchWrites(t *testing.T, path string) func() int {
 	t.Helper()
 	fd, err := unix.FanotifyInit(unix.FAN_CLASS_NOTIF|unix.FAN_NONBLOCK|unix.FAN_CLOEXEC, unix.O_RDONLY)
