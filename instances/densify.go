@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/zygote/zygote/clone"
+	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/store"
 )
@@ -75,7 +76,15 @@ func (m *Manager) densifyLater(inst store.Instance) {
 			m.log.Debug("densify dropped: the instance changed meanwhile", "instance", inst.ID)
 			return
 		}
+		// Commit checks the file it prepared is still this path's only
+		// link: a snapshot restored in place keeps the cache key but puts
+		// another file at the path, and the one prepared may be a sharing
+		// fork's by now.
 		ds, err := prepared.Commit(ctx)
+		if errdefs.IsConflict(err) {
+			m.log.Debug("densify dropped", "instance", inst.ID, "err", err)
+			return
+		}
 		if err != nil {
 			m.log.Warn("densify memory file", "instance", inst.ID, "err", err)
 			return

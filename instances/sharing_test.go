@@ -4,17 +4,17 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/zygote/zygote/errdefs"
+	"github.com/zygote/zygote/hypervisor/drivertest"
 	"github.com/zygote/zygote/instances"
 	"github.com/zygote/zygote/instances/instancestest"
-	"github.com/zygote/zygote/store"
 )
 
 var memoryModes = []instances.MemoryMode{instances.MemoryOwned, instances.MemoryShared}
@@ -51,7 +51,8 @@ func noSharedWrites(t *testing.T, h *instancestest.Harness) {
 // watchWrites reports every write into the inode of path from now on
 // (fanotify FAN_MODIFY: write, fallocate, a reflink or densify swap into
 // it), whoever makes it: the manager's own file code included, not only
-// the driver's.
+// the driver's. Not truncate(2), which raises no FAN_MODIFY here: callers
+// also compare the file's hash.
 func watchWrites(t *testing.T, path string) func() int {
 	t.Helper()
 	fd, err := unix.FanotifyInit(unix.FAN_CLASS_NOTIF|unix.FAN_NONBLOCK|unix.FAN_CLOEXEC, unix.O_RDONLY)
@@ -252,87 +253,6 @@ func TestSharedForkMemoryValidation(t *testing.T) {
 	}
 }
 
-// journal leaves an intent in the store as a daemon killed mid-operation
-// does.
-func journal(t *testing.T, h *instancestest.Harness, in store.Intent) {
-	t.Helper()
-	in.CreatedAt = time.Now()
-	if err := h.Store.Update(func(tx *store.Tx) error { return tx.PutIntent(in) }); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// TestReconcileSharing: a daemon killed at each new step of sharing
-// (link, break-link) leaves every instance restorable.
-func TestReconcileSharing(t *testing.T) {
-	t.Run("link: fork intent with a linked, uncommitted fork", func(t *testing.T) {
-		h := newCloningHarness(t)
-		src := create(t, h, "src")
-		execOut(t, h, "src", "write", "8192", "linked")
-		h.M.Standby(ctx, "src")
-		half := "forkhalfbbbbbbbbbbbbbbbb"
-		srcDir := filepath.Join(h.DataDir, "instances", src.ID)
-		halfDir := filepath.Join(h.DataDir, "instances", half)
-		instancestest.Clone.Dir(ctx, srcDir, halfDir)
-		if err := h.Fake.LinkMemory(srcDir, halfDir); err != nil {
-			t.Fatal(err)
-		}
-		journal(t, h, store.Intent{ID: "forkcallbbbbbbbbbbbbbbbb", Op: store.OpFork, SourceID: src.ID, Members: []string{half}})
-		h.Restart()
-		if _, err := os.Stat(halfDir); !os.IsNotExist(err) {
-			t.Fatal("the linked fork of an interrupted call survived")
-		}
-		if _, n := links(t, memPath(h, src.ID)); n != 1 {
-			t.Fatalf("source memory has %d links", n)
-		}
-		if _, err := h.M.Restore(ctx, "src"); err != nil {
-			t.Fatal(err)
-		}
-		if got, _ := execOut(t, h, "src", "read", "8192", "6"); got != "linked" {
-			t.Fatalf("source sees %q", got)
-		}
-	})
-	for _, step := range []string{"temporary left", "renamed"} {
-		t.Run("break-link: restore intent, "+step, func(t *testing.T) {
-			h := newCloningHarness(t)
-			src := create(t, h, "src")
-			execOut(t, h, "src", "write", "8192", "broken")
-			h.M.Standby(ctx, "src")
-			f := fork(t, h, "src", instances.ForkRequest{Name: "child", Memory: instances.MemoryShared, TargetState: instances.StateRunning})
-			execOut(t, h, "child", "write", "8192", "childs")
-			srcDir := filepath.Join(h.DataDir, "instances", src.ID)
-			tmp := filepath.Join(srcDir, ".memory.zygote-tmp-own")
-			if err := os.WriteFile(tmp, []byte("half a copy"), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			if step == "renamed" {
-				if _, err := h.Fake.OwnMemory(ctx, srcDir); err != nil {
-					t.Fatal(err)
-				}
-			}
-			journal(t, h, store.Intent{ID: src.ID, Op: store.OpRestore, InstanceID: src.ID})
-			h.Restart()
-			if _, err := os.Stat(tmp); !os.IsNotExist(err) {
-				t.Fatal("the break-link temporary survived the reconcile")
-			}
-			if v := mustGet(t, h, "src"); v.State != instances.StateStandby {
-				t.Fatalf("source is %s", v.State)
-			}
-			if _, err := h.M.Restore(ctx, "src"); err != nil {
-				t.Fatal(err)
-			}
-			if got, _ := execOut(t, h, "src", "read", "8192", "6"); got != "broken" {
-				t.Fatalf("source sees %q", got)
-			}
-			h.WaitRunning("child")
-			if got, _ := execOut(t, h, f.ID, "read", "8192", "6"); got != "childs" {
-				t.Fatalf("fork sees %q", got)
-			}
-			noSharedWrites(t, h)
-		})
-	}
-}
-
 // TestSharedPrivateMemoryMetrics: /metrics has each running instance's
 // shared and private guest RAM; a sharing fork's writes are private.
 func TestSharedPrivateMemoryMetrics(t *testing.T) {
@@ -394,5 +314,135 @@ func TestSharingForkCopiesNoMemory(t *testing.T) {
 	shared := copied() - before - owned
 	if owned < float64(instances.MinMemoryBytes) || shared >= float64(instances.MinMemoryBytes) {
 		t.Fatalf("copied %.0f bytes for an owning fork, %.0f for a sharing one: the sharing fork should not copy its memory file", owned, shared)
+	}
+}
+
+// TestSharedFileUntouched: every operation on one holder of a shared
+// memory file (stop, delete, snapshot, snapshot restored in place, forks
+// of a sharing fork) leaves the file's bytes alone (no write of any kind
+// into its inode, watched with fanotify), removes or adds exactly its own
+// link, and leaves the other holders running their memory.
+func TestSharedFileUntouched(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		// op acts on the group; it returns how many links it adds to (+)
+		// or takes from (-) the shared file.
+		op func(t *testing.T, h *instancestest.Harness) int
+	}{
+		{"stop a parked sharing fork", func(t *testing.T, h *instancestest.Harness) int {
+			a := mustGet(t, h, "a")
+			if _, err := h.M.Stop(ctx, "a"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(memPath(h, a.ID)); !os.IsNotExist(err) {
+				t.Fatalf("a stopped sharing fork keeps its memory file: %v", err)
+			}
+			return -1
+		}},
+		{"stop a running sharing fork", func(t *testing.T, h *instancestest.Harness) int {
+			fork(t, h, "src", instances.ForkRequest{Name: "c", Memory: instances.MemoryShared, TargetState: instances.StateRunning})
+			execOut(t, h, "c", "write", "8192", "c-own")
+			if _, err := h.M.Stop(ctx, "c"); err != nil {
+				t.Fatal(err)
+			}
+			return 0
+		}},
+		{"delete a sharing fork", func(t *testing.T, h *instancestest.Harness) int {
+			if err := h.M.Delete(ctx, "a", true); err != nil {
+				t.Fatal(err)
+			}
+			return -1
+		}},
+		{"snapshot a sharing fork: a copy", func(t *testing.T, h *instancestest.Harness) int {
+			s := snapshot(t, h, "a", "")
+			ino, n := links(t, filepath.Join(h.DataDir, "snapshots", s.ID, drivertest.MemoryFile))
+			if shared, _ := links(t, memPath(h, mustGet(t, h, "b").ID)); ino == shared || n != 1 {
+				t.Fatalf("the snapshot's memory file is inode %d with %d links, the shared one %d: want its own copy", ino, n, shared)
+			}
+			if _, err := h.M.ForkSnapshot(ctx, s.ID, instances.ForkRequest{Name: "from-snap", TargetState: instances.StateRunning}); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := execOut(t, h, "from-snap", "read", "8192", "5"); got != "base!" {
+				t.Fatalf("a fork of the snapshot sees %q", got)
+			}
+			return 0
+		}},
+		{"snapshot restored into a sharing fork", func(t *testing.T, h *instancestest.Harness) int {
+			s := snapshot(t, h, "a", "")
+			if _, err := h.M.RestoreSnapshot(ctx, "a", s.ID, instances.StateRunning); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := execOut(t, h, "a", "read", "8192", "5"); got != "base!" {
+				t.Fatalf("the sharing fork restored from its snapshot sees %q", got)
+			}
+			execOut(t, h, "a", "write", "8192", "a-new")
+			if _, err := h.M.Standby(ctx, "a"); err != nil {
+				t.Fatal(err)
+			}
+			return -1
+		}},
+		{"snapshot restored into the source", func(t *testing.T, h *instancestest.Harness) int {
+			s := snapshot(t, h, "src", "")
+			if _, err := h.M.RestoreSnapshot(ctx, "src", s.ID, instances.StateRunning); err != nil {
+				t.Fatal(err)
+			}
+			execOut(t, h, "src", "write", "8192", "s-new")
+			if _, err := h.M.Standby(ctx, "src"); err != nil {
+				t.Fatal(err)
+			}
+			return -1
+		}},
+		{"forks of a sharing fork, shared and owned", func(t *testing.T, h *instancestest.Harness) int {
+			for _, mode := range memoryModes {
+				name := "a-" + string(mode)
+				fork(t, h, "a", instances.ForkRequest{Name: name, Memory: mode, TargetState: instances.StateRunning})
+				execOut(t, h, name, "write", "8192", "mine!")
+				if _, err := h.M.Standby(ctx, name); err != nil {
+					t.Fatal(err)
+				}
+			}
+			return +1
+		}},
+	} {
+		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {
+			h := newCloningHarness(t)
+			create(t, h, "src")
+			execOut(t, h, "src", "write", "8192", "base!")
+			h.M.Standby(ctx, "src")
+			fork(t, h, "src", instances.ForkRequest{Name: "a", Memory: instances.MemoryShared})
+			b := fork(t, h, "src", instances.ForkRequest{Name: "b", Memory: instances.MemoryShared, TargetState: instances.StateRunning})
+			execOut(t, h, "b", "write", "12288", "b-own")
+			shared := memPath(h, b.ID)
+			hash := fileHash(t, shared)
+			ino, before := links(t, shared)
+			writes := watchWrites(t, shared)
+			delta := c.op(t, h)
+			if n := writes(); n != 0 {
+				t.Fatalf("%d writes into the shared memory file", n)
+			}
+			if fileHash(t, shared) != hash {
+				t.Fatal("the shared memory file changed")
+			}
+			if got, n := links(t, shared); got != ino || n != before+delta {
+				t.Fatalf("the shared file (inode %d) has %d links, want %d (inode %d)", got, n, before+delta, ino)
+			}
+			for name, want := range map[string]string{"b": "base!", "src": "base!"} {
+				if name == "src" && c.name == "snapshot restored into the source" {
+					want = "s-new"
+				}
+				if mustGet(t, h, name).State != instances.StateRunning {
+					if _, err := h.M.Restore(ctx, name); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if got, _ := execOut(t, h, name, "read", "8192", "5"); got != want {
+					t.Fatalf("%s sees %q, want %q", name, got, want)
+				}
+			}
+			if got, _ := execOut(t, h, "b", "read", "12288", "5"); got != "b-own" {
+				t.Fatalf("b lost its own write: %q", got)
+			}
+			noSharedWrites(t, h)
+		})
 	}
 }

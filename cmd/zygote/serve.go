@@ -42,6 +42,7 @@ type serveConfig struct {
 	cacheDir, initBinary, accel        string
 	hypervisor, logLevel               string
 	reflinkStrict, pager, densify      bool
+	forkMemory                         instances.MemoryMode
 	http                               httpTimeouts
 	logMaxSize                         string // per console.log / vmm.log file
 	logFiles                           int
@@ -49,7 +50,7 @@ type serveConfig struct {
 }
 
 func newServeCmd() *cobra.Command {
-	cfg := serveConfig{http: defaultHTTPTimeouts}
+	cfg := serveConfig{http: defaultHTTPTimeouts, forkMemory: instances.MemoryOwned}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the zygote daemon",
@@ -77,6 +78,7 @@ restarted daemon adopts them.`,
 	f.BoolVar(&cfg.pager, "pager", false, "start and supervise the userfaultfd pager (zygote pager); off by default because no driver uses it yet (QEMU maps its memory file directly); state in <data-dir>/pager")
 	f.BoolVar(&cfg.reflinkStrict, "reflink-strict", false, "refuse the sparse-copy fallback: snapshots and forks fail unless reflink works (also env "+clone.EnvStrict+"=1)")
 	f.StringVar(&cfg.logMaxSize, "log-max-size", envOr("ZYGOTE_LOG_MAX_SIZE", "10MB"), "cap of each instance's console.log and vmm.log; at the cap a file is rotated to console.1.log (env ZYGOTE_LOG_MAX_SIZE)")
+	f.Var(forkMemoryFlag{&cfg.forkMemory}, "fork-memory", "how a fork that names no --memory holds its source's memory: owned (its own copy) or shared (a hard link of the parked file, copy-on-write: far denser, but its standby reads all its RAM under QEMU 7.2; docs/fork.md)")
 	f.IntVar(&cfg.logFiles, "log-files", 2, "files kept per log, the live one included: an instance's logs use at most log-max-size × log-files each")
 	addImageFlags(cmd, &cfg.images)
 	return cmd
@@ -225,7 +227,7 @@ func newDrivers(cfg serveConfig, cloneOpts clone.Options, log *slog.Logger) ([]h
 
 func newManager(cfg serveConfig, st *store.Store, drivers []hypervisor.Driver, cloneOpts clone.Options, reg *prometheus.Registry, log *slog.Logger) (*instances.Manager, error) {
 	return instances.New(instances.Config{
-		DataDir: cfg.dataDir, Store: st, Drivers: drivers, DefaultHypervisor: cfg.hypervisor,
+		DataDir: cfg.dataDir, Store: st, Drivers: drivers, DefaultHypervisor: cfg.hypervisor, ForkMemory: cfg.forkMemory,
 		Assets:    assetResolver(cfg),
 		DialAgent: dialAgent(log),
 		Clone:     clone.New(cloneOpts),
