@@ -183,7 +183,9 @@ func openDataDir(cfg serveConfig, log *slog.Logger) (clone.Options, error) {
 	if strict && !probe.Reflink {
 		return clone.Options{}, fmt.Errorf("--reflink-strict: %s", probe)
 	}
-	return clone.Options{Strict: strict, Logger: log}, nil
+	// LinkReadOnly: forks and snapshots share the immutable files (root
+	// disks, kernel, initramfs) by hard link instead of copying them.
+	return clone.Options{Strict: strict, LinkReadOnly: true, Logger: log}, nil
 }
 
 // newDrivers is the one place the hypervisor drivers are named.
