@@ -79,9 +79,12 @@ func checkPlatform(v string) error {
 func createRequest(req CreateInstanceRequest) (instances.CreateRequest, error) {
 	creq := instances.CreateRequest{
 		Name: req.Name, Hypervisor: req.Hypervisor, VCPUs: req.VCPUs, KernelArgs: req.KernelArgs,
-		Command: append(append([]string{}, req.Entrypoint...), req.Cmd...), Env: req.Env, Tags: req.Tags, Image: req.Image,
+		Env: req.Env, Tags: req.Tags, Image: req.Image,
 	}
-	if len(creq.Command) == 0 {
+	if req.Image != "" {
+		// Overrides of the image's config: given (even empty) replaces.
+		creq.Entrypoint, creq.Cmd = req.Entrypoint, req.Cmd
+	} else if creq.Command = append(append([]string{}, req.Entrypoint...), req.Cmd...); len(creq.Command) == 0 {
 		creq.Command = nil
 	}
 	if err := checkHypervisor("hypervisor", req.Hypervisor); err != nil {
@@ -111,6 +114,7 @@ func createRequest(req CreateInstanceRequest) (instances.CreateRequest, error) {
 	if overlay > 0 && req.Image == "" {
 		return creq, invalidf("invalid_overlay_size", "overlay_size sizes an image's writable overlay disk, and an instance without image has none")
 	}
+	creq.OverlayBytes = overlay
 	return creq, nil
 }
 

@@ -249,6 +249,11 @@ func toInstance(v instances.Instance) Instance {
 	if v.StateError != "" {
 		out.StateError = &v.StateError
 	}
+	if v.Spec.ImageDigest != "" {
+		out.Entrypoint, out.Cmd = v.Spec.Entrypoint, v.Spec.Cmd
+		out.ImageDigest = v.Spec.ImageDigest
+		out.OverlaySize = bytesize.Format(v.Spec.OverlayBytes)
+	}
 	if o := v.ForkedFrom; o != nil {
 		out.ForkedFrom = &Origin{InstanceID: o.InstanceID, InstanceName: o.InstanceName, SnapshotID: o.SnapshotID}
 	}

@@ -69,6 +69,9 @@ type Instance struct {
 	ExitMessage string            `json:"exit_message,omitempty"`
 	HasSnapshot bool              `json:"has_snapshot"`
 	ForkedFrom  *Origin           `json:"forked_from,omitempty"`
+	// ImageDigest and OverlaySize describe an image instance's disks.
+	ImageDigest string `json:"image_digest,omitempty"`
+	OverlaySize string `json:"overlay_size,omitempty"`
 	// HotplugSize is always "0 B": zygote has no memory hotplug.
 	HotplugSize string `json:"hotplug_size"`
 }

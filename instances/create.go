@@ -27,7 +27,15 @@ type CreateRequest struct {
 	Command []string
 	Env     map[string]string
 	Tags    map[string]string
-	Image   string
+	// Image is an OCI reference: the instance boots the image's root disk
+	// with an overlay disk of OverlayBytes (default DefaultOverlayBytes)
+	// and runs its entrypoint + cmd, which Entrypoint and Cmd override
+	// (docker's rules, disks.go); Env is laid over the image's. Without
+	// Image, Entrypoint + Cmd become Command.
+	Image        string
+	Entrypoint   []string
+	Cmd          []string
+	OverlayBytes int64
 }
 
 // Defaults and limits of CreateRequest.
@@ -62,11 +70,8 @@ func (m *Manager) validateCreate(req *CreateRequest) error {
 	if err := names.Validate("instance name", req.Name); err != nil {
 		return err
 	}
-	// Until images land, an image is refused, never stored and ignored:
-	// booting the built-in initramfs instead would run something else.
-	if req.Image != "" {
-		return &FieldError{Field: "image", Err: fmt.Errorf("image %q: OCI images are not supported yet; omit image to boot the built-in initramfs: %w",
-			req.Image, errdefs.ErrNotImplemented)}
+	if err := m.validateImage(req); err != nil {
+		return err
 	}
 	if req.Hypervisor == "" {
 		req.Hypervisor = m.cfg.DefaultHypervisor
@@ -172,6 +177,10 @@ func (m *Manager) create(ctx context.Context, req CreateRequest) (store.Instance
 		return inst, err
 	}
 	defer l.unlock()
+	// Before the intent: a pull touches no instance file.
+	if err := m.ensureImage(ctx, req, &inst); err != nil {
+		return inst, err
+	}
 
 	undo := cleanup.New()
 	defer func() {
@@ -190,6 +199,10 @@ func (m *Manager) create(ctx context.Context, req CreateRequest) (store.Instance
 		return inst, err
 	}
 	undo.Add("remove instance directory", func(context.Context) error { return os.RemoveAll(dir) })
+	if err := m.makeDisks(ctx, inst, dir); err != nil {
+		return inst, err
+	}
+	crashpoint.Hit(crashpoint.CreateDisks)
 
 	vm, err := m.boot(ctx, &inst)
 	if err != nil {

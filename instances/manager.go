@@ -45,8 +45,11 @@ type Config struct {
 	// MaxSessions bounds the exec and cp sessions open at once per
 	// instance (sessions.go; default DefaultMaxSessions).
 	MaxSessions int
-	Metrics     *Metrics
-	Logger      *slog.Logger
+	// Images resolves and pulls OCI images for creates that name one
+	// (disks.go); nil: no image support (such a create is 501).
+	Images  ImageSource
+	Metrics *Metrics
+	Logger  *slog.Logger
 }
 
 // Manager runs instances. It is safe for concurrent use.
@@ -285,6 +288,7 @@ func (m *Manager) specOf(inst store.Instance) hypervisor.Spec {
 		ID: inst.ID, Dir: m.instanceDir(inst.ID),
 		VCPUs: inst.Spec.VCPUs, MemoryBytes: inst.Spec.MemoryBytes,
 		KernelArgs: inst.Spec.KernelArgs, DriverState: inst.Spec.DriverState,
+		Disks: disksOf(inst.Spec),
 	}
 }
 
