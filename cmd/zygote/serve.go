@@ -137,7 +137,12 @@ func buildDaemon(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *dae
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m, err := newManager(cfg, st, drivers, cloneOpts, reg, log)
+	imgs, err := newImageStore(cfg, st, log)
+	if err != nil {
+		return nil, err
+	}
+	d.closers = append(d.closers, func() { imgs.Close() })
+	m, err := newManager(cfg, st, drivers, cloneOpts, imageSource{imgs}, reg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -207,13 +212,14 @@ func newDrivers(cfg serveConfig, log *slog.Logger) ([]hypervisor.Driver, error) 
 	return drivers, nil
 }
 
-func newManager(cfg serveConfig, st *store.Store, drivers []hypervisor.Driver, cloneOpts clone.Options, reg *prometheus.Registry, log *slog.Logger) (*instances.Manager, error) {
+func newManager(cfg serveConfig, st *store.Store, drivers []hypervisor.Driver, cloneOpts clone.Options, imgs instances.ImageSource, reg *prometheus.Registry, log *slog.Logger) (*instances.Manager, error) {
 	return instances.New(instances.Config{
 		DataDir: cfg.dataDir, Store: st, Drivers: drivers, DefaultHypervisor: cfg.hypervisor,
 		Assets:    assetResolver(cfg),
 		DialAgent: dialAgent(log),
 		Clone:     clone.New(cloneOpts),
 		NoDensify: !cfg.densify,
+		Images:    imgs,
 		Metrics:   instances.NewMetrics(reg),
 		Logger:    log,
 	})
