@@ -25,17 +25,25 @@ type Harness struct {
 	Store   *store.Store
 	DataDir string
 	Clone   instances.Cloner
-	t       testing.TB
+	// Images is the manager's image source (nil: no image support).
+	Images instances.ImageSource
+	t      testing.TB
 }
 
 // New starts a manager over a fake driver in dataDir (t.TempDir() if
 // empty). clone copies directories for snapshots and forks.
 func New(t testing.TB, dataDir string, clone instances.Cloner) *Harness {
 	t.Helper()
+	return NewWithImages(t, dataDir, clone, nil)
+}
+
+// NewWithImages is New with an image source for creates from images.
+func NewWithImages(t testing.TB, dataDir string, clone instances.Cloner, images instances.ImageSource) *Harness {
+	t.Helper()
 	if dataDir == "" {
 		dataDir = t.TempDir()
 	}
-	h := &Harness{Fake: drivertest.NewFake(), DataDir: dataDir, Clone: clone, t: t}
+	h := &Harness{Fake: drivertest.NewFake(), DataDir: dataDir, Clone: clone, Images: images, t: t}
 	h.start()
 	t.Cleanup(func() {
 		h.stop()
@@ -57,7 +65,7 @@ func (h *Harness) start() {
 		Assets: func(context.Context) (hypervisor.BootAssets, error) {
 			return hypervisor.BootAssets{Kernel: "fake-kernel", Initramfs: "fake-initramfs"}, nil
 		},
-		DialAgent: DialFakeAgent, Clone: h.Clone,
+		DialAgent: DialFakeAgent, Clone: h.Clone, Images: h.Images,
 		StopTimeout: 2 * time.Second, ReadyTimeout: 5 * time.Second,
 		Logger: testLogger(),
 	})
