@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
 	"github.com/zygote/zygote/api"
+	"github.com/zygote/zygote/api/client"
 	"github.com/zygote/zygote/images/imagestest"
 	"github.com/zygote/zygote/internal/testutil"
 )
@@ -60,6 +61,7 @@ func TestImages(t *testing.T) {
 		if code != 0 || !hasLine(out, "42") {
 			t.Fatalf("run = %d, output:\n%s", code, out)
 		}
+		t.Logf("zygote run %s -- python3 -c 'print(6*7)' printed:\n%s", debRef, out)
 		in, err := d.c.GetInstance(ctx, "py")
 		if err != nil || in.State != "Stopped" || in.ExitCode == nil || *in.ExitCode != 0 || in.Image != debRef || in.ImageDigest == "" {
 			t.Fatalf("after the program: %+v %v", in, err)
@@ -115,6 +117,20 @@ func TestImages(t *testing.T) {
 	t.Run("stop start keeps the overlay", func(t *testing.T) {
 		in := d.runImage("keep", bbRef, "-c", "sleep 1000000")
 		d.sh("keep", "echo persisted > /root/f; echo etc > /etc/new") // no sync: stop shuts the guest down cleanly
+		// cp resolves guest paths in the image's root, not the initramfs.
+		host := t.TempDir()
+		if err := os.WriteFile(filepath.Join(host, "in.txt"), []byte("copied in\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.c.CopyToGuest(ctx, "keep", filepath.Join(host, "in.txt"), "/root/sub/in.txt", client.CopyOptions{}); err != nil {
+			t.Fatalf("cp into the image root: %v", err)
+		}
+		if _, err := d.c.CopyFromGuest(ctx, "keep", "/etc/passwd", filepath.Join(host, "passwd"), client.CopyOptions{}); err != nil {
+			t.Fatalf("cp from the image root: %v", err)
+		}
+		if b, _ := os.ReadFile(filepath.Join(host, "passwd")); string(b) != "root:x:0:0:root:/root:/bin/sh\n" {
+			t.Errorf("cp of /etc/passwd got %q, want the image's", b)
+		}
 		if _, err := d.c.StopInstance(ctx, "keep"); err != nil {
 			t.Fatal(err)
 		}
@@ -122,7 +138,7 @@ func TestImages(t *testing.T) {
 			t.Fatal(err)
 		}
 		d.waitRunning("keep")
-		if got := d.sh("keep", "cat /root/f /etc/new"); got != "persisted\netc" {
+		if got := d.sh("keep", "cat /root/f /etc/new /root/sub/in.txt"); got != "persisted\netc\ncopied in" {
 			t.Errorf("after stop/start: %q", got)
 		}
 		root := filepath.Join(d.instanceDir(in.ID), "rootfs.ext4")
