@@ -61,7 +61,9 @@ func TestImages(t *testing.T) {
 		if code != 0 || !hasLine(out, "42") {
 			t.Fatalf("run = %d, output:\n%s", code, out)
 		}
-		t.Logf("zygote run %s -- python3 -c 'print(6*7)' printed:\n%s", debRef, out)
+		if strings.TrimSpace(out) != "42" {
+			t.Errorf("run printed more than the program's output:\n%s", out)
+		}
 		in, err := d.c.GetInstance(ctx, "py")
 		if err != nil || in.State != "Stopped" || in.ExitCode == nil || *in.ExitCode != 0 || in.Image != debRef || in.ImageDigest == "" {
 			t.Fatalf("after the program: %+v %v", in, err)

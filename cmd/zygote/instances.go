@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -181,11 +182,15 @@ func followProgram(ctx context.Context, c *client.Client, in api.Instance, begin
 	return nil
 }
 
-// programOutput drops zygote-init's own log lines from the guest console.
+// programOutput drops zygote-init's own log lines and the kernel's
+// ("[    6.50] reboot: Power down") from the guest console; client.Logs
+// writes one line per call.
 type programOutput struct{ w io.Writer }
 
+var kernelLine = regexp.MustCompile(`^\[\s*[0-9]+\.[0-9]+\] `)
+
 func (p programOutput) Write(b []byte) (int, error) {
-	if bytes.Contains(b, []byte("component=zygote-init")) {
+	if bytes.Contains(b, []byte("component=zygote-init")) || kernelLine.Match(b) {
 		return len(b), nil
 	}
 	return p.w.Write(b)
