@@ -124,7 +124,7 @@ func TestImages(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(host, "in.txt"), []byte("copied in\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := d.c.CopyToGuest(ctx, "keep", filepath.Join(host, "in.txt"), "/root/sub/in.txt", client.CopyOptions{}); err != nil {
+		if _, err := d.c.CopyToGuest(ctx, "keep", filepath.Join(host, "in.txt"), "/root/in.txt", client.CopyOptions{}); err != nil {
 			t.Fatalf("cp into the image root: %v", err)
 		}
 		if _, err := d.c.CopyFromGuest(ctx, "keep", "/etc/passwd", filepath.Join(host, "passwd"), client.CopyOptions{}); err != nil {
@@ -140,7 +140,7 @@ func TestImages(t *testing.T) {
 			t.Fatal(err)
 		}
 		d.waitRunning("keep")
-		if got := d.sh("keep", "cat /root/f /etc/new /root/sub/in.txt"); got != "persisted\netc\ncopied in" {
+		if got := d.sh("keep", "cat /root/f /etc/new /root/in.txt"); got != "persisted\netc\ncopied in" {
 			t.Errorf("after stop/start: %q", got)
 		}
 		root := filepath.Join(d.instanceDir(in.ID), "rootfs.ext4")
