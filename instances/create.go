@@ -36,6 +36,8 @@ type CreateRequest struct {
 	Entrypoint   []string
 	Cmd          []string
 	OverlayBytes int64
+	// Volumes to attach (volumes.go); image instances only.
+	Volumes []VolumeMount
 }
 
 // Defaults and limits of CreateRequest.
@@ -71,6 +73,9 @@ func (m *Manager) validateCreate(req *CreateRequest) error {
 		return err
 	}
 	if err := m.validateImage(req); err != nil {
+		return err
+	}
+	if err := m.validateVolumes(req); err != nil {
 		return err
 	}
 	if req.Hypervisor == "" {
@@ -181,6 +186,9 @@ func (m *Manager) create(ctx context.Context, req CreateRequest) (store.Instance
 	if err := m.ensureImage(ctx, req, &inst); err != nil {
 		return inst, err
 	}
+	if err := m.resolveVolumes(req, &inst); err != nil {
+		return inst, err
+	}
 
 	undo := cleanup.New()
 	defer func() {
@@ -189,7 +197,13 @@ func (m *Manager) create(ctx context.Context, req CreateRequest) (store.Instance
 		}
 	}()
 	intent := store.Intent{ID: inst.ID, Op: store.OpCreate, InstanceID: inst.ID, Pending: &inst}
-	if err := m.putIntent(intent); err != nil {
+	release, err := m.claimVolumes(inst) // the intent makes the claim visible
+	if err != nil {
+		return inst, err
+	}
+	err = m.putIntent(intent)
+	release()
+	if err != nil {
 		return inst, err
 	}
 	undo.Add("drop intent", func(context.Context) error { m.dropIntent(intent.ID); return nil })

@@ -74,10 +74,10 @@ func disksOf(s store.Spec) []hypervisor.Disk {
 	if !hasImage(s) {
 		return nil
 	}
-	return []hypervisor.Disk{
+	return append([]hypervisor.Disk{
 		{Path: rootDiskName(s.RootFSType), ReadOnly: true, Serial: agentproto.RootDiskSerial},
 		{Path: overlayDiskName, Serial: agentproto.OverlayDiskSerial},
-	}
+	}, volumeDisks(s)...)
 }
 
 // workloadConfig fills an agent configuration's image part: the root
@@ -196,8 +196,10 @@ func (m *Manager) makeDisks(ctx context.Context, inst store.Instance, dir string
 	if err := guest.FormatOverlay(ctx, filepath.Join(dir, overlayDiskName), inst.Spec.OverlayBytes); err != nil {
 		return classifyNoSpace(err)
 	}
-	return nil
+	return m.linkVolumes(inst, dir)
 }
+
+func linkErr(src, dst string) error { return classifyNoSpace(os.Link(src, dst)) }
 
 // shareImmutable puts an immutable file into an instance directory: a
 // hard link (same filesystem), else a reflink or a copy, read-only.

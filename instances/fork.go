@@ -90,6 +90,9 @@ func (m *Manager) Fork(ctx context.Context, ref string, req ForkRequest) ([]Inst
 		name: "fork", instance: ref,
 		validate: func() (err error) { forkNames, err = forkNamesOf(req); return err },
 		check: func(t *targets) error {
+			if err := refuseWritableVolumes("fork", t.inst); err != nil {
+				return err
+			}
 			switch t.state {
 			case StateStandby, StateStopped:
 			case StateRunning:

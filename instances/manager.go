@@ -47,7 +47,9 @@ type Config struct {
 	MaxSessions int
 	// Images resolves and pulls OCI images for creates that name one
 	// (disks.go); nil: no image support (such a create is 501).
-	Images  ImageSource
+	Images ImageSource
+	// Volumes keeps volumes (volumes.go); nil: no volume support.
+	Volumes VolumeStore
 	Metrics *Metrics
 	Logger  *slog.Logger
 }
@@ -74,6 +76,11 @@ type Manager struct {
 	ops      sync.WaitGroup // operations in flight (enter/leave)
 
 	sessions sessionTable // open exec/cp sessions per instance (sessions.go)
+
+	// volMu serialises volume claims (a create's check + intent) against
+	// each other and against volume deletes (volumes.go); a leaf lock
+	// held only around store transactions.
+	volMu sync.Mutex
 
 	densifySem chan struct{}      // one background densify at a time
 	closingCtx context.Context    // done once Close has begun: background jobs stop

@@ -33,6 +33,8 @@ type Spec struct {
 	WorkloadEnv  []string
 	WorkingDir   string
 	User         string
+	// Volumes attached (VolumeMount.Volume is the volume's id).
+	Volumes []VolumeMount
 }
 
 // Origin says where a fork came from. Informational only: nothing ever
@@ -98,6 +100,9 @@ type Snapshot struct {
 func specOfRecord(s store.Spec) Spec {
 	v := Spec{Hypervisor: s.Hypervisor, VCPUs: s.VCPUs, MemoryBytes: s.MemoryBytes, KernelArgs: s.KernelArgs,
 		Command: s.Command, Env: s.Env, Image: s.Image, ImageDigest: s.ImageDigest, OverlayBytes: s.OverlayBytes}
+	for _, m := range s.Volumes {
+		v.Volumes = append(v.Volumes, VolumeMount{Volume: m.VolumeID, MountPath: m.MountPath, ReadOnly: m.ReadOnly})
+	}
 	if w := s.Workload; w != nil {
 		v.Entrypoint, v.Cmd, v.WorkloadEnv, v.WorkingDir, v.User = w.Entrypoint, w.Cmd, w.Env, w.WorkingDir, w.User
 	}

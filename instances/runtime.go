@@ -84,6 +84,7 @@ func (m *Manager) attachRuntime(inst store.Instance, vm hypervisor.VM, restored 
 		// The image form: Command and Env are the built-in guest's.
 		rt.configure.Command, rt.configure.Env = nil, nil
 		rt.configure.Root, rt.configure.Process = workloadConfig(inst.Spec)
+		rt.configure.Volumes = volumeConfig(inst.Spec)
 	}
 	m.watchers.Add(1)
 	go rt.watch() // owner: the manager; detach or Close stops it

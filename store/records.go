@@ -40,6 +40,9 @@ type Spec struct {
 	// Workload is an image instance's program, resolved at create from
 	// the image's config and the request's overrides.
 	Workload *Workload `json:"workload,omitempty"`
+	// Volumes attached at create: each a hard link vol<i>.ext4 in the
+	// instance directory to the volume's disk.
+	Volumes []VolumeMount `json:"volumes,omitempty"`
 	// DriverState is opaque to everyone but the driver that wrote it
 	// (machine type, accelerator, …); a driver versions its own encoding
 	// inside it. (Schema 1 also declared driver_state_version; nothing
@@ -57,6 +60,13 @@ type Workload struct {
 	Env        []string `json:"env,omitempty"`
 	WorkingDir string   `json:"working_dir,omitempty"`
 	User       string   `json:"user,omitempty"`
+}
+
+// VolumeMount is a volume attached to an instance.
+type VolumeMount struct {
+	VolumeID  string `json:"volume_id"`
+	MountPath string `json:"mount_path"`
+	ReadOnly  bool   `json:"readonly,omitempty"`
 }
 
 // Process identifies a VMM process across daemon restarts: a pid alone may

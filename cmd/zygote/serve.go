@@ -142,7 +142,11 @@ func buildDaemon(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *dae
 		return nil, err
 	}
 	d.closers = append(d.closers, func() { imgs.Close() })
-	m, err := newManager(cfg, st, drivers, cloneOpts, imageSource{imgs}, reg, log)
+	vols, err := newVolumeStore(cfg, st, log)
+	if err != nil {
+		return nil, err
+	}
+	m, err := newManager(cfg, st, drivers, cloneOpts, imageSource{imgs}, vols, reg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -212,7 +216,7 @@ func newDrivers(cfg serveConfig, log *slog.Logger) ([]hypervisor.Driver, error) 
 	return drivers, nil
 }
 
-func newManager(cfg serveConfig, st *store.Store, drivers []hypervisor.Driver, cloneOpts clone.Options, imgs instances.ImageSource, reg *prometheus.Registry, log *slog.Logger) (*instances.Manager, error) {
+func newManager(cfg serveConfig, st *store.Store, drivers []hypervisor.Driver, cloneOpts clone.Options, imgs instances.ImageSource, vols instances.VolumeStore, reg *prometheus.Registry, log *slog.Logger) (*instances.Manager, error) {
 	return instances.New(instances.Config{
 		DataDir: cfg.dataDir, Store: st, Drivers: drivers, DefaultHypervisor: cfg.hypervisor,
 		Assets:    assetResolver(cfg),
@@ -220,6 +224,7 @@ func newManager(cfg serveConfig, st *store.Store, drivers []hypervisor.Driver, c
 		Clone:     clone.New(cloneOpts),
 		NoDensify: !cfg.densify,
 		Images:    imgs,
+		Volumes:   vols,
 		Metrics:   instances.NewMetrics(reg),
 		Logger:    log,
 	})
