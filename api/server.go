@@ -82,6 +82,7 @@ func (s *Server) routes() {
 	h("GET /instances/{id}/stat", s.statPath)
 	s.snapshotRoutes()
 	s.forkRoutes()
+	s.volumeRoutes()
 	s.mux.HandleFunc("/", s.noRoute)
 }
 
@@ -253,6 +254,9 @@ func toInstance(v instances.Instance) Instance {
 		out.Entrypoint, out.Cmd = v.Spec.Entrypoint, v.Spec.Cmd
 		out.ImageDigest = v.Spec.ImageDigest
 		out.OverlaySize = bytesize.Format(v.Spec.OverlayBytes)
+	}
+	for _, m := range v.Spec.Volumes {
+		out.Volumes = append(out.Volumes, VolumeMount{VolumeID: m.Volume, MountPath: m.MountPath, ReadOnly: m.ReadOnly})
 	}
 	if o := v.ForkedFrom; o != nil {
 		out.ForkedFrom = &Origin{InstanceID: o.InstanceID, InstanceName: o.InstanceName, SnapshotID: o.SnapshotID}
