@@ -34,7 +34,7 @@ func newRunCmd() *cobra.Command {
 		name, hv, kernelArgs, memory string
 		entrypoint, overlaySize      string
 		vcpus                        int
-		env, tags                    []string
+		env, tags, vols              []string
 		detach, asJSON               bool
 	)
 	cmd := &cobra.Command{
@@ -67,6 +67,7 @@ is its workload, and run returns once the guest agent is ready.`,
 	cmd.Flags().StringArrayVar(&tags, "tag", nil, "tag KEY=VALUE (repeatable)")
 	cmd.Flags().StringVar(&entrypoint, "entrypoint", "", "replace the image's entrypoint (and drop its cmd unless -- gives one)")
 	cmd.Flags().StringVar(&overlaySize, "overlay-size", "", `the image instance's writable overlay disk (sparse), e.g. "1GB"; default 10GB`)
+	cmd.Flags().StringArrayVarP(&vols, "volume", "v", nil, "attach a volume: NAME:/path[:ro] (repeatable; image instances only)")
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once the VMM runs, without waiting for the guest or following the program")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the instance as JSON")
 	return clientCommand(cmd, func(ctx context.Context, c *client.Client, args []string) error {
@@ -82,10 +83,14 @@ is its workload, and run returns once the guest agent is ready.`,
 		if err != nil {
 			return err
 		}
+		mounts, err := parseVolumeFlags(vols)
+		if err != nil {
+			return err
+		}
 		if name == "" {
 			name = randomName()
 		}
-		req := api.CreateInstanceRequest{Name: name, VCPUs: vcpus, Hypervisor: hv, KernelArgs: kernelArgs, Env: envMap, Tags: tagMap,
+		req := api.CreateInstanceRequest{Volumes: mounts, Name: name, VCPUs: vcpus, Hypervisor: hv, KernelArgs: kernelArgs, Env: envMap, Tags: tagMap,
 			Image: image, Cmd: command, OverlaySize: overlaySize}
 		if cmd.Flags().Changed("entrypoint") {
 			req.Entrypoint = strings.Fields(entrypoint)

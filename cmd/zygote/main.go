@@ -56,6 +56,8 @@ func newRootCmd() *cobra.Command {
 		newRmCmd(),
 		// snapshots
 		newSnapshotCmd(),
+		// volumes
+		newVolumeCmd(),
 	)
 	return root
 }

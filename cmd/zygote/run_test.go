@@ -47,3 +47,15 @@ func TestSplitRunArgs(t *testing.T) {
 		}
 	}
 }
+
+func TestParseVolumeFlags(t *testing.T) {
+	got, err := parseVolumeFlags([]string{"data:/data", "ref:/ref:ro", "w:/w:rw"})
+	if err != nil || len(got) != 3 || got[0].ReadOnly || !got[1].ReadOnly || got[2].ReadOnly || got[1].VolumeID != "ref" || got[1].MountPath != "/ref" {
+		t.Errorf("got %+v %v", got, err)
+	}
+	for _, bad := range []string{"data", ":/x", "data:", "a:/b:rx", "a:/b:ro:x"} {
+		if _, err := parseVolumeFlags([]string{bad}); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
