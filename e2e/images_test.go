@@ -13,6 +13,7 @@ import (
 
 	"github.com/zygote/zygote/api"
 	"github.com/zygote/zygote/api/client"
+	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/images/imagestest"
 	"github.com/zygote/zygote/internal/testutil"
 )
@@ -224,6 +225,78 @@ func TestImages(t *testing.T) {
 			t.Errorf("f2 after stop/start: %q", got)
 		}
 	})
+}
+
+// TestVolumes: a writable volume keeps what one instance wrote after the
+// instance is gone; read-only attachments share it; an instance with a
+// writable volume refuses forks and snapshots (409); a volume in use
+// cannot be deleted.
+func TestVolumes(t *testing.T) {
+	testutil.RequirePrivileged(t, "loop-mounted XFS, VMs", "mkfs.ext4")
+	reg := imagestest.StartRegistry(t)
+	d := newDaemon(t, testutil.XFS(t))
+	d.start()
+	bbRef := reg + "/busybox:1"
+	imagestest.PushImage(t, bbRef, imagestest.BusyboxImage(t))
+
+	if out, code := d.cli("volume", "create", "data", "--size-gb", "1"); code != 0 {
+		t.Fatalf("volume create: %d %s", code, out)
+	}
+	out, code := d.cli("run", "--name", "w", "-v", "data:/data", bbRef, "--", "-c", "echo kept > /data/f; mount | grep ' /data '")
+	if code != 0 || !strings.Contains(out, "/data type ext4 (rw") {
+		t.Fatalf("writer = %d:\n%s", code, out)
+	}
+	if out, code := d.cli("volume", "rm", "data"); code == 0 || !strings.Contains(out, "instance w") {
+		t.Errorf("rm of an attached volume = %d: %s", code, out)
+	}
+	if err := d.c.DeleteInstance(ctx, "w", true); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"r1", "r2"} {
+		in, err := d.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: n, Image: bbRef, Cmd: []string{"-c", "sleep 1000000"},
+			OverlaySize: "64MB", Volumes: []api.VolumeMount{{VolumeID: "data", MountPath: "/data", ReadOnly: true}}})
+		if err != nil {
+			t.Fatalf("read-only attach %s: %v", n, err)
+		}
+		d.waitRunning(in.ID)
+		if got := d.sh(n, "cat /data/f"); got != "kept" {
+			t.Errorf("%s reads %q from the volume", n, got)
+		}
+		if _, c := d.shCode(n, "echo x > /data/g"); c == 0 {
+			t.Errorf("%s wrote a read-only volume", n)
+		}
+	}
+	if _, err := d.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: "w2", Image: bbRef, Cmd: []string{"-c", "true"},
+		Volumes: []api.VolumeMount{{VolumeID: "data", MountPath: "/data"}}}); !errdefs.IsConflict(err) {
+		t.Errorf("writable attach of a shared volume: %v", err)
+	}
+	// Forks of read-only attachments work.
+	if _, err := d.c.ForkInstance(ctx, "r1", api.ForkInstanceRequest{Name: "r1-fork", FromRunning: true, TargetState: "Running"}); err != nil {
+		t.Errorf("fork with a read-only volume: %v", err)
+	} else if got := d.sh("r1-fork", "cat /data/f"); got != "kept" {
+		t.Errorf("the fork reads %q", got)
+	}
+	for _, n := range []string{"r1", "r2", "r1-fork"} {
+		if err := d.c.DeleteInstance(ctx, n, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := d.c.CreateVolume(ctx, api.CreateVolumeRequest{Name: "solo", SizeGB: 1}); err != nil {
+		t.Fatal(err)
+	}
+	d.runImage("holder", bbRef, "-c", "sleep 1000000")
+	in, err := d.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: "solo-user", Image: bbRef, Cmd: []string{"-c", "sleep 1000000"},
+		OverlaySize: "64MB", Volumes: []api.VolumeMount{{VolumeID: "solo", MountPath: "/solo"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.waitRunning(in.ID)
+	if _, err := d.c.ForkInstance(ctx, "solo-user", api.ForkInstanceRequest{Name: "nope", FromRunning: true}); !errdefs.IsConflict(err) {
+		t.Errorf("fork with a writable volume: %v", err)
+	}
+	if _, err := d.c.CreateSnapshot(ctx, "solo-user", api.CreateSnapshotRequest{Kind: "Standby"}); !errdefs.IsConflict(err) {
+		t.Errorf("snapshot with a writable volume: %v", err)
+	}
 }
 
 // runImage creates an instance of image running args as its cmd and

@@ -48,16 +48,28 @@ type World interface {
 	Check(t *rapid.T, m *Model)
 }
 
+// DiskWorld is a World whose instances have a writable disk (an image's
+// overlay): a disk marker survives stop/start, standby/restore and daemon
+// restarts, and every fork and snapshot carries its source's (DESIGN
+// invariant 7), whatever the target state. Worlds without it skip the
+// disk steps.
+type DiskWorld interface {
+	WriteDiskMarker(ctx context.Context, name, value string) error
+	ReadDiskMarker(ctx context.Context, name string) (string, error)
+}
+
 // Instance is the model of one instance.
 type Instance struct {
 	ID, Name, State string
 	// Marker is what the guest's memory holds ("" after a fresh boot).
 	Marker string
+	// DiskMarker is what its overlay disk holds (DiskWorld).
+	DiskMarker string
 }
 
 // Snapshot is the model of one snapshot.
 type Snapshot struct {
-	ID, Kind, Marker string
+	ID, Kind, Marker, DiskMarker string
 }
 
 // Model is the expected world.
@@ -156,7 +168,7 @@ func actions(w World, m *Model, opt Options) map[string]func(*rapid.T) {
 			if target == Stopped || src.State == Stopped {
 				marker = ""
 			}
-			m.Instances[name] = &Instance{ID: id, Name: name, State: target, Marker: marker}
+			m.Instances[name] = &Instance{ID: id, Name: name, State: target, Marker: marker, DiskMarker: src.DiskMarker}
 		},
 		"snapshot": func(t *rapid.T) {
 			if len(m.Snapshots) >= opt.MaxSnapshots {
@@ -169,7 +181,7 @@ func actions(w World, m *Model, opt Options) map[string]func(*rapid.T) {
 			}
 			id, err := w.Snapshot(ctx, src.Name, kind)
 			must(t, err, "snapshot %s", src.Name)
-			m.Snapshots[id] = &Snapshot{ID: id, Kind: kind, Marker: src.Marker}
+			m.Snapshots[id] = &Snapshot{ID: id, Kind: kind, Marker: src.Marker, DiskMarker: src.DiskMarker}
 		},
 		"fork snapshot": func(t *rapid.T) {
 			if len(m.Snapshots) == 0 || len(m.Instances) >= opt.MaxInstances {
@@ -184,7 +196,7 @@ func actions(w World, m *Model, opt Options) map[string]func(*rapid.T) {
 			name := m.name()
 			id, err := w.ForkSnapshot(ctx, sn.ID, name)
 			must(t, err, "fork snapshot %s", sn.ID)
-			in := &Instance{ID: id, Name: name, State: Stopped}
+			in := &Instance{ID: id, Name: name, State: Stopped, DiskMarker: sn.DiskMarker}
 			if sn.Kind == Standby {
 				in.State, in.Marker = Running, sn.Marker
 			}
@@ -212,6 +224,14 @@ func actions(w World, m *Model, opt Options) map[string]func(*rapid.T) {
 			must(t, w.Restart(ctx), "restart")
 		},
 		"": func(t *rapid.T) { check(t, w, m) },
+	}
+	if dw, ok := w.(DiskWorld); ok {
+		acts["write disk"] = func(t *rapid.T) {
+			in := m.pick(t, Running)
+			v := m.marker()
+			must(t, dw.WriteDiskMarker(ctx, in.Name, v), "write disk %s", in.Name)
+			in.DiskMarker = v
+		}
 	}
 	if opt.Boots {
 		acts["stop"] = func(t *rapid.T) {
@@ -244,6 +264,13 @@ func check(t *rapid.T, w World, m *Model) {
 			must(t, err, "read %s", name)
 			if got != in.Marker {
 				t.Fatalf("%s's guest memory holds %q, the model says %q", name, got, in.Marker)
+			}
+			if dw, ok := w.(DiskWorld); ok {
+				got, err := dw.ReadDiskMarker(ctx, name)
+				must(t, err, "read disk %s", name)
+				if got != in.DiskMarker {
+					t.Fatalf("%s's overlay disk holds %q, the model says %q", name, got, in.DiskMarker)
+				}
 			}
 		}
 	}
