@@ -182,7 +182,7 @@ func (rt *runtime) connect() (Agent, error) {
 	if !hello.Configured {
 		if err := ag.Configure(ctx, cfg); err != nil {
 			ag.Close()
-			return nil, workloadStartError(fmt.Errorf("configure guest: %w", err))
+			return nil, workloadStartError(fmt.Errorf("configure guest: %w", err), rt.image)
 		}
 	}
 	if notice != nil {

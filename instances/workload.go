@@ -32,10 +32,20 @@ type startError struct {
 func (e *startError) Error() string { return e.err.Error() }
 func (e *startError) Unwrap() error { return e.err }
 
-func workloadStartError(err error) error {
+// workloadStartError classes a failed Configure: a program that cannot
+// start (127/126) ends the boot; so does, for an image instance, any
+// refusal by the guest (its root or a volume cannot be assembled: retrying
+// the same request would fail the same way), with no exit code.
+func workloadStartError(err error, image bool) error {
 	var re *agent.RemoteError
-	if errors.As(err, &re) && re.ExitCode != 0 {
+	if !errors.As(err, &re) {
+		return err
+	}
+	if re.ExitCode != 0 {
 		return &startError{status: agentproto.ExitStatus{Code: re.ExitCode, StartError: re.Message}, err: err}
+	}
+	if image {
+		return &startError{status: agentproto.ExitStatus{StartError: re.Message}, err: err}
 	}
 	return err
 }
@@ -43,6 +53,8 @@ func workloadStartError(err error) error {
 // exitMessage is hypeman's exit_message for a status.
 func exitMessage(st agentproto.ExitStatus) string {
 	switch {
+	case st.StartError != "" && st.Code == 0:
+		return "the guest could not set up the program: " + st.StartError
 	case st.StartError != "":
 		return fmt.Sprintf("the program could not start (exit code %d): %s", st.Code, st.StartError)
 	case st.Signal != "":
@@ -103,8 +115,9 @@ func (m *Manager) workloadExited(rt *runtime, st agentproto.ExitStatus) {
 	}
 	m.haltVM(ctx, rt, true)
 	m.setRuntime(inst.ID, nil)
-	code := st.Code
-	inst.ExitCode = &code
+	if code := st.Code; code != 0 || st.StartError == "" {
+		inst.ExitCode = &code
+	}
 	if err := m.markStopped(&inst, msg); err != nil {
 		return // the intent stays: the reconcile finishes the stop
 	}
