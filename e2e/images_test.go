@@ -196,7 +196,9 @@ func TestImages(t *testing.T) {
 		// The root disk and every other read-only file are shared by
 		// inode; the overlay and the memory file are each fork's own.
 		for _, f := range []api.Instance{f1, f2, f3} {
-			shareReadOnly(t, d.instanceDir(src.ID), d.instanceDir(f.ID))
+			if shared := shareReadOnly(t, d.instanceDir(src.ID), d.instanceDir(f.ID)); len(shared) < 3 {
+				t.Errorf("%s shares %q with its source; want the root disk, the kernel and the initramfs", f.Name, shared)
+			}
 			if !sameInode(t, filepath.Join(d.instanceDir(f.ID), "rootfs.ext4"), d.imageDisk(src.ImageDigest)) {
 				t.Errorf("%s: root disk not shared with the image store", f.Name)
 			}
@@ -316,8 +318,9 @@ func (d *daemon) imageDisk(digest string) string {
 }
 
 // shareReadOnly checks that every read-only file of a (kernel, initramfs,
-// root disk) is the same inode in b, and every writable file is not.
-func shareReadOnly(t *testing.T, a, b string) {
+// root disk) is the same inode in b, and every writable file is not; it
+// returns the shared names.
+func shareReadOnly(t *testing.T, a, b string) (shared []string) {
 	t.Helper()
 	entries, err := os.ReadDir(a)
 	if err != nil {
@@ -332,11 +335,15 @@ func shareReadOnly(t *testing.T, a, b string) {
 		if _, err := os.Stat(other); err != nil {
 			continue
 		}
-		shared := sameInode(t, filepath.Join(a, e.Name()), other)
-		if ro := fi.Mode().Perm()&0o222 == 0; ro != shared {
-			t.Errorf("%s (mode %v): shared %v, want %v", e.Name(), fi.Mode().Perm(), shared, ro)
+		same := sameInode(t, filepath.Join(a, e.Name()), other)
+		if ro := fi.Mode().Perm()&0o222 == 0; ro != same {
+			t.Errorf("%s (mode %v): shared %v, want %v", e.Name(), fi.Mode().Perm(), same, ro)
+		}
+		if same {
+			shared = append(shared, e.Name())
 		}
 	}
+	return shared
 }
 
 func hasLine(out, want string) bool {
