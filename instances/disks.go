@@ -275,3 +275,7 @@ func ImageUsers(st *store.Store) func(digest string) []string {
 		return users
 	}
 }
+
+// ImageUsers names the users of digest's root disk (see the function
+// ImageUsers): the daemon's images-store seam asks the manager this.
+func (m *Manager) ImageUsers(digest string) []string { return ImageUsers(m.store)(digest) }
