@@ -137,6 +137,18 @@ func TestImages(t *testing.T) {
 		if _, err := d.c.StopInstance(ctx, "keep"); err != nil {
 			t.Fatal(err)
 		}
+		// A Stopped snapshot keeps the disk: a fork of it boots with it.
+		snap, err := d.c.CreateSnapshot(ctx, "keep", api.CreateSnapshotRequest{Kind: "Stopped", Name: "disk"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.c.ForkSnapshot(ctx, snap.ID, api.ForkSnapshotRequest{Name: "from-stopped", TargetState: "Running"}); err != nil {
+			t.Fatal(err)
+		}
+		d.waitRunning("from-stopped")
+		if got := d.sh("from-stopped", "cat /root/f"); got != "persisted" {
+			t.Errorf("a fork of a Stopped snapshot reads %q", got)
+		}
 		if _, err := d.c.StartInstance(ctx, "keep"); err != nil {
 			t.Fatal(err)
 		}
