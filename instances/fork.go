@@ -71,6 +71,11 @@ type forkSource struct {
 	origin    store.Origin
 	// manifest: the copy carries a snapshot manifest to drop.
 	manifest bool
+	// relinkVolumes: the source is an instance whose (read-only) volumes
+	// cannot have changed, so a fork attaches the volumes themselves, not
+	// the copies (a snapshot's copies stay: the volume may have moved on
+	// since, and the saved guest may cache their old blocks).
+	relinkVolumes bool
 }
 
 // Fork makes new instances from an instance. Each fork owns its files from
@@ -144,6 +149,8 @@ func (m *Manager) forkInstance(ctx context.Context, src *store.Instance, state S
 		dir: m.instanceDir(src.ID), spec: src.Spec, cacheKey: src.CacheKey, bootID: src.BootID,
 		hasMemory: src.State == store.Standby,
 		origin:    store.Origin{InstanceID: src.ID, InstanceName: src.Name},
+
+		relinkVolumes: true,
 	}
 	return m.forkFrom(ctx, fs, forkNames, target)
 }
@@ -279,6 +286,11 @@ func (m *Manager) copyFork(ctx context.Context, src forkSource, f *store.Instanc
 			if err := d.DiscardSavedState(dir); err != nil {
 				return err
 			}
+		}
+	}
+	if src.relinkVolumes {
+		if err := m.relinkVolumes(*f, dir); err != nil {
+			return err
 		}
 	}
 	crashpoint.Hit(crashpoint.ForkCopied)

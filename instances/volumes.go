@@ -3,6 +3,7 @@ package instances
 import (
 	"context"
 	"fmt"
+	"os"
 	"path"
 	"path/filepath"
 	"slices"
@@ -237,6 +238,26 @@ func (m *Manager) linkVolumes(inst store.Instance, dir string) error {
 	for i, v := range inst.Spec.Volumes {
 		if err := linkErr(m.cfg.Volumes.DiskPath(v.VolumeID), filepath.Join(dir, volumeDiskName(i))); err != nil {
 			return fmt.Errorf("attach volume %s: %w", v.VolumeID, err)
+		}
+	}
+	return nil
+}
+
+// relinkVolumes replaces a fork's copies of its read-only volumes with
+// links to the volumes (writable ones never fork).
+func (m *Manager) relinkVolumes(inst store.Instance, dir string) error {
+	for i, v := range inst.Spec.Volumes {
+		if !v.ReadOnly || m.cfg.Volumes == nil {
+			continue
+		}
+		p := filepath.Join(dir, volumeDiskName(i))
+		tmp := p + ".link"
+		if err := linkErr(m.cfg.Volumes.DiskPath(v.VolumeID), tmp); err != nil {
+			return fmt.Errorf("attach volume %s to the fork: %w", v.VolumeID, err)
+		}
+		if err := os.Rename(tmp, p); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("attach volume %s to the fork: %w", v.VolumeID, err)
 		}
 	}
 	return nil

@@ -66,8 +66,11 @@ func TestVolumes(t *testing.T) {
 		t.Errorf("snapshot with a writable volume: %v", err)
 	}
 	h.WaitRunning("reader")
-	if _, err := h.M.Fork(ctx, "reader", instances.ForkRequest{Name: "reader-2", FromRunning: true}); err != nil {
+	ro, _ := h.M.GetVolume(ctx, "ro")
+	if out, err := h.M.Fork(ctx, "reader", instances.ForkRequest{Name: "reader-2", FromRunning: true}); err != nil {
 		t.Errorf("fork with read-only volumes only: %v", err)
+	} else if inode(t, filepath.Join(dataDir, "instances", out[0].ID, "vol0.ext4")) != inode(t, filepath.Join(dataDir, "volumes", ro.ID, "volume.ext4")) {
+		t.Error("the fork of a read-only attachment does not attach the volume itself")
 	}
 	users := instances.VolumeUsers(h.Store)(rw.ID)
 	if !slices.Equal(users, []string{"instance writer"}) {
