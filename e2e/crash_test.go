@@ -28,7 +28,7 @@ func TestCrashPoints(t *testing.T) {
 	d := newDaemon(t, testutil.XFS(t))
 	d.start()
 	web := d.run("web", counterWorkload...)
-	var bootID string // the guest's before the operation
+	var bootID string   // the guest's before the operation
 	var imageRef string // the image the image-create case pulls
 
 	// sameGuest checks web runs the guest it ran before the crash: the
