@@ -199,3 +199,46 @@ func TestCreateImageDiskFull(t *testing.T) {
 		t.Errorf("users after a failed create: %q", got)
 	}
 }
+
+// TestImageProgramExit: an image program's exit stops the instance with
+// its exit code and message (hypeman's semantics), a program that cannot
+// start does so at once with 127, and a start runs the program again.
+func TestImageProgramExit(t *testing.T) {
+	testutil.RequirePrivileged(t, "formatting overlay disks", "mkfs.ext4")
+	dataDir := t.TempDir()
+	h := instancestest.NewWithImages(t, dataDir, instancestest.Clone, newFakeImages(t, dataDir))
+	for _, tc := range []struct {
+		name       string
+		entrypoint []string
+		code       int
+		msg        string
+	}{
+		{"exits", []string{"exit", "3"}, 3, "exited with code 3"},
+		{"missing", []string{"missing"}, 127, "the program could not start (exit code 127): start missing: no such file"},
+	} {
+		if _, err := h.M.Create(ctx, instances.CreateRequest{Name: tc.name, Image: "registry.test/app:1", Entrypoint: tc.entrypoint, Cmd: []string{}, OverlayBytes: 64 << 20}); err != nil {
+			t.Fatal(err)
+		}
+		for round := 0; round < 2; round++ {
+			got := h.WaitState(tc.name, instances.StateStopped)
+			if got.State != instances.StateStopped || got.ExitCode == nil || *got.ExitCode != tc.code || got.ExitMessage != tc.msg {
+				t.Fatalf("%s round %d: state %s exit %v %q", tc.name, round, got.State, got.ExitCode, got.ExitMessage)
+			}
+			if h.VM(got.ID) != nil {
+				t.Fatalf("%s: the VM still runs after the program ended", tc.name)
+			}
+			if round == 0 {
+				if _, err := h.M.Start(ctx, tc.name); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	// A program that keeps running keeps the instance Running.
+	if _, err := h.M.Create(ctx, instances.CreateRequest{Name: "serves", Image: "registry.test/app:1", OverlayBytes: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.WaitRunning("serves"); got.ExitCode != nil {
+		t.Errorf("a running program has exit code %v", *got.ExitCode)
+	}
+}

@@ -114,11 +114,14 @@ func (m *Manager) workloadExited(rt *runtime, st agentproto.ExitStatus) {
 		return
 	}
 	m.haltVM(ctx, rt, true)
-	m.setRuntime(inst.ID, nil)
 	if code := st.Code; code != 0 || st.StartError == "" {
 		inst.ExitCode = &code
 	}
-	if err := m.markStopped(&inst, msg); err != nil {
+	// Recorded Stopped before the runtime goes, so a waiter never sees
+	// the Unknown of a Running record without a VMM in between.
+	err := m.markStopped(&inst, msg)
+	m.setRuntime(inst.ID, nil)
+	if err != nil {
 		return // the intent stays: the reconcile finishes the stop
 	}
 	m.dropIntent(intent.ID)
