@@ -129,7 +129,7 @@ func TestFieldsWorkOrAreRefused(t *testing.T) {
 		{"devices", "POST", "/instances", `{"name":"a","size":"64MB","devices":["gpu0"]}`, 501, "not_supported", "devices"},
 		{"disk_io_bps", "POST", "/instances", `{"name":"a","size":"64MB","disk_io_bps":"100MB/s"}`, 501, "not_supported", "disk_io_bps"},
 		{"network", "POST", "/instances", `{"name":"a","size":"64MB","network":{"enabled":true}}`, 501, "not_supported", "network"},
-		{"volumes", "POST", "/instances", `{"name":"a","size":"64MB","volumes":[{"volume_id":"v","mount_path":"/data"}]}`, 501, "not_supported", "volumes"},
+		{"volumes", "POST", "/instances", `{"name":"a","size":"64MB","volumes":[{"volume_id":"v","mount_path":"/data","readonly":true,"overlay":true}]}`, 501, "not_supported", "volumes[0].overlay"},
 		{"skip_guest_agent", "POST", "/instances", `{"name":"a","size":"64MB","skip_guest_agent":true}`, 501, "not_supported", "skip_guest_agent"},
 		{"unknown field", "POST", "/instances", `{"name":"a","size":"64MB","bogus":1}`, 400, "invalid_request", "bogus"},
 		{"trailing data", "POST", "/instances", `{"name":"a","size":"64MB"}}`, 400, "invalid_request", "after the value"},

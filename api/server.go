@@ -92,6 +92,7 @@ func (s *Server) routes() {
 	s.snapshotRoutes()
 	s.forkRoutes()
 	s.imageRoutes()
+	s.volumeRoutes()
 	s.mux.HandleFunc("/", s.noRoute)
 }
 
@@ -260,6 +261,14 @@ func toInstance(v instances.Instance) Instance {
 		out.StateError = &v.StateError
 	}
 	out.Memory, out.MemoryGroup, out.MemoryLinks = string(v.Memory), v.MemoryGroup, v.MemoryLinks
+	if v.Spec.ImageDigest != "" {
+		out.Entrypoint, out.Cmd = v.Spec.Entrypoint, v.Spec.Cmd
+		out.ImageDigest = v.Spec.ImageDigest
+		out.OverlaySize = bytesize.Format(v.Spec.OverlayBytes)
+	}
+	for _, m := range v.Spec.Volumes {
+		out.Volumes = append(out.Volumes, VolumeMount{VolumeID: m.Volume, MountPath: m.MountPath, ReadOnly: m.ReadOnly})
+	}
 	if o := v.ForkedFrom; o != nil {
 		out.ForkedFrom = &Origin{InstanceID: o.InstanceID, InstanceName: o.InstanceName, SnapshotID: o.SnapshotID}
 	}

@@ -35,6 +35,34 @@ type CreateInstanceRequest struct {
 	Entrypoint  []string          `json:"entrypoint,omitempty"`
 	Cmd         []string          `json:"cmd,omitempty"`
 	KernelArgs  string            `json:"kernel_args,omitempty"`
+	Volumes     []VolumeMount     `json:"volumes,omitempty"`
+}
+
+// VolumeMount attaches a volume (hypeman's shape; overlay is refused).
+type VolumeMount struct {
+	VolumeID    string `json:"volume_id"`
+	MountPath   string `json:"mount_path"`
+	ReadOnly    bool   `json:"readonly,omitempty"`
+	Overlay     bool   `json:"overlay,omitempty"`
+	OverlaySize string `json:"overlay_size,omitempty"`
+}
+
+// Volume is the volume resource.
+type Volume struct {
+	ID        string            `json:"id"`
+	Name      string            `json:"name"`
+	SizeGB    int64             `json:"size_gb"`
+	SizeBytes int64             `json:"size_bytes"`
+	Tags      map[string]string `json:"tags,omitempty"`
+	CreatedAt string            `json:"created_at"`
+}
+
+// CreateVolumeRequest is POST /volumes.
+type CreateVolumeRequest struct {
+	Name   string            `json:"name"`
+	SizeGB int64             `json:"size_gb"`
+	ID     string            `json:"id,omitempty"`
+	Tags   map[string]string `json:"tags,omitempty"`
 }
 
 // Origin says where a fork came from.
@@ -69,6 +97,10 @@ type Instance struct {
 	ExitMessage string            `json:"exit_message,omitempty"`
 	HasSnapshot bool              `json:"has_snapshot"`
 	ForkedFrom  *Origin           `json:"forked_from,omitempty"`
+	// ImageDigest and OverlaySize describe an image instance's disks.
+	ImageDigest string        `json:"image_digest,omitempty"`
+	OverlaySize string        `json:"overlay_size,omitempty"`
+	Volumes     []VolumeMount `json:"volumes,omitempty"`
 	// HotplugSize is always "0 B": zygote has no memory hotplug.
 	HotplugSize string `json:"hotplug_size"`
 	// Memory is "owned" or "shared" (a sharing fork); MemoryGroup names

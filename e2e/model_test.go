@@ -14,6 +14,7 @@ import (
 
 	"github.com/zygote/zygote/api"
 	"github.com/zygote/zygote/api/client"
+	"github.com/zygote/zygote/images/imagestest"
 	"github.com/zygote/zygote/instances/lifecycletest"
 	"github.com/zygote/zygote/internal/testutil"
 )
@@ -34,6 +35,36 @@ func TestLifecycleModelRealVMs(t *testing.T) {
 }
 
 // setDefaultFlag sets a flag unless the command line did.
+// TestLifecycleModelImages runs the model over image instances: besides
+// the memory marker, a disk marker on each instance's overlay, which every
+// fork and snapshot must carry and nothing may lose.
+func TestLifecycleModelImages(t *testing.T) {
+	setDefaultFlag("rapid.checks", "1")
+	setDefaultFlag("rapid.steps", "14")
+	reg := imagestest.StartRegistry(t)
+	image := reg + "/busybox:model"
+	imagestest.PushImage(t, image, imagestest.BusyboxImage(t))
+	d := newDaemon(t, testutil.XFS(t))
+	d.start()
+	rapid.Check(t, func(rt *rapid.T) {
+		w := &imageWorld{apiWorld{d: d, image: image}}
+		defer w.reset()
+		lifecycletest.Run(rt, w, lifecycletest.Options{MaxInstances: 4, MaxSnapshots: 2, Boots: false})
+	})
+}
+
+// imageWorld is apiWorld over image instances, with disk markers.
+type imageWorld struct{ apiWorld }
+
+func (w *imageWorld) WriteDiskMarker(ctx context.Context, name, v string) error {
+	w.d.sh(name, "echo "+v+" > /root/disk-marker") // no sync: forks and snapshots must flush
+	return nil
+}
+
+func (w *imageWorld) ReadDiskMarker(ctx context.Context, name string) (string, error) {
+	return w.d.sh(name, "cat /root/disk-marker 2>/dev/null || true"), nil
+}
+
 func setDefaultFlag(name, value string) {
 	set := false
 	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
@@ -42,7 +73,12 @@ func setDefaultFlag(name, value string) {
 	}
 }
 
-type apiWorld struct{ d *daemon }
+type apiWorld struct {
+	d *daemon
+	// image, when set, makes every create an instance of it (a program
+	// that sleeps) instead of the built-in guest.
+	image string
+}
 
 func (w *apiWorld) c() *client.Client { return w.d.c }
 
@@ -64,7 +100,11 @@ func (w *apiWorld) running(name string) error {
 }
 
 func (w *apiWorld) Create(ctx context.Context, name string) (string, error) {
-	in, err := w.c().CreateInstance(ctx, api.CreateInstanceRequest{Name: name})
+	req := api.CreateInstanceRequest{Name: name}
+	if w.image != "" {
+		req.Image, req.Cmd, req.OverlaySize = w.image, []string{"-c", "sleep 1000000"}, "256MB"
+	}
+	in, err := w.c().CreateInstance(ctx, req)
 	if err != nil {
 		return "", err
 	}

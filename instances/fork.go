@@ -78,6 +78,11 @@ type forkSource struct {
 	manifest bool
 	// memory: how the forks hold the source's memory file.
 	memory MemoryMode
+	// relinkVolumes: the source is an instance whose (read-only) volumes
+	// cannot have changed, so a fork attaches the volumes themselves, not
+	// the copies (a snapshot's copies stay: the volume may have moved on
+	// since, and the saved guest may cache their old blocks).
+	relinkVolumes bool
 }
 
 // Fork makes new instances from an instance. Each fork owns its files from
@@ -103,6 +108,9 @@ func (m *Manager) Fork(ctx context.Context, ref string, req ForkRequest) ([]Inst
 			return err
 		},
 		check: func(t *targets) error {
+			if err := refuseWritableVolumes("fork", t.inst); err != nil {
+				return err
+			}
 			switch t.state {
 			case StateStandby, StateStopped:
 			case StateRunning:
@@ -156,9 +164,10 @@ func (m *Manager) forkInstance(ctx context.Context, src *store.Instance, state S
 	}
 	fs := forkSource{
 		dir: m.instanceDir(src.ID), spec: src.Spec, cacheKey: src.CacheKey, bootID: src.BootID,
-		hasMemory: src.State == store.Standby,
-		origin:    store.Origin{InstanceID: src.ID, InstanceName: src.Name},
-		memory:    mode,
+		hasMemory:     src.State == store.Standby,
+		origin:        store.Origin{InstanceID: src.ID, InstanceName: src.Name},
+		memory:        mode,
+		relinkVolumes: true,
 	}
 	return m.forkFrom(ctx, fs, forkNames, target)
 }
@@ -302,6 +311,11 @@ func (m *Manager) copyFork(ctx context.Context, src forkSource, f *store.Instanc
 			if err := d.DiscardSavedState(dir); err != nil {
 				return err
 			}
+		}
+	}
+	if src.relinkVolumes {
+		if err := m.relinkVolumes(*f, dir); err != nil {
+			return err
 		}
 	}
 	crashpoint.Hit(crashpoint.ForkCopied)

@@ -48,8 +48,13 @@ type Config struct {
 	// ForkMemory is the memory mode of a fork that names none (default
 	// MemoryOwned; sharing.go).
 	ForkMemory MemoryMode
-	Metrics    *Metrics
-	Logger     *slog.Logger
+	// Images resolves and pulls OCI images for creates that name one
+	// (disks.go); nil: no image support (such a create is 501).
+	Images ImageSource
+	// Volumes keeps volumes (volumes.go); nil: no volume support.
+	Volumes VolumeStore
+	Metrics *Metrics
+	Logger  *slog.Logger
 }
 
 // Manager runs instances. It is safe for concurrent use.
@@ -74,6 +79,11 @@ type Manager struct {
 	ops      sync.WaitGroup // operations in flight (enter/leave)
 
 	sessions sessionTable // open exec/cp sessions per instance (sessions.go)
+
+	// volMu serialises volume claims (a create's check + intent) against
+	// each other and against volume deletes (volumes.go); a leaf lock
+	// held only around store transactions.
+	volMu sync.Mutex
 
 	densifySem chan struct{}      // one background densify at a time
 	closingCtx context.Context    // done once Close has begun: background jobs stop
@@ -297,6 +307,7 @@ func (m *Manager) specOf(inst store.Instance) hypervisor.Spec {
 		VCPUs: inst.Spec.VCPUs, MemoryBytes: inst.Spec.MemoryBytes,
 		KernelArgs: inst.Spec.KernelArgs, DriverState: inst.Spec.DriverState,
 		SharedMemory: inst.MemoryShared,
+		Disks:        disksOf(inst.Spec),
 	}
 }
 

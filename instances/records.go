@@ -24,6 +24,17 @@ type Spec struct {
 	Command     []string
 	Env         map[string]string
 	Image       string
+	// Image instances: the image's digest, the overlay disk's size and
+	// the resolved workload (Command and Env are the built-in guest's).
+	ImageDigest  string
+	OverlayBytes int64
+	Entrypoint   []string
+	Cmd          []string
+	WorkloadEnv  []string
+	WorkingDir   string
+	User         string
+	// Volumes attached (VolumeMount.Volume is the volume's id).
+	Volumes []VolumeMount
 }
 
 // Origin says where a fork came from. Informational only: nothing ever
@@ -95,8 +106,15 @@ type Snapshot struct {
 }
 
 func specOfRecord(s store.Spec) Spec {
-	return Spec{Hypervisor: s.Hypervisor, VCPUs: s.VCPUs, MemoryBytes: s.MemoryBytes, KernelArgs: s.KernelArgs,
-		Command: s.Command, Env: s.Env, Image: s.Image}
+	v := Spec{Hypervisor: s.Hypervisor, VCPUs: s.VCPUs, MemoryBytes: s.MemoryBytes, KernelArgs: s.KernelArgs,
+		Command: s.Command, Env: s.Env, Image: s.Image, ImageDigest: s.ImageDigest, OverlayBytes: s.OverlayBytes}
+	for _, m := range s.Volumes {
+		v.Volumes = append(v.Volumes, VolumeMount{Volume: m.VolumeID, MountPath: m.MountPath, ReadOnly: m.ReadOnly})
+	}
+	if w := s.Workload; w != nil {
+		v.Entrypoint, v.Cmd, v.WorkloadEnv, v.WorkingDir, v.User = w.Entrypoint, w.Cmd, w.Env, w.WorkingDir, w.User
+	}
+	return v
 }
 
 // instanceOf is the domain value of a record, without the derived state
@@ -132,6 +150,7 @@ func manifestOf(s store.Snapshot) snapshots.Manifest {
 		Spec: snapshots.Spec{
 			Hypervisor: s.Spec.Hypervisor, VCPUs: s.Spec.VCPUs, MemoryBytes: s.Spec.MemoryBytes,
 			KernelArgs: s.Spec.KernelArgs, Command: s.Spec.Command, Env: s.Spec.Env, Image: s.Spec.Image,
+			ImageDigest: s.Spec.ImageDigest, RootFSType: s.Spec.RootFSType, OverlayBytes: s.Spec.OverlayBytes,
 			DriverState: s.Spec.DriverState,
 		},
 	}

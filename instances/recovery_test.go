@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,7 +33,7 @@ import (
 // TestRecoveryRuleBranches has one case per entry (and fails on an op it
 // does not list).
 var recoveryBranches = map[store.Op][]string{
-	store.OpCreate:  {"VMM booted, not committed", "directory only"},
+	store.OpCreate:  {"VMM booted, not committed", "directory only", "image disks made, no VMM"},
 	store.OpStart:   {"VMM alive", "VMM never started"},
 	store.OpStop:    {"VMM alive", "VMM gone", "from Standby"},
 	store.OpStandby: {"state published, VMM alive", "state published, VMM gone", "no state, VMM alive", "no state, VMM gone"},
@@ -208,6 +209,40 @@ var recoveryCases = []recoveryCase{
 			return intent(tx, store.Intent{ID: id, Op: store.OpCreate, InstanceID: id, Pending: &store.Instance{ID: id, Name: "half"}})
 		})
 		return func(t *testing.T) { gone(t, h, "instances/"+id) }
+	}},
+	{store.OpCreate, "image disks made, no VMM", func(t *testing.T, h *instancestest.Harness) func(*testing.T) {
+		// Killed after the root disk was linked and the overlay formatted
+		// (crashpoint create:disks): the rule removes both; the image's
+		// own disk stays, used by nobody.
+		id := "createdisksaaaaaaaaaaaaa"
+		digest := "sha256:" + strings.Repeat("ef", 32)
+		imageDisk := filepath.Join(h.DataDir, "images", "rootfs.ext4")
+		os.MkdirAll(filepath.Dir(imageDisk), 0o700)
+		if err := os.WriteFile(imageDisk, []byte("root disk"), 0o444); err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(h.DataDir, "instances", id)
+		os.MkdirAll(dir, 0o700)
+		if err := os.Link(imageDisk, filepath.Join(dir, "rootfs.ext4")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "overlay.ext4"), []byte("overlay"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		pending := store.Instance{ID: id, Name: "half", Spec: store.Spec{Image: "registry.test/app:1", ImageDigest: digest, RootFSType: "ext4", OverlayBytes: 64 << 20}}
+		down(t, h, func(tx *store.Tx) error {
+			return intent(tx, store.Intent{ID: id, Op: store.OpCreate, InstanceID: id, Pending: &pending})
+		})
+		return func(t *testing.T) {
+			gone(t, h, "instances/"+id)
+			fi, err := os.Stat(imageDisk)
+			if err != nil || fi.Sys().(*syscall.Stat_t).Nlink != 1 {
+				t.Errorf("the image's disk after the rollback: %v (links %v)", err, fi)
+			}
+			if users := instances.ImageUsers(h.Store)(digest); len(users) != 0 {
+				t.Errorf("the rolled-back create still uses the image: %q", users)
+			}
+		}
 	}},
 	{store.OpStart, "VMM alive", func(t *testing.T, h *instancestest.Harness) func(*testing.T) {
 		// Booted, record not yet committed: it still says Stopped.

@@ -59,6 +59,9 @@ type runtime struct {
 	// stopping: an operation is shutting the guest down; a dropped agent
 	// connection is expected, not news.
 	stopping bool
+	// image: the guest runs an image's program, whose exit stops the
+	// instance (workload.go).
+	image bool
 }
 
 // attachRuntime registers vm for inst and starts its watcher.
@@ -75,6 +78,13 @@ func (m *Manager) attachRuntime(inst store.Instance, vm hypervisor.VM, restored 
 			Env:      inst.Spec.Env,
 		},
 		restored: restored,
+		image:    hasImage(inst.Spec),
+	}
+	if rt.image {
+		// The image form: Command and Env are the built-in guest's.
+		rt.configure.Command, rt.configure.Env = nil, nil
+		rt.configure.Root, rt.configure.Process = workloadConfig(inst.Spec)
+		rt.configure.Volumes = volumeConfig(inst.Spec)
 	}
 	m.watchers.Add(1)
 	go rt.watch() // owner: the manager; detach or Close stops it
@@ -104,7 +114,20 @@ func (rt *runtime) watch() {
 	backoff := 50 * time.Millisecond
 	for {
 		ag, err := rt.connect()
+		var se *startError
+		if errors.As(err, &se) {
+			rt.workloadEnded(se.status)
+			select {
+			case <-rt.vm.Exited():
+				rt.m.vmExited(rt)
+			case <-rt.ctx.Done():
+			}
+			return
+		}
 		if err == nil {
+			if rt.image {
+				rt.watchWorkload(ag)
+			}
 			backoff = 50 * time.Millisecond
 			rt.m.notify()
 			select {
@@ -168,7 +191,7 @@ func (rt *runtime) connect() (Agent, error) {
 	if !hello.Configured {
 		if err := ag.Configure(ctx, cfg); err != nil {
 			ag.Close()
-			return nil, fmt.Errorf("configure guest: %w", err)
+			return nil, workloadStartError(fmt.Errorf("configure guest: %w", err), rt.image)
 		}
 	}
 	if notice != nil {

@@ -31,11 +31,42 @@ type Spec struct {
 	Command     []string          `json:"command,omitempty"`
 	Env         map[string]string `json:"env,omitempty"`
 	Image       string            `json:"image,omitempty"`
+	// Disks: an instance made from an image (ImageDigest set) has its
+	// image's read-only root disk (a hard link in its directory) and its
+	// own writable overlay disk of OverlayBytes (sparse ext4).
+	ImageDigest  string `json:"image_digest,omitempty"`
+	RootFSType   string `json:"rootfs_type,omitempty"`
+	OverlayBytes int64  `json:"overlay_bytes,omitempty"`
+	// Workload is an image instance's program, resolved at create from
+	// the image's config and the request's overrides.
+	Workload *Workload `json:"workload,omitempty"`
+	// Volumes attached at create: each a hard link vol<i>.ext4 in the
+	// instance directory to the volume's disk.
+	Volumes []VolumeMount `json:"volumes,omitempty"`
 	// DriverState is opaque to everyone but the driver that wrote it
 	// (machine type, accelerator, …); a driver versions its own encoding
 	// inside it. (Schema 1 also declared driver_state_version; nothing
 	// ever wrote or read it, and decoding ignores it if present.)
 	DriverState json.RawMessage `json:"driver_state,omitempty"`
+}
+
+// Workload is the program an image instance runs in its image's root.
+type Workload struct {
+	// Entrypoint and Cmd as resolved (image config, then the request's
+	// overrides); the program's argv is Entrypoint followed by Cmd.
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	// Env is KEY=VALUE: the image's, then the request's.
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"working_dir,omitempty"`
+	User       string   `json:"user,omitempty"`
+}
+
+// VolumeMount is a volume attached to an instance.
+type VolumeMount struct {
+	VolumeID  string `json:"volume_id"`
+	MountPath string `json:"mount_path"`
+	ReadOnly  bool   `json:"readonly,omitempty"`
 }
 
 // Process identifies a VMM process across daemon restarts: a pid alone may

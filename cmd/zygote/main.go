@@ -60,6 +60,8 @@ func newRootCmd() *cobra.Command {
 		newPullCmd(),
 		newImagesCmd(),
 		newImageCmd(),
+		// volumes
+		newVolumeCmd(),
 	)
 	return root
 }

@@ -149,7 +149,11 @@ func buildDaemon(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *dae
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m, err := newManager(cfg, st, drivers, cloneOpts, reg, log)
+	vols, err := newVolumeStore(cfg, st, log)
+	if err != nil {
+		return nil, err
+	}
+	m, err := newManager(cfg, st, drivers, cloneOpts, imageSource{imgs}, vols, reg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +200,9 @@ func openDataDir(cfg serveConfig, log *slog.Logger) (clone.Options, error) {
 	if strict && !probe.Reflink {
 		return clone.Options{}, fmt.Errorf("--reflink-strict: %s", probe)
 	}
-	return clone.Options{Strict: strict, Logger: log}, nil
+	// LinkReadOnly: forks and snapshots share the immutable files (root
+	// disks, kernel, initramfs) by hard link instead of copying them.
+	return clone.Options{Strict: strict, LinkReadOnly: true, Logger: log}, nil
 }
 
 // newDrivers is the one place the hypervisor drivers are named.
@@ -225,13 +231,15 @@ func newDrivers(cfg serveConfig, cloneOpts clone.Options, log *slog.Logger) ([]h
 	return drivers, nil
 }
 
-func newManager(cfg serveConfig, st *store.Store, drivers []hypervisor.Driver, cloneOpts clone.Options, reg *prometheus.Registry, log *slog.Logger) (*instances.Manager, error) {
+func newManager(cfg serveConfig, st *store.Store, drivers []hypervisor.Driver, cloneOpts clone.Options, imgs instances.ImageSource, vols instances.VolumeStore, reg *prometheus.Registry, log *slog.Logger) (*instances.Manager, error) {
 	return instances.New(instances.Config{
 		DataDir: cfg.dataDir, Store: st, Drivers: drivers, DefaultHypervisor: cfg.hypervisor, ForkMemory: cfg.forkMemory,
 		Assets:    assetResolver(cfg),
 		DialAgent: dialAgent(log),
 		Clone:     clone.New(cloneOpts),
 		NoDensify: !cfg.densify,
+		Images:    imgs,
+		Volumes:   vols,
 		Metrics:   instances.NewMetrics(reg),
 		Logger:    log,
 	})

@@ -18,6 +18,7 @@ import (
 	"github.com/zygote/zygote/hypervisor/drivertest"
 	"github.com/zygote/zygote/instances"
 	"github.com/zygote/zygote/store"
+	"github.com/zygote/zygote/volumes"
 )
 
 // Harness is a manager on fakes, with a data directory of its own.
@@ -29,17 +30,39 @@ type Harness struct {
 	Clone   instances.Cloner
 	// Registry holds the manager's metrics (a fresh one each start).
 	Registry *prometheus.Registry
-	t        testing.TB
+	// Images is the manager's image source (nil: no image support).
+	Images instances.ImageSource
+	// NoVolumes leaves the manager without a volume store.
+	NoVolumes bool
+	t         testing.TB
 }
 
 // New starts a manager over a fake driver in dataDir (t.TempDir() if
 // empty). clone copies directories for snapshots and forks.
 func New(t testing.TB, dataDir string, clone instances.Cloner) *Harness {
 	t.Helper()
+	return NewWithImages(t, dataDir, clone, nil)
+}
+
+// NewWithImages is New with an image source for creates from images.
+func NewWithImages(t testing.TB, dataDir string, clone instances.Cloner, images instances.ImageSource) *Harness {
+	t.Helper()
+	return NewWith(t, dataDir, clone, Options{Images: images})
+}
+
+// Options are the optional parts of a harness's manager.
+type Options struct {
+	Images    instances.ImageSource
+	NoVolumes bool
+}
+
+// NewWith is New with options.
+func NewWith(t testing.TB, dataDir string, clone instances.Cloner, opts Options) *Harness {
+	t.Helper()
 	if dataDir == "" {
 		dataDir = t.TempDir()
 	}
-	h := &Harness{Fake: drivertest.NewFake(), DataDir: dataDir, Clone: clone, t: t}
+	h := &Harness{Fake: drivertest.NewFake(), DataDir: dataDir, Clone: clone, Images: opts.Images, NoVolumes: opts.NoVolumes, t: t}
 	h.start()
 	t.Cleanup(func() {
 		h.stop()
@@ -57,13 +80,21 @@ func (h *Harness) start() {
 		h.t.Fatal(err)
 	}
 	h.Registry = prometheus.NewRegistry()
+	var volStore instances.VolumeStore
+	if !h.NoVolumes {
+		vols, err := volumes.Open(volumes.Config{Root: filepath.Join(h.DataDir, "volumes"), InUse: instances.VolumeUsers(st), Logger: testLogger()})
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		volStore = VolumeStore{vols}
+	}
 	m, err := instances.New(instances.Config{
 		Metrics: instances.NewMetrics(h.Registry),
 		DataDir: h.DataDir, Store: st, Drivers: []hypervisor.Driver{h.Fake},
 		Assets: func(context.Context) (hypervisor.BootAssets, error) {
 			return hypervisor.BootAssets{Kernel: "fake-kernel", Initramfs: "fake-initramfs"}, nil
 		},
-		DialAgent: DialFakeAgent, Clone: h.Clone,
+		DialAgent: DialFakeAgent, Clone: h.Clone, Images: h.Images, Volumes: volStore,
 		StopTimeout: 2 * time.Second, ReadyTimeout: 5 * time.Second,
 		Logger: testLogger(),
 	})

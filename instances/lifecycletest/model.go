@@ -49,6 +49,16 @@ type World interface {
 	Check(t *rapid.T, m *Model)
 }
 
+// DiskWorld is a World whose instances have a writable disk (an image's
+// overlay): a disk marker survives stop/start, standby/restore and daemon
+// restarts, and every fork and snapshot carries its source's (DESIGN
+// invariant 7), whatever the target state. Worlds without it skip the
+// disk steps.
+type DiskWorld interface {
+	WriteDiskMarker(ctx context.Context, name, value string) error
+	ReadDiskMarker(ctx context.Context, name string) (string, error)
+}
+
 // Instance is the model of one instance.
 type Instance struct {
 	ID, Name, State string
@@ -56,11 +66,13 @@ type Instance struct {
 	Marker string
 	// Shared: a sharing fork (its memory file may be a link others hold).
 	Shared bool
+	// DiskMarker is what its overlay disk holds (DiskWorld).
+	DiskMarker string
 }
 
 // Snapshot is the model of one snapshot.
 type Snapshot struct {
-	ID, Kind, Marker string
+	ID, Kind, Marker, DiskMarker string
 }
 
 // Model is the expected world.
@@ -165,7 +177,7 @@ func actions(w World, m *Model, opt Options) map[string]func(*rapid.T) {
 			}
 			// A fork of a stopped source owns the memory it boots.
 			shared := memory == "shared" && src.State != Stopped
-			m.Instances[name] = &Instance{ID: id, Name: name, State: target, Marker: marker, Shared: shared}
+			m.Instances[name] = &Instance{ID: id, Name: name, State: target, Marker: marker, Shared: shared, DiskMarker: src.DiskMarker}
 		},
 		"snapshot": func(t *rapid.T) {
 			if len(m.Snapshots) >= opt.MaxSnapshots {
@@ -178,7 +190,7 @@ func actions(w World, m *Model, opt Options) map[string]func(*rapid.T) {
 			}
 			id, err := w.Snapshot(ctx, src.Name, kind)
 			must(t, err, "snapshot %s", src.Name)
-			m.Snapshots[id] = &Snapshot{ID: id, Kind: kind, Marker: src.Marker}
+			m.Snapshots[id] = &Snapshot{ID: id, Kind: kind, Marker: src.Marker, DiskMarker: src.DiskMarker}
 		},
 		"fork snapshot": func(t *rapid.T) {
 			if len(m.Snapshots) == 0 || len(m.Instances) >= opt.MaxInstances {
@@ -194,7 +206,7 @@ func actions(w World, m *Model, opt Options) map[string]func(*rapid.T) {
 			memory := rapid.SampledFrom(memoryModes).Draw(t, "memory")
 			id, err := w.ForkSnapshot(ctx, sn.ID, name, memory)
 			must(t, err, "fork snapshot %s (memory %s)", sn.ID, memory)
-			in := &Instance{ID: id, Name: name, State: Stopped}
+			in := &Instance{ID: id, Name: name, State: Stopped, DiskMarker: sn.DiskMarker}
 			if sn.Kind == Standby {
 				in.State, in.Marker, in.Shared = Running, sn.Marker, memory == "shared"
 			}
@@ -222,6 +234,14 @@ func actions(w World, m *Model, opt Options) map[string]func(*rapid.T) {
 			must(t, w.Restart(ctx), "restart")
 		},
 		"": func(t *rapid.T) { check(t, w, m) },
+	}
+	if dw, ok := w.(DiskWorld); ok {
+		acts["write disk"] = func(t *rapid.T) {
+			in := m.pick(t, Running)
+			v := m.marker()
+			must(t, dw.WriteDiskMarker(ctx, in.Name, v), "write disk %s", in.Name)
+			in.DiskMarker = v
+		}
 	}
 	if opt.Boots {
 		acts["stop"] = func(t *rapid.T) {
@@ -254,6 +274,13 @@ func check(t *rapid.T, w World, m *Model) {
 			must(t, err, "read %s", name)
 			if got != in.Marker {
 				t.Fatalf("%s's guest memory holds %q, the model says %q", name, got, in.Marker)
+			}
+			if dw, ok := w.(DiskWorld); ok {
+				got, err := dw.ReadDiskMarker(ctx, name)
+				must(t, err, "read disk %s", name)
+				if got != in.DiskMarker {
+					t.Fatalf("%s's overlay disk holds %q, the model says %q", name, got, in.DiskMarker)
+				}
 			}
 		}
 	}

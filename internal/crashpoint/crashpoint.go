@@ -19,6 +19,7 @@ var at = os.Getenv(Env)
 
 // Points, named <operation>:<what is done>.
 const (
+	CreateDisks    = "create:disks"                 // root disk linked, overlay formatted, no VMM yet
 	CreateBooted   = "create:booted"                // VMM running, record not committed
 	StandbySaved   = "standby:saved"                // state file published, VMM alive, not committed
 	RestoreOwned   = "restore:owned"                // shared memory file replaced by an own copy, not restored
