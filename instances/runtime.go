@@ -34,6 +34,12 @@ type AgentDialer func(ctx context.Context, vm hypervisor.VM) (Agent, error)
 // cold boot under TCG says hello in about 5 s.
 const agentAttemptTimeout = 20 * time.Second
 
+// restoredAttemptTimeout bounds an attempt while a restore notice is
+// pending: a restored guest is already up and answers within a second, so
+// a silent channel is a stale link to reset at once, not a slow boot. (At
+// 20 s a restored guest once ran unobserved for 17 s before its notice.)
+const restoredAttemptTimeout = 5 * time.Second
+
 // runtime is the manager's live view of one VMM: its handle, its agent
 // connection and the watcher goroutine that keeps both current.
 type runtime struct {
@@ -171,7 +177,13 @@ func (rt *runtime) connect() (Agent, error) {
 	// One attempt is bounded: a connection on which no hello arrives is
 	// dropped and the next attempt opens a fresh one, which makes the
 	// guest reset its end of the channel.
-	ctx, cancel := context.WithTimeout(rt.ctx, agentAttemptTimeout)
+	timeout := agentAttemptTimeout
+	rt.mu.Lock()
+	if rt.restored != nil {
+		timeout = restoredAttemptTimeout
+	}
+	rt.mu.Unlock()
+	ctx, cancel := context.WithTimeout(rt.ctx, timeout)
 	defer cancel()
 	go func() { // bounded by connect's return
 		select {
