@@ -47,6 +47,11 @@ type Config struct {
 	MaxSessions int
 	Metrics     *Metrics
 	Logger      *slog.Logger
+	// Network gives instances their network slots (network.go); nil:
+	// networking is off and instances have no NIC.
+	Network Networker
+	// NetworkDNS are the guests' DNS servers (their /etc/resolv.conf).
+	NetworkDNS []string
 }
 
 // Manager runs instances. It is safe for concurrent use.

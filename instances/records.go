@@ -24,6 +24,8 @@ type Spec struct {
 	Command     []string
 	Env         map[string]string
 	Image       string
+	// Network: the machine has a NIC backed by a network slot.
+	Network bool
 }
 
 // Origin says where a fork came from. Informational only: nothing ever
@@ -57,6 +59,8 @@ type Instance struct {
 	HasSavedState bool
 	// Accelerator is the VMM's accelerator when known ("kvm", "tcg").
 	Accelerator string
+	// Network is the instance's network (its slot's address).
+	Network Network
 }
 
 // SnapshotKind says what a snapshot holds.
@@ -88,7 +92,7 @@ type Snapshot struct {
 
 func specOfRecord(s store.Spec) Spec {
 	return Spec{Hypervisor: s.Hypervisor, VCPUs: s.VCPUs, MemoryBytes: s.MemoryBytes, KernelArgs: s.KernelArgs,
-		Command: s.Command, Env: s.Env, Image: s.Image}
+		Command: s.Command, Env: s.Env, Image: s.Image, Network: s.Network}
 }
 
 // instanceOf is the domain value of a record, without the derived state
@@ -123,7 +127,7 @@ func manifestOf(s store.Snapshot) snapshots.Manifest {
 		Spec: snapshots.Spec{
 			Hypervisor: s.Spec.Hypervisor, VCPUs: s.Spec.VCPUs, MemoryBytes: s.Spec.MemoryBytes,
 			KernelArgs: s.Spec.KernelArgs, Command: s.Spec.Command, Env: s.Spec.Env, Image: s.Spec.Image,
-			DriverState: s.Spec.DriverState,
+			Network: s.Spec.Network, DriverState: s.Spec.DriverState,
 		},
 	}
 }

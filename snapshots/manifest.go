@@ -84,6 +84,9 @@ type Spec struct {
 	Command     []string          `json:"command,omitempty"`
 	Env         map[string]string `json:"env,omitempty"`
 	Image       string            `json:"image,omitempty"`
+	// Network: the machine has a NIC (optional field, added in wave 2;
+	// older manifests without it describe machines without a NIC).
+	Network bool `json:"network,omitempty"`
 	// DriverState is the driver's opaque state, carried byte for byte.
 	DriverState json.RawMessage `json:"driver_state,omitempty"`
 }

@@ -19,13 +19,14 @@ var at = os.Getenv(Env)
 
 // Points, named <operation>:<what is done>.
 const (
-	CreateBooted   = "create:booted"                // VMM running, record not committed
-	StandbySaved   = "standby:saved"                // state file published, VMM alive, not committed
-	RestoreLoaded  = "restore:loaded"               // VMM restored and running, not committed
-	SnapshotCopied = "snapshot:copied"              // snapshot directory copied, not committed
-	ForkCopied     = "fork:copied"                  // fork directory copied, not committed
-	ForkParked     = "fork:parked"                  // running source parked for a fork
-	SwapMovedAside = "restore-snapshot:moved-aside" // old directory renamed away
+	CreateBooted       = "create:booted"                // VMM running, record not committed
+	CreateSlotAcquired = "create:slot-acquired"         // network slot acquired, no VMM, not committed
+	StandbySaved       = "standby:saved"                // state file published, VMM alive, not committed
+	RestoreLoaded      = "restore:loaded"               // VMM restored and running, not committed
+	SnapshotCopied     = "snapshot:copied"              // snapshot directory copied, not committed
+	ForkCopied         = "fork:copied"                  // fork directory copied, not committed
+	ForkParked         = "fork:parked"                  // running source parked for a fork
+	SwapMovedAside     = "restore-snapshot:moved-aside" // old directory renamed away
 )
 
 // Hit kills the process if ZYGOTE_CRASH_AT is point.
