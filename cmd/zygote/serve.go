@@ -44,6 +44,7 @@ type serveConfig struct {
 	http                               httpTimeouts
 	logMaxSize                         string // per console.log / vmm.log file
 	logFiles                           int
+	net                                networkConfig
 }
 
 func newServeCmd() *cobra.Command {
@@ -75,6 +76,7 @@ restarted daemon adopts them.`,
 	f.BoolVar(&cfg.pager, "pager", false, "start and supervise the userfaultfd pager (zygote pager); off by default because no driver uses it yet (QEMU maps its memory file directly); state in <data-dir>/pager")
 	f.BoolVar(&cfg.reflinkStrict, "reflink-strict", false, "refuse the sparse-copy fallback: snapshots and forks fail unless reflink works (also env "+clone.EnvStrict+"=1)")
 	f.StringVar(&cfg.logMaxSize, "log-max-size", envOr("ZYGOTE_LOG_MAX_SIZE", "10MB"), "cap of each instance's console.log and vmm.log; at the cap a file is rotated to console.1.log (env ZYGOTE_LOG_MAX_SIZE)")
+	cfg.net.flags(f)
 	f.IntVar(&cfg.logFiles, "log-files", 2, "files kept per log, the live one included: an instance's logs use at most log-max-size × log-files each")
 	return cmd
 }
@@ -95,6 +97,9 @@ func serve(ctx context.Context, cfg serveConfig) error {
 		return err
 	}
 	slog.SetDefault(log)
+	if cfg.net.cleanup {
+		return cleanupNetwork(context.WithoutCancel(ctx), cfg, log)
+	}
 	d, err := buildDaemon(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -137,7 +142,12 @@ func buildDaemon(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *dae
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m, err := newManager(cfg, st, drivers, cloneOpts, reg, log)
+	nw, dns, closeNetwork, err := newNetwork(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	d.closers = append(d.closers, closeNetwork)
+	m, err := newManager(cfg, st, drivers, cloneOpts, reg, log, nw, dns)
 	if err != nil {
 		return nil, err
 	}
@@ -205,7 +215,7 @@ func newDrivers(cfg serveConfig, log *slog.Logger) ([]hypervisor.Driver, error) 
 	return drivers, nil
 }
 
-func newManager(cfg serveConfig, st *store.Store, drivers []hypervisor.Driver, cloneOpts clone.Options, reg *prometheus.Registry, log *slog.Logger) (*instances.Manager, error) {
+func newManager(cfg serveConfig, st *store.Store, drivers []hypervisor.Driver, cloneOpts clone.Options, reg *prometheus.Registry, log *slog.Logger, nw instances.Networker, dns []string) (*instances.Manager, error) {
 	return instances.New(instances.Config{
 		DataDir: cfg.dataDir, Store: st, Drivers: drivers, DefaultHypervisor: cfg.hypervisor,
 		Assets:    assetResolver(cfg),
@@ -214,6 +224,7 @@ func newManager(cfg serveConfig, st *store.Store, drivers []hypervisor.Driver, c
 		NoDensify: !cfg.densify,
 		Metrics:   instances.NewMetrics(reg),
 		Logger:    log,
+		Network:   nw, NetworkDNS: dns,
 	})
 }
 
