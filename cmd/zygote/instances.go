@@ -29,8 +29,8 @@ func newRunCmd() *cobra.Command {
 	var (
 		name, hv, kernelArgs, memory string
 		vcpus                        int
-		env, tags                    []string
-		detach, asJSON               bool
+		env, tags, publish           []string
+		detach, asJSON, noNetwork    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run [flags] [-- COMMAND [ARG...]]",
@@ -46,6 +46,8 @@ func newRunCmd() *cobra.Command {
 	cmd.Flags().StringVar(&kernelArgs, "kernel-args", "", "extra guest kernel command line")
 	cmd.Flags().StringArrayVarP(&env, "env", "e", nil, "workload environment KEY=VALUE (repeatable)")
 	cmd.Flags().StringArrayVar(&tags, "tag", nil, "tag KEY=VALUE (repeatable)")
+	cmd.Flags().StringArrayVarP(&publish, "publish", "p", nil, "publish a guest port on a host port: HOST:GUEST[/tcp|udp] (repeatable)")
+	cmd.Flags().BoolVar(&noNetwork, "no-network", false, "no network: the guest has only lo")
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once the VMM runs, without waiting for the guest")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the instance as JSON")
 	return clientCommand(cmd, func(ctx context.Context, c *client.Client, args []string) error {
@@ -62,6 +64,13 @@ func newRunCmd() *cobra.Command {
 		}
 		req := api.CreateInstanceRequest{Name: name, VCPUs: vcpus, Hypervisor: hv, KernelArgs: kernelArgs, Env: envMap, Tags: tagMap, Cmd: args}
 		req.Size = memorySize(memory)
+		if req.Publish, err = parsePublish(publish); err != nil {
+			return err
+		}
+		if noNetwork {
+			off := false
+			req.Network = &api.NetworkRequest{Enabled: &off}
+		}
 		begin := time.Now()
 		p := startProgress("booting " + name)
 		in, err := c.CreateInstance(ctx, req)

@@ -8,10 +8,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/pflag"
 
+	"github.com/zygote/zygote/api"
 	"github.com/zygote/zygote/instances"
 	"github.com/zygote/zygote/network"
 )
@@ -130,4 +132,20 @@ func (n networker) Reconcile(ctx context.Context, live map[string]bool) error {
 func (n networker) Stats(owner string) (instances.NetStats, error) {
 	st, err := n.m.Stats(owner)
 	return instances.NetStats{RxBytes: st.RxBytes, TxBytes: st.TxBytes}, err
+}
+
+// parsePublish reads `--publish HOST:GUEST[/PROTO]` flags.
+func parsePublish(specs []string) ([]api.PublishedPort, error) {
+	var out []api.PublishedPort
+	for _, s := range specs {
+		ports, proto, _ := strings.Cut(s, "/")
+		host, guest, ok := strings.Cut(ports, ":")
+		hp, err1 := strconv.Atoi(host)
+		gp, err2 := strconv.Atoi(guest)
+		if !ok || err1 != nil || err2 != nil || (proto != "" && proto != "tcp" && proto != "udp") {
+			return nil, fmt.Errorf("--publish %q: want HOST_PORT:GUEST_PORT[/tcp|/udp], e.g. 8080:80", s)
+		}
+		out = append(out, api.PublishedPort{HostPort: hp, GuestPort: gp, Protocol: proto})
+	}
+	return out, nil
 }
