@@ -75,10 +75,10 @@ type daemon struct {
 	c       *client.Client
 	// args are extra `zygote serve` flags for every start.
 	args []string
-	// netns, when set, is the network namespace (a name under
-	// /run/netns) the daemon runs in, with networking on. Without it the
-	// daemon runs with --network=false: no test gives a VM a network that
-	// could reach beyond namespaces the test made (network_test.go).
+	// netns, when set, is the path of the network namespace the daemon
+	// runs in, with networking on (--network). Without it the daemon runs
+	// with --network=false: no test gives a VM a network that could reach
+	// beyond namespaces the test made (network_test.go).
 	netns string
 }
 
@@ -137,7 +137,10 @@ func (d *daemon) start(env ...string) {
 	if d.netns == "" {
 		argv = append(argv, "--network=false")
 	} else {
-		argv = append([]string{"ip", "netns", "exec", d.netns}, argv...) // ip execs the daemon: same pid
+		// nsenter switches only the network namespace and execs the
+		// daemon (same pid); `ip netns exec` would also give it a mount
+		// namespace of its own, hiding its pinned slot namespaces.
+		argv = append(append([]string{"nsenter", "--net=" + d.netns}, argv...), "--network")
 	}
 	d.cmd = exec.Command(argv[0], argv[1:]...)
 	d.cmd.Env = append(os.Environ(), env...)

@@ -28,7 +28,11 @@ type networkConfig struct {
 }
 
 func (c *networkConfig) flags(f *pflag.FlagSet) {
-	f.BoolVar(&c.enabled, "network", true, "give VMs a network: a CNI slot each (address, published ports); --network=false: VMs have only lo")
+	// Off by default: a daemon started on a host's own namespace with
+	// networking would add a bridge and NAT rules there and give guests
+	// egress to wherever the host reaches; turning that on is the
+	// operator's decision (docs/network.md).
+	f.BoolVar(&c.enabled, "network", false, "give VMs a network: a CNI slot each (address, published ports; instances opt out with network.enabled false); without it VMs have only lo")
 	f.StringVar(&c.confDir, "cni-conf-dir", "", "CNI network configs (default <data-dir>/network/net.d; zygote writes its default network there when it holds none)")
 	f.StringSliceVar(&c.binDirs, "cni-bin-dir", nil, "CNI plugin directories (default "+strings.Join(network.DefaultBinDirs, ",")+")")
 	f.StringVar(&c.subnet, "subnet", network.DefaultSubnet, "subnet of zygote's default CNI network; start fails if a host route overlaps it")
@@ -47,7 +51,7 @@ func (c networkConfig) managerConfig(dataDir string, log *slog.Logger) network.C
 // newNetwork builds the daemon's networking, or nil when it is off.
 func newNetwork(ctx context.Context, cfg serveConfig, log *slog.Logger) (instances.Networker, []string, func(), error) {
 	if !cfg.net.enabled {
-		log.Info("networking is off (--network=false): VMs have only lo")
+		log.Info("networking is off (zygote serve --network turns it on): VMs have only lo")
 		return nil, nil, func() {}, nil
 	}
 	nm, err := network.New(ctx, cfg.net.managerConfig(cfg.dataDir, log))

@@ -1,0 +1,421 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/zygote/zygote/api"
+	"github.com/zygote/zygote/api/client"
+	"github.com/zygote/zygote/internal/ids"
+	"github.com/zygote/zygote/internal/testutil"
+)
+
+// Networking end to end, with real VMs. Every packet stays inside
+// namespaces the test makes: the daemon runs in a fresh network namespace
+// ("the host"); "the outside" is a second namespace joined to it by a
+// veth pair, holding an HTTP server on a documentation address
+// (203.0.113.1) and the upstream of the host's default route. Both are
+// removed at the end, after `zygote serve --cleanup-network`.
+
+const (
+	outsideIP   = "203.0.113.1"
+	hostIP      = "203.0.113.2"
+	outsidePage = "hello from outside"
+	guestPage   = "guest-page"
+	guestMAC    = "02:5a:79:67:00:02"
+)
+
+// netWorkload serves guestPage on port 80 and echoes on port 7000.
+var netWorkload = []string{"sh", "-c", "mkdir -p /www && echo " + guestPage + " > /www/index.html && " +
+	"(nc -ll -p 7000 -e /bin/cat &) && exec httpd -f -p 80 -h /www"}
+
+type netTopo struct {
+	host, outside string // namespace paths
+}
+
+// newNetTopo makes the two namespaces, the veth between them, the default
+// route and the outside's HTTP server.
+func newNetTopo(t *testing.T) netTopo {
+	t.Helper()
+	testutil.RequirePrivileged(t, "network namespaces, CNI plugins and iptables", "ip", "nsenter", "busybox", "iptables", "/usr/lib/cni/bridge")
+	suffix := ids.New()[:8]
+	names := []string{"zgh-" + suffix, "zgo-" + suffix}
+	for _, n := range names {
+		mustRun(t, "ip", "netns", "add", n)
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", n).Run() })
+	}
+	topo := netTopo{host: "/run/netns/" + names[0], outside: "/run/netns/" + names[1]}
+	h, o := []string{"ip", "-n", names[0]}, []string{"ip", "-n", names[1]}
+	mustRun(t, append(h, "link", "add", "up0", "type", "veth", "peer", "name", "down0", "netns", names[1])...)
+	mustRun(t, append(h, "addr", "add", hostIP+"/24", "dev", "up0")...)
+	mustRun(t, append(o, "addr", "add", outsideIP+"/24", "dev", "down0")...)
+	for _, ns := range [][]string{h, o} {
+		mustRun(t, append(ns, "link", "set", "lo", "up")...)
+	}
+	mustRun(t, append(h, "link", "set", "up0", "up")...)
+	mustRun(t, append(o, "link", "set", "down0", "up")...)
+	mustRun(t, append(h, "route", "add", "default", "via", outsideIP)...)
+
+	www := t.TempDir()
+	if err := os.WriteFile(filepath.Join(www, "index.html"), []byte(outsidePage+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv := exec.Command("nsenter", "--net="+topo.outside, "busybox", "httpd", "-f", "-p", outsideIP+":8080", "-h", www)
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if body, err := httpGetIn(topo.host, "http://"+outsideIP+":8080/"); err == nil && strings.Contains(body, outsidePage) {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the outside's HTTP server does not answer: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return topo
+}
+
+func mustRun(t *testing.T, argv ...string) {
+	t.Helper()
+	if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, out)
+	}
+}
+
+// inNetNS runs fn on a thread switched into the namespace at path.
+// Sockets made there stay in that namespace.
+func inNetNS(path string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		f, err := os.Open(path)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns %s: %w", path, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// dialIn opens a TCP connection from inside the namespace at path.
+func dialIn(path, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := inNetNS(path, func() (err error) {
+		c, err = net.DialTimeout("tcp", addr, 5*time.Second)
+		return err
+	})
+	return c, err
+}
+
+// httpGetIn fetches url from inside the namespace at path.
+func httpGetIn(path, url string) (string, error) {
+	cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext:       func(ctx context.Context, network, addr string) (net.Conn, error) { return dialIn(path, addr) },
+	}}
+	resp, err := cl.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return string(b), fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return strings.TrimSpace(string(b)), err
+}
+
+// newNetDaemon starts a daemon with networking inside topo's host
+// namespace; at the end its network is cleaned up with
+// `zygote serve --cleanup-network` before the namespaces go.
+func newNetDaemon(t *testing.T, topo netTopo) *daemon {
+	dataDir := testutil.XFS(t)
+	t.Cleanup(func() { // after the daemon's own cleanup (registered later, runs first)
+		out, err := exec.Command("nsenter", "--net="+topo.host, zygoteBin, "serve", "--data-dir", dataDir, "--cleanup-network").CombinedOutput()
+		if err != nil {
+			t.Errorf("zygote serve --cleanup-network: %v\n%s", err, out)
+		}
+		if ents, _ := os.ReadDir(filepath.Join(dataDir, "network", "netns")); len(ents) > 0 {
+			t.Errorf("slot namespaces left after --cleanup-network: %v", ents)
+		}
+	})
+	d := newDaemon(t, dataDir)
+	d.netns = topo.host
+	d.start()
+	return d
+}
+
+func slotIP(t *testing.T, in api.Instance) string {
+	t.Helper()
+	n := in.Network
+	if !n.Enabled || n.IP == nil || n.MAC == nil || *n.MAC != guestMAC || n.Name == "" {
+		t.Fatalf("instance %s network = %+v: want enabled with an ip, mac %s and a name", in.Name, n, guestMAC)
+	}
+	ip := net.ParseIP(*n.IP)
+	if ip == nil || !(&net.IPNet{IP: net.IPv4(10, 89, 0, 0), Mask: net.CIDRMask(16, 32)}).Contains(ip) {
+		t.Fatalf("instance %s ip %q: not in the default subnet 10.89.0.0/16", in.Name, *n.IP)
+	}
+	return *n.IP
+}
+
+func slotRecords(d *daemon) int {
+	ents, _ := os.ReadDir(filepath.Join(d.dataDir, "network", "slots"))
+	return len(ents)
+}
+
+// guestAddrs is the guest's own view of its IPv4 addresses.
+func guestAddrs(d *daemon, ref string) string {
+	return d.sh(ref, "ip -4 -o addr show | awk '{print $2, $4}' | sort | tr '\\n' ' '")
+}
+
+const guestSees = "eth0 169.254.0.2/30 lo 127.0.0.1/8"
+
+func TestNetwork(t *testing.T) {
+	topo := newNetTopo(t)
+	d := newNetDaemon(t, topo)
+
+	in, err := d.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: "web", Cmd: netWorkload,
+		Publish: []api.PublishedPort{{HostPort: 8080, GuestPort: 80}}})
+	if err != nil {
+		t.Fatalf("create web: %v", err)
+	}
+	web := d.waitRunning(in.ID)
+	webIP := slotIP(t, web)
+	if len(web.Network.Publish) != 1 || web.Network.Publish[0].HostPort != 8080 {
+		t.Fatalf("web publish = %+v", web.Network.Publish)
+	}
+	waitHTTP(t, topo.host, "http://"+webIP+":80/")
+
+	t.Run("guest fetches from the outside and sees only its fixed address", func(t *testing.T) {
+		if got := d.sh("web", "wget -qO- http://"+outsideIP+":8080/"); got != outsidePage {
+			t.Fatalf("guest fetched %q", got)
+		}
+		if got := strings.TrimSpace(guestAddrs(d, "web")); got != guestSees {
+			t.Fatalf("guest addresses %q, want %q", got, guestSees)
+		}
+		if out, code := d.cli("inspect", "web"); code != 0 || !strings.Contains(out, `"ip": "`+webIP+`"`) {
+			t.Fatalf("zygote inspect: %d %s", code, out)
+		}
+	})
+
+	t.Run("published port answers from the host, its loopback and the outside", func(t *testing.T) {
+		for _, c := range []struct{ ns, url string }{
+			{topo.host, "http://127.0.0.1:8080/"},
+			{topo.host, "http://" + hostIP + ":8080/"},
+			{topo.outside, "http://" + hostIP + ":8080/"},
+			{topo.host, "http://" + webIP + ":80/"},
+		} {
+			if got, err := httpGetIn(c.ns, c.url); err != nil || got != guestPage {
+				t.Errorf("GET %s from %s: %q %v", c.url, filepath.Base(c.ns), got, err)
+			}
+		}
+		_, err := d.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: "web2", Publish: []api.PublishedPort{{HostPort: 8080, GuestPort: 80}}})
+		var se *api.StatusError
+		if !errors.As(err, &se) || se.Status != 409 {
+			t.Fatalf("a second instance publishing host port 8080: %v, want 409", err)
+		}
+		if _, err := d.c.GetInstance(ctx, "web2"); err == nil {
+			t.Fatal("the refused instance exists")
+		}
+	})
+
+	t.Run("opt-out has only lo", func(t *testing.T) {
+		off := false
+		in, err := d.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: "lonely", Network: &api.NetworkRequest{Enabled: &off}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lonely := d.waitRunning(in.ID)
+		if lonely.Network.Enabled || lonely.Network.IP != nil {
+			t.Fatalf("opted-out network = %+v", lonely.Network)
+		}
+		if got := d.sh("lonely", "ls /sys/class/net | tr '\\n' ' '"); strings.TrimSpace(got) != "lo" {
+			t.Fatalf("opted-out guest interfaces: %q", got)
+		}
+		if err := d.c.DeleteInstance(ctx, "lonely", true); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	var forkIP string
+	t.Run("fork from running: both answer at once on their own addresses", func(t *testing.T) {
+		conn, err := dialIn(topo.host, webIP+":7000")
+		if err != nil {
+			t.Fatalf("connect to the source's echo server: %v", err)
+		}
+		defer conn.Close()
+		echo(t, conn, "before-fork")
+		f, err := d.c.ForkInstance(ctx, "web", api.ForkInstanceRequest{Name: "web-f1", FromRunning: true, TargetState: "Running"})
+		if err != nil {
+			t.Fatalf("fork: %v", err)
+		}
+		forkIP = slotIP(t, f)
+		if forkIP == webIP {
+			t.Fatalf("the fork has its source's address %s", webIP)
+		}
+		// The first request to each already answers: no wait, no retry.
+		for name, ip := range map[string]string{"source": webIP, "fork": forkIP} {
+			if got, err := httpGetIn(topo.host, "http://"+ip+":80/"); err != nil || got != guestPage {
+				t.Errorf("%s at %s right after the fork: %q %v", name, ip, got, err)
+			}
+		}
+		echo(t, conn, "after-fork") // the connection to the source survived
+		if got := strings.TrimSpace(guestAddrs(d, "web-f1")); got != guestSees {
+			t.Fatalf("fork's guest addresses %q, want %q (nothing changed inside it)", got, guestSees)
+		}
+		if got := d.sh("web-f1", "wget -qO- http://"+outsideIP+":8080/"); got != outsidePage {
+			t.Fatalf("fork fetched %q", got)
+		}
+	})
+
+	t.Run("two guests cannot reach each other", func(t *testing.T) {
+		if out, code := d.shCode("web-f1", "wget -T 3 -qO- http://"+webIP+":80/"); code == 0 {
+			t.Fatalf("the fork reached its source's slot: %q", out)
+		}
+	})
+
+	t.Run("fork from standby; standby/restore and stop/start keep addresses", func(t *testing.T) {
+		if _, err := d.c.StandbyInstance(ctx, "web"); err != nil {
+			t.Fatal(err)
+		}
+		f, err := d.c.ForkInstance(ctx, "web", api.ForkInstanceRequest{Name: "web-f2", TargetState: "Running"})
+		if err != nil {
+			t.Fatalf("fork from standby: %v", err)
+		}
+		f2IP := slotIP(t, f)
+		r, err := d.c.RestoreInstance(ctx, "web")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ip := slotIP(t, r); ip != webIP {
+			t.Fatalf("restore changed the address: %s → %s", webIP, ip)
+		}
+		for _, ip := range []string{webIP, f2IP, forkIP} {
+			if ip == f2IP && (ip == webIP || ip == forkIP) {
+				t.Fatalf("addresses not distinct: %s %s %s", webIP, forkIP, f2IP)
+			}
+			if got, err := httpGetIn(topo.host, "http://"+ip+":80/"); err != nil || got != guestPage {
+				t.Errorf("GET %s: %q %v", ip, got, err)
+			}
+		}
+		if got := strings.TrimSpace(guestAddrs(d, "web-f2")); got != guestSees {
+			t.Fatalf("standby fork's guest addresses %q", got)
+		}
+		if _, err := d.c.StopInstance(ctx, "web-f1"); err != nil {
+			t.Fatal(err)
+		}
+		s, err := d.c.StartInstance(ctx, "web-f1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s = d.waitRunning(s.ID)
+		if ip := slotIP(t, s); ip != forkIP {
+			t.Fatalf("stop/start changed the address: %s → %s", forkIP, ip)
+		}
+		waitHTTP(t, topo.host, "http://"+forkIP+":80/")
+	})
+
+	t.Run("daemon SIGKILL and restart keep every slot; delete releases", func(t *testing.T) {
+		before := map[string]string{}
+		list, _ := d.c.ListInstances(ctx, client.ListOptions{})
+		for _, in := range list {
+			before[in.Name] = slotIP(t, in)
+		}
+		slots := slotRecords(d)
+		d.kill9()
+		d.start()
+		list, _ = d.c.ListInstances(ctx, client.ListOptions{})
+		for _, in := range list {
+			if ip := slotIP(t, in); ip != before[in.Name] {
+				t.Errorf("%s: address %s before the restart, %s after", in.Name, before[in.Name], ip)
+			}
+		}
+		if n := slotRecords(d); n != slots {
+			t.Errorf("%d slot records after the restart, %d before", n, slots)
+		}
+		if got, err := httpGetIn(topo.host, "http://"+webIP+":80/"); err != nil || got != guestPage {
+			t.Errorf("web after the restart: %q %v", got, err)
+		}
+		if got := d.sh("web", "wget -qO- http://"+outsideIP+":8080/"); got != outsidePage {
+			t.Errorf("web fetched %q after the restart", got)
+		}
+		if err := d.c.DeleteInstance(ctx, "web-f2", true); err != nil {
+			t.Fatal(err)
+		}
+		if n := slotRecords(d); n != slots-1 {
+			t.Errorf("%d slot records after deleting one instance, want %d", n, slots-1)
+		}
+		if _, err := httpGetIn(topo.host, "http://"+before["web-f2"]+":80/"); err == nil {
+			t.Errorf("the deleted fork's address %s still answers", before["web-f2"])
+		}
+	})
+}
+
+// TestNetworkRefusesOverlappingSubnet: a subnet that overlaps a route of
+// the daemon's namespace stops the daemon at start, saying why.
+func TestNetworkRefusesOverlappingSubnet(t *testing.T) {
+	topo := newNetTopo(t)
+	dir := t.TempDir()
+	cmd := exec.Command("nsenter", "--net="+topo.host, zygoteBin, "serve", "--data-dir", filepath.Join(dir, "data"),
+		"--socket", filepath.Join(dir, "s.sock"), "--network", "--subnet", "203.0.113.0/25")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || !strings.Contains(string(out), "overlaps the existing route 203.0.113.0/24") {
+		t.Fatalf("serve with an overlapping subnet: %v\n%s", err, out)
+	}
+	if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		t.Fatalf("serve was killed: %v", ws)
+	}
+}
+
+func echo(t *testing.T, c net.Conn, msg string) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := fmt.Fprintln(c, msg); err != nil {
+		t.Fatalf("echo %q: write: %v", msg, err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != msg {
+		t.Fatalf("echo %q: got %q %v", msg, line, err)
+	}
+}
+
+// waitHTTP waits until url answers from the namespace at ns (a booting
+// guest starts its server a moment after its agent is ready).
+func waitHTTP(t *testing.T, ns, url string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, err := httpGetIn(ns, url)
+		if err == nil && got == guestPage {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s: %q %v", url, got, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
