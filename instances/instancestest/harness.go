@@ -25,17 +25,30 @@ type Harness struct {
 	Store   *store.Store
 	DataDir string
 	Clone   instances.Cloner
-	t       testing.TB
+	// Net, when set (NewNetworked), gives instances network slots.
+	Net *FakeNetwork
+	t   testing.TB
 }
 
 // New starts a manager over a fake driver in dataDir (t.TempDir() if
 // empty). clone copies directories for snapshots and forks.
 func New(t testing.TB, dataDir string, clone instances.Cloner) *Harness {
 	t.Helper()
+	return newHarness(t, dataDir, clone, nil)
+}
+
+// NewNetworked is New with a FakeNetwork: instances get slots.
+func NewNetworked(t testing.TB, dataDir string, clone instances.Cloner) *Harness {
+	t.Helper()
+	return newHarness(t, dataDir, clone, NewFakeNetwork())
+}
+
+func newHarness(t testing.TB, dataDir string, clone instances.Cloner, net *FakeNetwork) *Harness {
+	t.Helper()
 	if dataDir == "" {
 		dataDir = t.TempDir()
 	}
-	h := &Harness{Fake: drivertest.NewFake(), DataDir: dataDir, Clone: clone, t: t}
+	h := &Harness{Fake: drivertest.NewFake(), DataDir: dataDir, Clone: clone, Net: net, t: t}
 	h.start()
 	t.Cleanup(func() {
 		h.stop()
@@ -52,7 +65,7 @@ func (h *Harness) start() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	m, err := instances.New(instances.Config{
+	cfg := instances.Config{
 		DataDir: h.DataDir, Store: st, Drivers: []hypervisor.Driver{h.Fake},
 		Assets: func(context.Context) (hypervisor.BootAssets, error) {
 			return hypervisor.BootAssets{Kernel: "fake-kernel", Initramfs: "fake-initramfs"}, nil
@@ -60,7 +73,11 @@ func (h *Harness) start() {
 		DialAgent: DialFakeAgent, Clone: h.Clone,
 		StopTimeout: 2 * time.Second, ReadyTimeout: 5 * time.Second,
 		Logger: testLogger(),
-	})
+	}
+	if h.Net != nil {
+		cfg.Network, cfg.NetworkDNS = h.Net, []string{"192.0.2.53"}
+	}
+	m, err := instances.New(cfg)
 	if err != nil {
 		h.t.Fatal(err)
 	}

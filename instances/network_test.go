@@ -1,0 +1,204 @@
+package instances_test
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/zygote/zygote/errdefs"
+	"github.com/zygote/zygote/guest/agentproto"
+	"github.com/zygote/zygote/instances"
+	"github.com/zygote/zygote/instances/instancestest"
+)
+
+// The slot rules of the manager, over the fake driver and a fake network
+// (the real slots, with real VMs, are in e2e/network_test.go): an
+// instance keeps its address for life, a fork gets its own, delete
+// releases it, the guest always sees the fixed address.
+
+func ipOf(t *testing.T, h *instancestest.Harness, ref string) string {
+	t.Helper()
+	v := mustGet(t, h, ref)
+	if !v.Network.Enabled || v.Network.IP == "" || v.Network.MAC != agentproto.GuestMAC || v.Network.Name == "" {
+		t.Fatalf("%s network = %+v", ref, v.Network)
+	}
+	return v.Network.IP
+}
+
+func guestAddr(t *testing.T, h *instancestest.Harness, ref string) string {
+	t.Helper()
+	out, _ := execOut(t, h, ref, "ipaddr")
+	return strings.TrimSpace(out)
+}
+
+func TestNetworkSlotLifecycle(t *testing.T) {
+	h := instancestest.NewNetworked(t, "", instancestest.Clone)
+	create(t, h, "web")
+	ip := ipOf(t, h, "web")
+	if got := guestAddr(t, h, "web"); got != agentproto.GuestCIDR {
+		t.Fatalf("guest configured with %q, want %s", got, agentproto.GuestCIDR)
+	}
+	same := func(step string) {
+		t.Helper()
+		if got := ipOf(t, h, "web"); got != ip {
+			t.Fatalf("after %s: address %s, was %s", step, got, ip)
+		}
+	}
+	if _, err := h.M.Standby(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	same("standby")
+	if _, err := h.M.Restore(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	same("restore")
+	if _, err := h.M.Stop(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	same("stop")
+	if _, err := h.M.Start(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	h.WaitRunning("web")
+	same("start")
+	if got := guestAddr(t, h, "web"); got != agentproto.GuestCIDR {
+		t.Fatalf("after a start the guest is configured with %q", got)
+	}
+
+	// Forks from running and from standby: a new address each, the same
+	// guest address, the source's unchanged.
+	f1, err := h.M.Fork(ctx, "web", instances.ForkRequest{Name: "f1", FromRunning: true, TargetState: instances.StateRunning})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.M.Standby(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	f2, err := h.M.Fork(ctx, "web", instances.ForkRequest{Name: "f2", TargetState: instances.StateRunning})
+	if err != nil {
+		t.Fatal(err)
+	}
+	same("forks")
+	ips := []string{ip, ipOf(t, h, "f1"), ipOf(t, h, "f2")}
+	if uniq := slices.Compact(slices.Sorted(slices.Values(ips))); len(uniq) != 3 {
+		t.Fatalf("source and forks share addresses: %v", ips)
+	}
+	if f1[0].Network.IP == "" || f2[0].Network.IP == "" {
+		t.Fatalf("the fork responses carry no address: %+v %+v", f1[0].Network, f2[0].Network)
+	}
+	for _, f := range []string{"f1", "f2"} {
+		if got := guestAddr(t, h, f); got != agentproto.GuestCIDR {
+			t.Fatalf("fork %s's guest has %q, want %s unchanged", f, got, agentproto.GuestCIDR)
+		}
+	}
+
+	// A restart keeps every slot; a slot whose instance is gone goes.
+	h.Net.Acquire(ctx, "ghostaaaaaaaaaaaaaaaaaaa", nil)
+	h.Restart()
+	same("restart")
+	if owners := h.Net.Owners(); len(owners) != 3 || slices.Contains(owners, "ghostaaaaaaaaaaaaaaaaaaa") {
+		t.Fatalf("slots after the restart: %v", owners)
+	}
+
+	for _, name := range []string{"f1", "f2", "web"} {
+		if err := h.M.Delete(ctx, name, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if owners := h.Net.Owners(); len(owners) != 0 {
+		t.Fatalf("slots left after deleting every instance: %v", owners)
+	}
+}
+
+func TestNetworkFiftyInstancesFiftyAddresses(t *testing.T) {
+	h := instancestest.NewNetworked(t, "", instancestest.NoClone)
+	seen := map[string]string{}
+	for i := range 50 {
+		name := "vm-" + string(rune('a'+i/26)) + string(rune('a'+i%26))
+		if _, err := h.M.Create(ctx, instances.CreateRequest{Name: name, MemoryBytes: instances.MinMemoryBytes}); err != nil {
+			t.Fatal(err)
+		}
+		ip := ipOf(t, h, name)
+		if other, dup := seen[ip]; dup {
+			t.Fatalf("%s and %s share %s", name, other, ip)
+		}
+		seen[ip] = name
+	}
+	if n := len(h.Net.Owners()); n != 50 {
+		t.Fatalf("%d slots for 50 instances", n)
+	}
+}
+
+func TestNetworkOptOutAndFailures(t *testing.T) {
+	h := instancestest.NewNetworked(t, "", instancestest.Clone)
+
+	if _, err := h.M.Create(ctx, instances.CreateRequest{Name: "lonely", NoNetwork: true}); err != nil {
+		t.Fatal(err)
+	}
+	v := h.WaitRunning("lonely")
+	if v.Network.Enabled || v.Network.IP != "" || len(h.Net.Owners()) != 0 {
+		t.Fatalf("opted out: %+v, slots %v", v.Network, h.Net.Owners())
+	}
+	if got := guestAddr(t, h, "lonely"); got != "" {
+		t.Fatalf("an opted-out guest was given a NIC address %q", got)
+	}
+	if _, err := h.M.Create(ctx, instances.CreateRequest{Name: "x", NoNetwork: true, Publish: []instances.Port{{HostPort: 80, GuestPort: 80}}}); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("publish without network: %v", err)
+	}
+
+	// A plugin that fails: the create fails with its message, leaving no
+	// slot, no record and no directory.
+	h.Net.FailAcquire = errors.New("plugin type=\"bridge\" failed (add): injected")
+	before := instanceDirs(t, h)
+	_, err := h.M.Create(ctx, instances.CreateRequest{Name: "broken"})
+	if err == nil || !strings.Contains(err.Error(), `plugin type="bridge" failed (add): injected`) {
+		t.Fatalf("create with a failing plugin: %v", err)
+	}
+	h.Net.FailAcquire = nil
+	if _, err := h.M.Get(ctx, "broken"); !errdefs.IsNotFound(err) {
+		t.Fatalf("the failed instance exists: %v", err)
+	}
+	if after := instanceDirs(t, h); !slices.Equal(after, before) {
+		t.Fatalf("directories %v after the failed create, %v before", after, before)
+	}
+	if owners := h.Net.Owners(); len(owners) != 0 {
+		t.Fatalf("slots after a failed create: %v", owners)
+	}
+
+	// A published host port already taken: 409, nothing left.
+	if _, err := h.M.Create(ctx, instances.CreateRequest{Name: "pub", Publish: []instances.Port{{HostPort: 8080, GuestPort: 80}}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.M.Create(ctx, instances.CreateRequest{Name: "pub2", Publish: []instances.Port{{HostPort: 8080, GuestPort: 81}}})
+	if !errdefs.IsConflict(err) {
+		t.Fatalf("a taken host port: %v, want a conflict", err)
+	}
+	if _, err := h.M.Get(ctx, "pub2"); !errdefs.IsNotFound(err) {
+		t.Fatalf("the refused instance exists: %v", err)
+	}
+	if v := mustGet(t, h, "pub"); len(v.Network.Publish) != 1 || v.Network.Publish[0] != (instances.Port{HostPort: 8080, GuestPort: 80, Protocol: "tcp"}) {
+		t.Fatalf("pub publishes %+v", v.Network.Publish)
+	}
+	// A fork does not inherit published ports (a host port has one owner).
+	if _, err := h.M.Fork(ctx, "pub", instances.ForkRequest{Name: "pubfork", FromRunning: true}); err != nil {
+		t.Fatal(err)
+	}
+	if v := mustGet(t, h, "pubfork"); len(v.Network.Publish) != 0 || v.Network.IP == "" {
+		t.Fatalf("fork network %+v", v.Network)
+	}
+	// A fork whose slot cannot be had fails whole: no fork, no slot.
+	owners := h.Net.Owners()
+	h.Net.FailAcquire = errors.New("injected: no address left")
+	if _, err := h.M.Fork(ctx, "pub", instances.ForkRequest{NamePrefix: "nf", Count: 2, FromRunning: true}); err == nil || !strings.Contains(err.Error(), "no address left") {
+		t.Fatalf("fork without a slot: %v", err)
+	}
+	h.Net.FailAcquire = nil
+	if got := h.Net.Owners(); !slices.Equal(got, owners) {
+		t.Fatalf("slots %v after the failed fork, %v before", got, owners)
+	}
+	if _, err := h.M.Get(ctx, "nf-1"); !errdefs.IsNotFound(err) {
+		t.Fatalf("a fork of the failed call exists: %v", err)
+	}
+	h.WaitRunning("pub") // the source runs again
+}
