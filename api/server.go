@@ -80,6 +80,8 @@ func (s *Server) routes() {
 	h("GET /instances/{id}/exec", s.exec)
 	h("GET /instances/{id}/cp", s.cp)
 	h("GET /instances/{id}/stat", s.statPath)
+	h("GET /instances/{id}/stats", s.instanceStats)
+	h("GET /resources", s.resources)
 	s.snapshotRoutes()
 	s.forkRoutes()
 	s.mux.HandleFunc("/", s.noRoute)
