@@ -222,6 +222,11 @@ func TestNetwork(t *testing.T) {
 		if out, code := d.cli("inspect", "web"); code != 0 || !strings.Contains(out, `"ip": "`+webIP+`"`) {
 			t.Fatalf("zygote inspect: %d %s", code, out)
 		}
+		// The TAP's counters, from the guest's side.
+		st, err := d.c.InstanceStats(ctx, "web")
+		if err != nil || st.NetworkRxBytes < uint64(len(outsidePage)) || st.NetworkTxBytes == 0 || st.CPUSeconds <= 0 || st.MemoryRSSBytes <= 0 {
+			t.Fatalf("stats %+v %v", st, err)
+		}
 	})
 
 	t.Run("published port answers from the host, its loopback and the outside", func(t *testing.T) {
