@@ -151,10 +151,10 @@ func httpGetIn(path, url string) (string, error) {
 // newNetDaemon starts a daemon with networking inside topo's host
 // namespace; at the end its network is cleaned up with
 // `zygote serve --cleanup-network` before the namespaces go.
-func newNetDaemon(t *testing.T, topo netTopo) *daemon {
+func newNetDaemon(t *testing.T, topo netTopo, args ...string) *daemon {
 	dataDir := testutil.XFS(t)
 	t.Cleanup(func() { // after the daemon's own cleanup (registered later, runs first)
-		out, err := exec.Command("nsenter", "--net="+topo.host, zygoteBin, "serve", "--data-dir", dataDir, "--cleanup-network").CombinedOutput()
+		out, err := exec.Command("nsenter", append([]string{"--net=" + topo.host, zygoteBin, "serve", "--data-dir", dataDir, "--cleanup-network"}, args...)...).CombinedOutput()
 		if err != nil {
 			t.Errorf("zygote serve --cleanup-network: %v\n%s", err, out)
 		}
@@ -166,7 +166,7 @@ func newNetDaemon(t *testing.T, topo netTopo) *daemon {
 	d.netns = topo.host
 	// The guests' resolver is in the outside namespace too (not the
 	// host's /etc/resolv.conf).
-	d.args = []string{"--dns", outsideIP}
+	d.args = append([]string{"--dns", outsideIP}, args...)
 	d.start()
 	return d
 }
@@ -403,6 +403,40 @@ func TestNetworkRefusesOverlappingSubnet(t *testing.T) {
 	}
 	if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 		t.Fatalf("serve was killed: %v", ws)
+	}
+}
+
+// TestNetworkFailingPlugin: a CNI plugin that fails makes the create fail
+// with the plugin's message and leaves no slot behind. The network is an
+// operator's conflist whose host-local range has one address: the first
+// instance takes it, the second create fails in host-local.
+func TestNetworkFailingPlugin(t *testing.T) {
+	topo := newNetTopo(t)
+	confDir := t.TempDir()
+	ipam := t.TempDir()
+	conf := `{"cniVersion":"1.0.0","name":"tiny","plugins":[{"type":"bridge","bridge":"zgtiny0","isGateway":true,"ipMasq":true,` +
+		`"ipam":{"type":"host-local","ranges":[[{"subnet":"10.98.0.0/30"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"` + ipam + `"}}]}`
+	if err := os.WriteFile(filepath.Join(confDir, "50-tiny.conflist"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := newNetDaemon(t, topo, "--cni-conf-dir", confDir, "--network-pool", "-1")
+	first := d.run("first")
+	if ip := first.Network.IP; ip == nil || *ip != "10.98.0.2" || first.Network.Name != "tiny" {
+		t.Fatalf("first instance network %+v", first.Network)
+	}
+	slots := slotRecords(d)
+	_, err := d.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: "second"})
+	if err == nil || !strings.Contains(err.Error(), "no IP addresses available") {
+		t.Fatalf("create with the range exhausted: %v, want host-local's message", err)
+	}
+	if _, err := d.c.GetInstance(ctx, "second"); err == nil {
+		t.Fatal("the failed instance exists")
+	}
+	if n := slotRecords(d); n != slots {
+		t.Fatalf("%d slot records after the failed create, %d before", n, slots)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(d.dataDir, "network", "netns")); len(ents) != slots {
+		t.Fatalf("%d slot namespaces for %d slots", len(ents), slots)
 	}
 }
 

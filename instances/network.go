@@ -2,6 +2,7 @@ package instances
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -137,10 +138,27 @@ func (m *Manager) slotOf(ctx context.Context, inst store.Instance) (NetSlot, err
 	}
 	s, err = m.cfg.Network.Acquire(ctx, inst.ID, portsOfRecord(inst.Publish))
 	if err != nil {
+		if !classed(err) {
+			// A CNI plugin's failure: the client gets its message (a 503,
+			// not a 500 whose message stays in the log).
+			err = fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
+		}
 		return nil, fmt.Errorf("network slot for %s: %w", inst.Name, err)
 	}
 	m.log.Info("network slot acquired", "instance", inst.ID, "name", inst.Name, "ip", s.IP())
 	return s, nil
+}
+
+// classed reports whether err carries an errdefs class.
+func classed(err error) bool {
+	for _, c := range []error{errdefs.ErrInvalidArgument, errdefs.ErrNotFound, errdefs.ErrAlreadyExists, errdefs.ErrAmbiguous,
+		errdefs.ErrInvalidState, errdefs.ErrConflict, errdefs.ErrNotImplemented, errdefs.ErrUnavailable,
+		errdefs.ErrResourceExhausted, errdefs.ErrUnauthorized, errdefs.ErrLimitExceeded} {
+		if errors.Is(err, c) {
+			return true
+		}
+	}
+	return false
 }
 
 // releaseSlot frees inst's slot, if networking is on.

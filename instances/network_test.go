@@ -152,7 +152,7 @@ func TestNetworkOptOutAndFailures(t *testing.T) {
 	h.Net.FailAcquire = errors.New("plugin type=\"bridge\" failed (add): injected")
 	before := instanceDirs(t, h)
 	_, err := h.M.Create(ctx, instances.CreateRequest{Name: "broken"})
-	if err == nil || !strings.Contains(err.Error(), `plugin type="bridge" failed (add): injected`) {
+	if !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), `plugin type="bridge" failed (add): injected`) {
 		t.Fatalf("create with a failing plugin: %v", err)
 	}
 	h.Net.FailAcquire = nil
