@@ -50,7 +50,7 @@ type netTopo struct {
 
 // newNetTopo makes the two namespaces, the veth between them, the default
 // route and the outside's HTTP server.
-func newNetTopo(t *testing.T) netTopo {
+func newNetTopo(t testing.TB) netTopo {
 	t.Helper()
 	testutil.RequirePrivileged(t, "network namespaces, CNI plugins and iptables", "ip", "nsenter", "busybox", "iptables", "/usr/lib/cni/bridge")
 	suffix := ids.New()[:8]
@@ -75,24 +75,40 @@ func newNetTopo(t *testing.T) netTopo {
 	if err := os.WriteFile(filepath.Join(www, "index.html"), []byte(outsidePage+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	srv := exec.Command("nsenter", "--net="+topo.outside, "busybox", "httpd", "-f", "-p", outsideIP+":8080", "-h", www)
+	startOutsideHTTPD(t, topo, www, "8080")
+	waitHTTPStatus(t, topo.host, "http://"+outsideIP+":8080/")
+	return topo
+}
+
+// startOutsideHTTPD serves dir on outsideIP:port from the outside
+// namespace, until the test ends.
+func startOutsideHTTPD(t testing.TB, topo netTopo, dir, port string) *exec.Cmd {
+	t.Helper()
+	srv := exec.Command("nsenter", "--net="+topo.outside, "busybox", "httpd", "-f", "-p", outsideIP+":"+port, "-h", dir)
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
+	return srv
+}
+
+// waitHTTPStatus waits until url answers 200 from the namespace at ns.
+func waitHTTPStatus(t testing.TB, ns, url string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if body, err := httpGetIn(topo.host, "http://"+outsideIP+":8080/"); err == nil && strings.Contains(body, outsidePage) {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("the outside's HTTP server does not answer: %v", err)
+		_, err := httpGetIn(ns, url)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s: %v", url, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return topo
 }
 
-func mustRun(t *testing.T, argv ...string) {
+func mustRun(t testing.TB, argv ...string) {
 	t.Helper()
 	if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, out)
@@ -151,7 +167,7 @@ func httpGetIn(path, url string) (string, error) {
 // newNetDaemon starts a daemon with networking inside topo's host
 // namespace; at the end its network is cleaned up with
 // `zygote serve --cleanup-network` before the namespaces go.
-func newNetDaemon(t *testing.T, topo netTopo, args ...string) *daemon {
+func newNetDaemon(t testing.TB, topo netTopo, args ...string) *daemon {
 	dataDir := testutil.XFS(t)
 	t.Cleanup(func() { // after the daemon's own cleanup (registered later, runs first)
 		out, err := exec.Command("nsenter", append([]string{"--net=" + topo.host, zygoteBin, "serve", "--data-dir", dataDir, "--cleanup-network"}, args...)...).CombinedOutput()
