@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/spf13/pflag"
+	"github.com/spf13/cobra"
 
 	"github.com/zygote/zygote/api"
 	"github.com/zygote/zygote/instances"
@@ -27,7 +27,8 @@ type networkConfig struct {
 	cleanup         bool
 }
 
-func (c *networkConfig) flags(f *pflag.FlagSet) {
+func (c *networkConfig) flags(cmd *cobra.Command) {
+	f := cmd.Flags()
 	// Off by default: a daemon started on a host's own namespace with
 	// networking would add a bridge and NAT rules there and give guests
 	// egress to wherever the host reaches; turning that on is the

@@ -76,7 +76,7 @@ restarted daemon adopts them.`,
 	f.BoolVar(&cfg.pager, "pager", false, "start and supervise the userfaultfd pager (zygote pager); off by default because no driver uses it yet (QEMU maps its memory file directly); state in <data-dir>/pager")
 	f.BoolVar(&cfg.reflinkStrict, "reflink-strict", false, "refuse the sparse-copy fallback: snapshots and forks fail unless reflink works (also env "+clone.EnvStrict+"=1)")
 	f.StringVar(&cfg.logMaxSize, "log-max-size", envOr("ZYGOTE_LOG_MAX_SIZE", "10MB"), "cap of each instance's console.log and vmm.log; at the cap a file is rotated to console.1.log (env ZYGOTE_LOG_MAX_SIZE)")
-	cfg.net.flags(f)
+	cfg.net.flags(cmd)
 	f.IntVar(&cfg.logFiles, "log-files", 2, "files kept per log, the live one included: an instance's logs use at most log-max-size × log-files each")
 	return cmd
 }
