@@ -238,6 +238,12 @@ func TestNetwork(t *testing.T) {
 		if out, code := d.cli("inspect", "web"); code != 0 || !strings.Contains(out, `"ip": "`+webIP+`"`) {
 			t.Fatalf("zygote inspect: %d %s", code, out)
 		}
+		if out, code := d.cli("stats", "web"); code != 0 || !strings.Contains(out, "net rx") {
+			t.Fatalf("zygote stats: %d %s", code, out)
+		}
+		if out, code := d.cli("resources"); code != 0 || !strings.Contains(out, "network slots") {
+			t.Fatalf("zygote resources: %d %s", code, out)
+		}
 		// The TAP's counters, from the guest's side.
 		st, err := d.c.InstanceStats(ctx, "web")
 		if err != nil || st.NetworkRxBytes < uint64(len(outsidePage)) || st.NetworkTxBytes == 0 || st.CPUSeconds <= 0 || st.MemoryRSSBytes <= 0 {
