@@ -93,6 +93,28 @@ func TestNetworkSlotLifecycle(t *testing.T) {
 		}
 	}
 
+	// A fork of a snapshot (its manifest says the machine has a NIC) gets
+	// its own address too, and the snapshot holds none.
+	snap, err := h.M.CreateSnapshot(ctx, "f2", instances.SnapshotRequest{Kind: instances.SnapshotStandby, Name: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !snap.Spec.Network {
+		t.Fatalf("snapshot spec %+v: no NIC", snap.Spec)
+	}
+	if _, err := h.M.ForkSnapshot(ctx, snap.ID, instances.ForkRequest{Name: "f3", TargetState: instances.StateRunning}); err != nil {
+		t.Fatal(err)
+	}
+	if got := ipOf(t, h, "f3"); slices.Contains(ips, got) {
+		t.Fatalf("the snapshot's fork has %s, already in use (%v)", got, ips)
+	}
+	if got := guestAddr(t, h, "f3"); got != agentproto.GuestCIDR {
+		t.Fatalf("snapshot fork's guest has %q", got)
+	}
+	if err := h.M.Delete(ctx, "f3", true); err != nil {
+		t.Fatal(err)
+	}
+
 	// A restart keeps every slot; a slot whose instance is gone goes.
 	h.Net.Acquire(ctx, "ghostaaaaaaaaaaaaaaaaaaa", nil)
 	h.Restart()
