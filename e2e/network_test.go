@@ -21,6 +21,7 @@ import (
 
 	"github.com/zygote/zygote/api"
 	"github.com/zygote/zygote/api/client"
+	"github.com/zygote/zygote/internal/crashpoint"
 	"github.com/zygote/zygote/internal/ids"
 	"github.com/zygote/zygote/internal/testutil"
 )
@@ -399,6 +400,17 @@ func TestNetwork(t *testing.T) {
 		if got := d.sh("web", "wget -qO- http://"+outsideIP+":8080/"); got != outsidePage {
 			t.Errorf("web fetched %q after the restart", got)
 		}
+		// An adopted VM parks and restores with its NIC (the adopting
+		// daemon describes the NIC it attached to).
+		if _, err := d.c.StandbyInstance(ctx, "web"); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := d.c.RestoreInstance(ctx, "web"); err != nil || slotIP(t, r) != webIP {
+			t.Fatalf("restore the adopted VM: %v", err)
+		}
+		if got, err := httpGetIn(topo.host, "http://"+webIP+":80/"); err != nil || got != guestPage {
+			t.Errorf("web after standby/restore of the adopted VM: %q %v", got, err)
+		}
 		if err := d.c.DeleteInstance(ctx, "web-f2", true); err != nil {
 			t.Fatal(err)
 		}
@@ -460,6 +472,94 @@ func TestNetworkFailingPlugin(t *testing.T) {
 	if ents, _ := os.ReadDir(filepath.Join(d.dataDir, "network", "netns")); len(ents) != slots {
 		t.Fatalf("%d slot namespaces for %d slots", len(ents), slots)
 	}
+}
+
+// TestNetworkCrashPoints kills a networked daemon (SIGKILL) in a create
+// after its slot was acquired, in a create after its boot, and in a fork
+// after the fork took its slot: the next daemon rolls them back, leaves
+// exactly one slot per instance, frees the published port, and the
+// source keeps its address and answers.
+func TestNetworkCrashPoints(t *testing.T) {
+	topo := newNetTopo(t)
+	d := newNetDaemon(t, topo)
+	web := d.run("web", netWorkload...)
+	webIP := slotIP(t, web)
+	waitHTTP(t, topo.host, "http://"+webIP+":80/")
+	publish := []api.PublishedPort{{HostPort: 9090, GuestPort: 80}}
+	for _, tc := range []struct {
+		point string
+		op    func() error
+	}{
+		{crashpoint.CreateSlotAcquired, func() error {
+			_, err := d.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: "half", Publish: publish})
+			return err
+		}},
+		{crashpoint.CreateBooted, func() error {
+			_, err := d.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: "half", Publish: publish})
+			return err
+		}},
+		{crashpoint.ForkSlotAcquired, func() error {
+			_, err := d.c.ForkInstanceBatch(ctx, "web", api.ForkInstanceRequest{NamePrefix: "half", Count: 2, FromRunning: true})
+			return err
+		}},
+	} {
+		t.Run(tc.point, func(t *testing.T) {
+			d.stop()
+			d.start(crashpoint.Env + "=" + tc.point)
+			d.waitRunning("web")
+			if err := tc.op(); err == nil {
+				t.Fatal("the operation succeeded although the daemon was to die in it")
+			}
+			select {
+			case <-d.exited:
+			case <-time.After(90 * time.Second):
+				t.Fatalf("the daemon did not die at %s", tc.point)
+			}
+			d.start()
+			resumed(t, d, "web") // a fork's crash leaves it parked; the daemon restores it
+			in := d.waitRunning("web")
+			if ip := slotIP(t, in); ip != webIP {
+				t.Fatalf("web's address %s → %s", webIP, ip)
+			}
+			list, _ := d.c.ListInstances(ctx, client.ListOptions{})
+			if len(list) != 1 {
+				t.Fatalf("instances after the crash: %v", names(list))
+			}
+			// The pool's free slots aside, exactly web's slot is owned.
+			if owned := ownedSlots(t, d); owned != 1 {
+				t.Fatalf("%d owned slots after the crash, want 1 (web's)", owned)
+			}
+			if got, err := httpGetIn(topo.host, "http://"+webIP+":80/"); err != nil || got != guestPage {
+				t.Fatalf("web after the crash: %q %v", got, err)
+			}
+			// The rolled-back create's published port is free again.
+			again, err := d.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: "again", Publish: publish})
+			if err != nil {
+				t.Fatalf("publish the rolled-back port: %v", err)
+			}
+			if err := d.c.DeleteInstance(ctx, again.ID, true); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// ownedSlots counts the slot records with an owner.
+func ownedSlots(t *testing.T, d *daemon) int {
+	t.Helper()
+	dir := filepath.Join(d.dataDir, "network", "slots")
+	ents, _ := os.ReadDir(dir)
+	n := 0
+	for _, e := range ents {
+		raw, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(raw), `"owner":`) {
+			n++
+		}
+	}
+	return n
 }
 
 func echo(t *testing.T, c net.Conn, msg string) {

@@ -288,6 +288,7 @@ func (m *Manager) copyFork(ctx context.Context, src forkSource, f *store.Instanc
 		if _, err := m.slotOf(ctx, *f); err != nil {
 			return err
 		}
+		crashpoint.Hit(crashpoint.ForkSlotAcquired)
 	}
 	return nil
 }

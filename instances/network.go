@@ -190,6 +190,18 @@ func (m *Manager) withNIC(ctx context.Context, inst store.Instance, spec hypervi
 	return spec, func() { tap.Close() }, nil
 }
 
+// adoptSpec is the spec to attach to inst's live VMM with: a networked
+// machine's NIC is described (its MAC, no TAP: the VMM holds its fd), so
+// that a standby of the adopted VM records the devices it really has and
+// a later restore, which passes the NIC, matches them.
+func (m *Manager) adoptSpec(inst store.Instance) hypervisor.Spec {
+	spec := m.specOf(inst)
+	if inst.Spec.Network {
+		spec.NIC = &hypervisor.NIC{MAC: agentproto.GuestMAC}
+	}
+	return spec
+}
+
 // guestNetwork is the guest's network configuration, sent at every boot:
 // the same fixed address in every VM.
 func (m *Manager) guestNetwork(inst store.Instance) *agentproto.NetworkConfig {

@@ -26,6 +26,7 @@ const (
 	SnapshotCopied     = "snapshot:copied"              // snapshot directory copied, not committed
 	ForkCopied         = "fork:copied"                  // fork directory copied, not committed
 	ForkParked         = "fork:parked"                  // running source parked for a fork
+	ForkSlotAcquired   = "fork:slot-acquired"           // a fork committed with its network slot, not restored
 	SwapMovedAside     = "restore-snapshot:moved-aside" // old directory renamed away
 )
 
