@@ -28,6 +28,7 @@ var importRules = []struct {
 	// never reach into a driver or the store (STYLE.md package layout).
 	{"images", []string{"instances", "api", "cmd", "store", "hypervisor/qemu", "hypervisor/firecracker"}, "images builds root disks; the manager decides when, the store records it"},
 	{"network", []string{"instances", "api", "cmd", "store", "hypervisor/qemu", "hypervisor/firecracker"}, "network sets up slots; the manager decides when, the store records it"},
+	{"volumes", []string{"instances", "api", "cmd", "store", "hypervisor", "images", "network"}, "volumes keeps data disks; the manager attaches them, its records say who uses them"},
 	{"uffd", []string{"store", "instances", "hypervisor", "api", "guest"}, "the pager serves pages; it never sees instances or drivers"},
 	{"guest", []string{"store", "instances", "hypervisor", "api", "uffd"}, "the guest side and its host client know nothing of the daemon"},
 	{"errdefs", []string{""}, "error classes are a leaf"},

@@ -50,6 +50,7 @@ var routeCodes = []struct {
 	{"invalid_hotplug_size", 400, errdefs.ErrInvalidArgument},
 	{"invalid_overlay_size", 400, errdefs.ErrInvalidArgument},
 	{"invalid_platform", 400, errdefs.ErrInvalidArgument},
+	{"invalid_name", 400, errdefs.ErrInvalidArgument},
 	{"invalid_state", 400, errdefs.ErrInvalidArgument},
 	{"invalid_timeout", 400, errdefs.ErrInvalidArgument},
 	{"invalid_snapshot_compression", 400, errdefs.ErrInvalidArgument},
@@ -157,15 +158,24 @@ var absPath = regexp.MustCompile(`(^|[^A-Za-z0-9_.~-])(/[^\s"'),;|/]+/[^\s"'),;|
 // learns nothing of the host's layout from an error body; the daemon log
 // has the full error under the request id. A path under one of the API's
 // own roots (/instances/web/start) is a route, not a host path.
+// A URL's path (a registry's "http://host/v2/…" in a failed pull) is not
+// a host path either.
 func redactPaths(msg string) string {
-	return absPath.ReplaceAllStringFunc(msg, func(m string) string {
-		i := strings.IndexByte(m, '/')
-		first, _, _ := strings.Cut(m[i+1:], "/")
-		if apiRoots[first] {
-			return m
+	var b strings.Builder
+	last := 0
+	for _, loc := range absPath.FindAllStringSubmatchIndex(msg, -1) {
+		start, end := loc[4], loc[5] // the path, group 2
+		p := msg[start:end]
+		first, _, _ := strings.Cut(p[1:], "/")
+		if apiRoots[first] || strings.HasSuffix(msg[:start], ":/") || strings.HasSuffix(msg[:start], "://") {
+			continue
 		}
-		return m[:i] + "<path>"
-	})
+		b.WriteString(msg[last:start])
+		b.WriteString("<path>")
+		last = end
+	}
+	b.WriteString(msg[last:])
+	return b.String()
 }
 
 // writeError answers err. The body's message never carries a host path

@@ -12,6 +12,8 @@ func TestRedactPaths(t *testing.T) {
 		{"PUT is not allowed on /instances/web/start", "PUT is not allowed on /instances/web/start"},
 		{"size 1.0 GB/s is odd, 3/4 of it", "size 1.0 GB/s is odd, 3/4 of it"},
 		{"/usr/bin/qemu-system-x86_64 failed", "<path> failed"},
+		{"GET http://127.0.0.1:5000/v2/a/b/manifests/x: MANIFEST_UNKNOWN", "GET http://127.0.0.1:5000/v2/a/b/manifests/x: MANIFEST_UNKNOWN"},
+		{"Get \"https://r.example/v2/a/blobs/sha256:ab\": EOF; open /var/lib/z/x: denied", "Get \"https://r.example/v2/a/blobs/sha256:ab\": EOF; open <path>: denied"},
 	} {
 		if got := redactPaths(tc.in); got != tc.want {
 			t.Errorf("redactPaths(%q) = %q, want %q", tc.in, got, tc.want)

@@ -38,6 +38,7 @@ func (s *Server) forkInstance(w http.ResponseWriter, r *http.Request) {
 	}
 	forks, err := s.m.Fork(r.Context(), r.PathValue("id"), instances.ForkRequest{
 		Name: req.Name, NamePrefix: req.NamePrefix, Count: req.Count, FromRunning: req.FromRunning, TargetState: target,
+		Memory: instances.MemoryMode(req.Memory),
 	})
 	if err != nil {
 		writeError(w, err)
@@ -63,6 +64,7 @@ func (s *Server) forkSnapshot(w http.ResponseWriter, r *http.Request) {
 	}
 	forks, err := s.m.ForkSnapshot(r.Context(), r.PathValue("snapshotId"), instances.ForkRequest{
 		Name: req.Name, NamePrefix: req.NamePrefix, Count: req.Count, TargetState: target,
+		Memory: instances.MemoryMode(req.Memory),
 	})
 	if err != nil {
 		writeError(w, snapshotConflict(err))

@@ -43,6 +43,12 @@ type Manager interface {
 	RestoreSnapshot(ctx context.Context, ref, snapRef string, target instances.State) (instances.Instance, error)
 	ForkSnapshot(ctx context.Context, snapRef string, req instances.ForkRequest) ([]instances.Instance, error)
 	CheckTargetHypervisor(ctx context.Context, snapRef, target string) error
+
+	// Volumes.
+	CreateVolume(ctx context.Context, name string, sizeBytes int64, id string, tags map[string]string) (instances.Volume, error)
+	ListVolumes(ctx context.Context) ([]instances.Volume, error)
+	GetVolume(ctx context.Context, ref string) (instances.Volume, error)
+	DeleteVolume(ctx context.Context, ref string) error
 }
 
 var _ Manager = (*instances.Manager)(nil)

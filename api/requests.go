@@ -21,7 +21,7 @@ import (
 // unsupportedCreateFields are hypeman's create fields zygote does not
 // implement: 501 not_supported unless they hold their zero value.
 var unsupportedCreateFields = []string{
-	"credentials", "devices", "gpu", "volumes", "disk_io_bps", "snapshot_policy",
+	"credentials", "devices", "gpu", "disk_io_bps", "snapshot_policy",
 	"auto_standby", "health_check", "restart_policy", "skip_kernel_headers", "skip_guest_agent",
 }
 
@@ -79,9 +79,12 @@ func checkPlatform(v string) error {
 func createRequest(req CreateInstanceRequest) (instances.CreateRequest, error) {
 	creq := instances.CreateRequest{
 		Name: req.Name, Hypervisor: req.Hypervisor, VCPUs: req.VCPUs, KernelArgs: req.KernelArgs,
-		Command: append(append([]string{}, req.Entrypoint...), req.Cmd...), Env: req.Env, Tags: req.Tags, Image: req.Image,
+		Env: req.Env, Tags: req.Tags, Image: req.Image,
 	}
-	if len(creq.Command) == 0 {
+	if req.Image != "" {
+		// Overrides of the image's config: given (even empty) replaces.
+		creq.Entrypoint, creq.Cmd = req.Entrypoint, req.Cmd
+	} else if creq.Command = append(append([]string{}, req.Entrypoint...), req.Cmd...); len(creq.Command) == 0 {
 		creq.Command = nil
 	}
 	if err := networkRequest(req, &creq); err != nil {
@@ -113,6 +116,17 @@ func createRequest(req CreateInstanceRequest) (instances.CreateRequest, error) {
 	}
 	if overlay > 0 && req.Image == "" {
 		return creq, invalidf("invalid_overlay_size", "overlay_size sizes an image's writable overlay disk, and an instance without image has none")
+	}
+	creq.OverlayBytes = overlay
+	for i, v := range req.Volumes {
+		if v.Overlay || v.OverlaySize != "" {
+			return creq, withCode(http.StatusNotImplemented, "not_supported",
+				fmt.Errorf("volumes[%d].overlay: zygote does not put overlays on volumes; attach it readonly or writable: %w", i, errdefs.ErrNotImplemented))
+		}
+		if v.VolumeID == "" || v.MountPath == "" {
+			return creq, fmt.Errorf("volumes[%d]: volume_id and mount_path are required: %w", i, errdefs.ErrInvalidArgument)
+		}
+		creq.Volumes = append(creq.Volumes, instances.VolumeMount{Volume: v.VolumeID, MountPath: v.MountPath, ReadOnly: v.ReadOnly})
 	}
 	return creq, nil
 }

@@ -35,8 +35,17 @@ type ServerConfig struct {
 	// Metrics serves /metrics (a promhttp handler); nil leaves it out.
 	Metrics http.Handler
 	// Token, when set, is the bearer token the TCP handler requires.
-	Token  string
-	Logger *slog.Logger
+	Token string
+	// Images serves /images; nil answers those routes 501 not_supported.
+	Images ImageStore
+	// UploadDir stages archives POST /images/import receives (removed
+	// once converted); os.TempDir() when empty. Put it on a disk, not a
+	// tmpfs: archives are as large as images.
+	UploadDir string
+	// MaxImportBytes bounds an uploaded archive (413 past it);
+	// DefaultMaxImportBytes when zero.
+	MaxImportBytes int64
+	Logger         *slog.Logger
 }
 
 // Server is the HTTP API: it decodes requests, calls the manager, and
@@ -84,6 +93,8 @@ func (s *Server) routes() {
 	h("GET /resources", s.resources)
 	s.snapshotRoutes()
 	s.forkRoutes()
+	s.imageRoutes()
+	s.volumeRoutes()
 	s.mux.HandleFunc("/", s.noRoute)
 }
 
@@ -250,6 +261,15 @@ func toInstance(v instances.Instance) Instance {
 	}
 	if v.StateError != "" {
 		out.StateError = &v.StateError
+	}
+	out.Memory, out.MemoryGroup, out.MemoryLinks = string(v.Memory), v.MemoryGroup, v.MemoryLinks
+	if v.Spec.ImageDigest != "" {
+		out.Entrypoint, out.Cmd = v.Spec.Entrypoint, v.Spec.Cmd
+		out.ImageDigest = v.Spec.ImageDigest
+		out.OverlaySize = bytesize.Format(v.Spec.OverlayBytes)
+	}
+	for _, m := range v.Spec.Volumes {
+		out.Volumes = append(out.Volumes, VolumeMount{VolumeID: m.Volume, MountPath: m.MountPath, ReadOnly: m.ReadOnly})
 	}
 	if o := v.ForkedFrom; o != nil {
 		out.ForkedFrom = &Origin{InstanceID: o.InstanceID, InstanceName: o.InstanceName, SnapshotID: o.SnapshotID}

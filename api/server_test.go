@@ -38,7 +38,11 @@ func newEnv(t *testing.T) *env { return newEnvWith(t, instancestest.Clone) }
 // newEnvWith serves a manager over the fake driver, copying with clone,
 // behind the spec checker; /metrics serves a registry of Go metrics.
 func newEnvWith(t *testing.T, clone instances.Cloner) *env {
-	h := instancestest.New(t, "", clone)
+	return newEnvOpts(t, clone, instancestest.Options{})
+}
+
+func newEnvOpts(t *testing.T, clone instances.Cloner, opts instancestest.Options) *env {
+	h := instancestest.NewWith(t, "", clone, opts)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector())
 	srv := api.NewServer(api.ServerConfig{Manager: h.M, Token: "s3cret", Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})})

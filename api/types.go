@@ -38,6 +38,7 @@ type CreateInstanceRequest struct {
 	Entrypoint  []string          `json:"entrypoint,omitempty"`
 	Cmd         []string          `json:"cmd,omitempty"`
 	KernelArgs  string            `json:"kernel_args,omitempty"`
+	Volumes     []VolumeMount     `json:"volumes,omitempty"`
 	// Network is hypeman's network object; nil: networking on (when the
 	// daemon has it).
 	Network *NetworkRequest `json:"network,omitempty"`
@@ -73,6 +74,33 @@ type InstanceNetwork struct {
 	Publish []PublishedPort `json:"publish,omitempty"`
 }
 
+// VolumeMount attaches a volume (hypeman's shape; overlay is refused).
+type VolumeMount struct {
+	VolumeID    string `json:"volume_id"`
+	MountPath   string `json:"mount_path"`
+	ReadOnly    bool   `json:"readonly,omitempty"`
+	Overlay     bool   `json:"overlay,omitempty"`
+	OverlaySize string `json:"overlay_size,omitempty"`
+}
+
+// Volume is the volume resource.
+type Volume struct {
+	ID        string            `json:"id"`
+	Name      string            `json:"name"`
+	SizeGB    int64             `json:"size_gb"`
+	SizeBytes int64             `json:"size_bytes"`
+	Tags      map[string]string `json:"tags,omitempty"`
+	CreatedAt string            `json:"created_at"`
+}
+
+// CreateVolumeRequest is POST /volumes.
+type CreateVolumeRequest struct {
+	Name   string            `json:"name"`
+	SizeGB int64             `json:"size_gb"`
+	ID     string            `json:"id,omitempty"`
+	Tags   map[string]string `json:"tags,omitempty"`
+}
+
 // Origin says where a fork came from.
 type Origin struct {
 	InstanceID   string `json:"instance_id,omitempty"`
@@ -105,10 +133,19 @@ type Instance struct {
 	ExitMessage string            `json:"exit_message,omitempty"`
 	HasSnapshot bool              `json:"has_snapshot"`
 	ForkedFrom  *Origin           `json:"forked_from,omitempty"`
+	// ImageDigest and OverlaySize describe an image instance's disks.
+	ImageDigest string        `json:"image_digest,omitempty"`
+	OverlaySize string        `json:"overlay_size,omitempty"`
+	Volumes     []VolumeMount `json:"volumes,omitempty"`
 	// HotplugSize is always "0 B": zygote has no memory hotplug.
 	HotplugSize string `json:"hotplug_size"`
 	// Network is the instance's network.
 	Network InstanceNetwork `json:"network"`
+	// Memory is "owned" or "shared" (a sharing fork); MemoryGroup names
+	// the memory file's inode and MemoryLinks how many hold it.
+	Memory      string `json:"memory,omitempty"`
+	MemoryGroup string `json:"memory_group,omitempty"`
+	MemoryLinks int    `json:"memory_links,omitempty"`
 }
 
 // StartInstanceRequest is POST /instances/{id}/start. zygote refuses
@@ -216,6 +253,8 @@ type ForkInstanceRequest struct {
 	TargetState string `json:"target_state,omitempty"`
 	Count       int    `json:"count,omitempty"`
 	NamePrefix  string `json:"name_prefix,omitempty"`
+	// Memory is "shared" or "owned" ("": the daemon's default).
+	Memory string `json:"memory,omitempty"`
 }
 
 // ForkSnapshotRequest is POST /snapshots/{id}/fork.
@@ -225,4 +264,49 @@ type ForkSnapshotRequest struct {
 	TargetHypervisor string `json:"target_hypervisor,omitempty"`
 	Count            int    `json:"count,omitempty"`
 	NamePrefix       string `json:"name_prefix,omitempty"`
+	Memory           string `json:"memory,omitempty"`
+}
+
+// PullImageRequest is POST /images.
+type PullImageRequest struct {
+	Name        string            `json:"name"`
+	Platform    string            `json:"platform,omitempty"`
+	Credentials *ImageCredentials `json:"credentials,omitempty"`
+	Tags        map[string]string `json:"tags,omitempty"`
+}
+
+// ImageCredentials authenticate one pull; they are never stored.
+type ImageCredentials struct {
+	Username      string `json:"username,omitempty"`
+	Password      string `json:"password,omitempty"`
+	RegistryToken string `json:"registry_token,omitempty"`
+}
+
+// Image is the image resource.
+type Image struct {
+	Name          string            `json:"name"`
+	Digest        string            `json:"digest"`
+	Status        string            `json:"status"`
+	QueuePosition *int              `json:"queue_position,omitempty"`
+	Error         *string           `json:"error,omitempty"`
+	SizeBytes     *int64            `json:"size_bytes,omitempty"`
+	Entrypoint    []string          `json:"entrypoint,omitempty"`
+	Cmd           []string          `json:"cmd,omitempty"`
+	Env           map[string]string `json:"env,omitempty"`
+	WorkingDir    *string           `json:"working_dir,omitempty"`
+	Platform      string            `json:"platform,omitempty"`
+	CreatedAt     time.Time         `json:"created_at"`
+	// Extensions.
+	Format   string         `json:"format,omitempty"`
+	User     string         `json:"user,omitempty"`
+	Progress *ImageProgress `json:"progress,omitempty"`
+}
+
+// ImageProgress (extension) counts a running pull's work: layers applied
+// and compressed bytes read.
+type ImageProgress struct {
+	LayersDone  int   `json:"layers_done"`
+	LayersTotal int   `json:"layers_total"`
+	BytesDone   int64 `json:"bytes_done"`
+	BytesTotal  int64 `json:"bytes_total"`
 }

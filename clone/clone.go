@@ -57,6 +57,14 @@ type Options struct {
 	// (benchmarks, scratch copies): without fsync a crash can leave a
 	// visible but incomplete copy.
 	NoSync bool
+	// LinkReadOnly makes Dir hard-link, instead of copy, every regular file
+	// whose mode has no write bit (0444, 0555, …): files that are immutable
+	// by rule (an image's root disk, the guest kernel and initramfs), which
+	// every copy may share — DESIGN invariant 1 allows a hard link to an
+	// immutable file. A link across filesystems (EXDEV) falls back to a
+	// copy. Whoever makes a file read-only promises never to write it in
+	// place again.
+	LinkReadOnly bool
 	// Logger receives one Info line per call (field clone_strategy) and a
 	// Warn line when a filesystem refuses reflink. nil means slog.Default().
 	Logger *slog.Logger
@@ -72,6 +80,9 @@ type Stats struct {
 	// Files, Dirs and Symlinks count what was created (Dirs includes the
 	// root); Skipped counts entries left out by Options.Skip.
 	Files, Dirs, Symlinks, Skipped int
+	// Linked counts read-only files hard-linked (Options.LinkReadOnly);
+	// they are not in Files or Bytes.
+	Linked int
 	// Bytes is the apparent size of the regular files copied.
 	Bytes int64
 	// ReflinkedBytes is the apparent size of the files cloned with FICLONE.

@@ -1,6 +1,10 @@
 package clone
 
-import "context"
+import (
+	"context"
+	"io/fs"
+	"slices"
+)
 
 // Cloner is the package bound to one set of Options. The daemon builds one
 // from its configuration (strict mode, logger) and hands the same value to
@@ -27,4 +31,17 @@ func (c *Cloner) File(ctx context.Context, src, dst string) (Stats, error) {
 // PrepareDensify is PrepareDensify with c's options.
 func (c *Cloner) PrepareDensify(ctx context.Context, path string) (*Densified, error) {
 	return PrepareDensify(ctx, path, c.opts)
+}
+
+// DirExcept is Dir with c's options, also leaving out the top-level
+// entries named in except (a sharing fork's memory file, which the caller
+// links instead of copying).
+func (c *Cloner) DirExcept(ctx context.Context, src, dst string, except ...string) (Stats, error) {
+	opts := c.opts
+	skip := opts.Skip
+	if skip == nil {
+		skip = DefaultSkip
+	}
+	opts.Skip = func(rel string, d fs.DirEntry) bool { return slices.Contains(except, rel) || skip(rel, d) }
+	return Dir(ctx, src, dst, opts)
 }

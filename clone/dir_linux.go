@@ -166,6 +166,16 @@ func (r *run) copyDir(ctx context.Context, srcDir, dstDir, rel, srcRoot, dstRoot
 				return err
 			}
 		case t.IsRegular():
+			if r.opts.LinkReadOnly {
+				linked, err := linkReadOnly(srcPath, dstPath)
+				if err != nil {
+					return err
+				}
+				if linked {
+					r.stats.Linked++
+					continue
+				}
+			}
 			if err := r.cloneFile(ctx, srcPath, dstPath); err != nil {
 				return err
 			}
@@ -179,6 +189,26 @@ func (r *run) copyDir(ctx context.Context, srcDir, dstDir, rel, srcRoot, dstRoot
 	r.stats.Dirs++
 	r.unsynced = append(r.unsynced, dstDir)
 	return nil
+}
+
+// linkReadOnly hard-links srcPath to dstPath when srcPath is a regular
+// file without any write bit (immutable by rule); false when it is not, or
+// when the two are on different filesystems (the caller copies).
+func linkReadOnly(srcPath, dstPath string) (bool, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(srcPath, &st); err != nil {
+		return false, fsErr("stat", srcPath, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Mode&0o222 != 0 {
+		return false, nil
+	}
+	if err := os.Link(srcPath, dstPath); err != nil {
+		if errors.Is(err, unix.EXDEV) {
+			return false, nil
+		}
+		return false, fsErr("link", dstPath, err)
+	}
+	return true, nil
 }
 
 // copySymlink recreates a symlink with the same target, except that an

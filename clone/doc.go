@@ -67,6 +67,7 @@
 // that each dirty memory makes every later reflink slower (about 25 µs per
 // extent on XFS here). FileLayout counts extents against data segments and
 // says when a file is Fragmented; Densify rewrites a file its owner holds
-// still into fresh extents, off the fork's path. README.md has the
+// still into fresh extents, off the fork's path, and only a file that its
+// path is the one link of (never a hard-linked, shared file). README.md has the
 // measurements, and the price (a background rewrite, unshared blocks).
 package clone

@@ -149,11 +149,18 @@ func PrepareDensify(ctx context.Context, path string, opts Options) (_ *Densifie
 
 // Commit clones the prepared copy over the file (fast: one remap per data
 // segment) and removes the temporary. Preconditions: the file has not been
-// written since PrepareDensify, and nothing writes it now.
+// written since PrepareDensify, and nothing writes it now. It refuses
+// (errdefs.ErrConflict) a file that is no longer path's one and only link:
+// a file another name links may be immutable to its other holders (a
+// sharing fork's memory file), and a path renamed over since names a file
+// this densify never read.
 func (d *Densified) Commit(ctx context.Context) (ds DensifyStats, err error) {
 	defer d.Abort()
 	if err := ctx.Err(); err != nil {
 		return ds, fmt.Errorf("clone: densify %s: %w", d.path, err)
+	}
+	if err := d.soleLink(); err != nil {
+		return ds, err
 	}
 	if err := ficlone(d.f, d.tmp); err != nil {
 		if reflinkUnsupported(err) {
@@ -174,6 +181,24 @@ func (d *Densified) Commit(ctx context.Context) (ds DensifyStats, err error) {
 	d.r.log.Info("clone densify", "path", d.path, "extents_before", ds.Before.Extents, "extents_after", ds.After.Extents,
 		"copied_bytes", ds.CopiedBytes, "duration", ds.Duration)
 	return ds, nil
+}
+
+// soleLink checks that the prepared file is still path, with one link.
+func (d *Densified) soleLink() error {
+	if d.f == nil {
+		return fmt.Errorf("clone: densify %s: aborted", d.path)
+	}
+	var held, named unix.Stat_t
+	if err := unix.Fstat(int(d.f.Fd()), &held); err != nil {
+		return fsErr("stat", d.path, err)
+	}
+	if err := unix.Lstat(d.path, &named); err != nil || named.Dev != held.Dev || named.Ino != held.Ino {
+		return fmt.Errorf("clone: densify %s: the path names another file than the one prepared: %w", d.path, errdefs.ErrConflict)
+	}
+	if held.Nlink != 1 {
+		return fmt.Errorf("clone: densify %s: the file has %d links; a linked file is never rewritten: %w", d.path, held.Nlink, errdefs.ErrConflict)
+	}
+	return nil
 }
 
 // Abort drops the prepared copy; the file is untouched. Safe to call twice

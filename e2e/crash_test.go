@@ -5,12 +5,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/zygote/zygote/api"
 	"github.com/zygote/zygote/api/client"
 	"github.com/zygote/zygote/errdefs"
+	"github.com/zygote/zygote/images/imagestest"
 	"github.com/zygote/zygote/internal/crashpoint"
 	"github.com/zygote/zygote/internal/testutil"
 )
@@ -26,7 +28,8 @@ func TestCrashPoints(t *testing.T) {
 	d := newDaemon(t, testutil.XFS(t))
 	d.start()
 	web := d.run("web", counterWorkload...)
-	var bootID string // the guest's before the operation
+	var bootID string   // the guest's before the operation
+	var imageRef string // the image the image-create case pulls
 
 	// sameGuest checks web runs the guest it ran before the crash: the
 	// same boot (no reboot, memory kept) and its RAM counter not behind.
@@ -63,6 +66,37 @@ func TestCrashPoints(t *testing.T) {
 				}
 				exactly(t, d, "web", "Running")
 				sameGuest(t, before)
+			},
+		},
+		{
+			// an image create killed after its disks were made: roll
+			// back; the root disk link and the overlay go with the
+			// directory, the image stays.
+			point: crashpoint.CreateDisks, from: "Running",
+			prepare: func(t *testing.T) {
+				reg := imagestest.StartRegistry(t)
+				imageRef = reg + "/busybox:crash"
+				imagestest.PushImage(t, imageRef, imagestest.BusyboxImage(t))
+			},
+			op: func(*testing.T) error {
+				_, err := d.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: "half", Image: imageRef, Cmd: []string{"-c", "sleep 1000"}, OverlaySize: "64MB"})
+				return err
+			},
+			check: func(t *testing.T, before int) {
+				if _, err := d.c.GetInstance(ctx, "half"); !errdefs.IsNotFound(err) {
+					t.Fatalf("a half-created image instance is visible: %v", err)
+				}
+				exactly(t, d, "web", "Running")
+				sameGuest(t, before)
+				disks, _ := filepath.Glob(filepath.Join(d.dataDir, "images", "blobs", "sha256", "*", "rootfs.ext4"))
+				for _, p := range disks {
+					if fi, err := os.Stat(p); err != nil || fi.Sys().(*syscall.Stat_t).Nlink != 1 {
+						t.Errorf("image disk %s after the rollback: %v (a link survived)", p, err)
+					}
+				}
+				if len(disks) != 1 {
+					t.Errorf("%d image disks, want the pulled one", len(disks))
+				}
 			},
 		},
 		{

@@ -67,7 +67,11 @@
 //   - MemoryFiler: the guest RAM is a file in the instance directory (the
 //     manager densifies it after a standby; without it, no densify);
 //   - AcceleratorReporter: which accelerator a driver state names (shown
-//     to clients; without it, none is shown).
+//     to clients; without it, none is shown);
+//   - MemorySharer: forks may share one immutable memory file (hard
+//     links, Spec.SharedMemory); without it every fork owns a copy;
+//   - MemoryUsageReporter (on a VM): shared and private resident guest
+//     RAM; without it /metrics has no per-instance memory figures.
 //
 // An operation that needs a capability the driver lacks fails with
 // errdefs.ErrNotImplemented in one place.

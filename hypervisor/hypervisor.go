@@ -28,6 +28,15 @@ type Spec struct {
 	// passes a NIC whenever the boot did, with the same MAC; its TAP may be
 	// a different device (a fork's own slot).
 	NIC *NIC
+	// SharedMemory runs the guest on its memory file as a private
+	// (copy-on-write) mapping, for a memory file that is, or may become, a
+	// hard link shared with other instances (MemorySharer). The VMM never
+	// writes the file; the guest's writes live in the VMM's anonymous
+	// memory until SaveState puts them in the state file. Without it the
+	// memory file is the guest's RAM, written in place, and the driver
+	// refuses to run on a file with more than one link. Boot ignores it: a
+	// boot starts a fresh memory file of its own.
+	SharedMemory bool
 }
 
 // Disk is a raw disk image the guest sees as a virtio block device.
@@ -76,6 +85,9 @@ type Process struct {
 type SaveStats struct {
 	StateBytes int64
 	Duration   time.Duration
+	// DirtyBytes is, for a VM running with Spec.SharedMemory, the guest
+	// RAM the state file carries: the pages the guest wrote.
+	DirtyBytes int64
 }
 
 // Driver launches VMs.
@@ -131,6 +143,56 @@ type MemoryFiler interface {
 	// MemoryFile is the path of the guest RAM file of the instance
 	// directory dir; it lies inside dir.
 	MemoryFile(dir string) string
+}
+
+// MemorySharer is implemented by drivers whose forks can share one
+// immutable memory file (DESIGN §3 "Memory sharing"): N forks of a parked
+// VM then cost one page cache instead of N copies of guest RAM.
+//
+// The rule that keeps invariants 1, 2 and 4: a memory file with more than
+// one link is immutable. Nobody writes it in place, maps it writable-
+// shared, discards into it or rewrites its extents; the instances that
+// hold it run with Spec.SharedMemory (a private mapping). Whoever would
+// write it first breaks the link (OwnMemory) and writes its own copy.
+//
+//   - LinkMemory makes dst's memory file a hard link of src's, replacing
+//     whatever memory file dst had, atomically (link to a temporary, then
+//     rename): a crash leaves dst's old file or the link, plus at most a
+//     temporary named like the clone package's (swept at start).
+//   - OwnMemory makes dir's memory file the instance's own inode: when it
+//     has more than one link it is replaced by an identical copy (reflink-
+//     first, fsynced, renamed over it), which the other links never see.
+//     It reports whether it copied. A crash leaves the shared link or the
+//     own copy, both restorable.
+//   - MemoryLinks reports the memory file's inode identity (the sharing
+//     group: "<dev>:<ino>") and its link count; links 0 when there is no
+//     memory file.
+//
+// SaveState of a VM running with SharedMemory writes the guest's own
+// writes (the pages it copied on write) into the state file, never into
+// the memory file, so its standby image is the shared base plus its own
+// delta, and Restore with or without SharedMemory loads that delta back.
+type MemorySharer interface {
+	LinkMemory(srcDir, dstDir string) error
+	OwnMemory(ctx context.Context, dir string) (copied bool, err error)
+	MemoryLinks(dir string) (group string, links int, err error)
+}
+
+// MemoryUsage is what a running VM's guest RAM costs the host now.
+type MemoryUsage struct {
+	// SharedBytes is resident guest RAM read from a memory file other VMs
+	// may map too (the page cache of a shared file: a VM running with
+	// Spec.SharedMemory).
+	SharedBytes int64
+	// PrivateBytes is resident guest RAM only this VM holds: a sharing
+	// VM's own (copied-on-write) pages, an owning VM's resident RAM.
+	PrivateBytes int64
+}
+
+// MemoryUsageReporter is implemented by VMs that can tell what their guest
+// RAM costs (the manager exports it per instance in /metrics).
+type MemoryUsageReporter interface {
+	MemoryUsage() (MemoryUsage, error)
 }
 
 // AcceleratorReporter is implemented by drivers that can tell, from the

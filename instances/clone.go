@@ -21,9 +21,24 @@ type Cloner interface {
 	PrepareDensify(ctx context.Context, path string) (*clone.Densified, error)
 }
 
-// clone copies a directory and records the strategy in logs and metrics.
-func (m *Manager) clone(ctx context.Context, src, dst string) (clone.Stats, error) {
-	st, err := m.cfg.Clone.Dir(ctx, src, dst)
+// dirExcepter is a Cloner that can leave top-level files out of a copy
+// (*clone.Cloner is one): a sharing fork links its memory file instead of
+// copying it (sharing.go), which matters where the copy is not a reflink.
+type dirExcepter interface {
+	DirExcept(ctx context.Context, src, dst string, except ...string) (clone.Stats, error)
+}
+
+// clone copies a directory, but for the top-level files named in except
+// when the Cloner can leave them out (else they are copied too), and
+// records the strategy in logs and metrics.
+func (m *Manager) clone(ctx context.Context, src, dst string, except ...string) (clone.Stats, error) {
+	var st clone.Stats
+	var err error
+	if de, ok := m.cfg.Clone.(dirExcepter); ok && len(except) > 0 {
+		st, err = de.DirExcept(ctx, src, dst, except...)
+	} else {
+		st, err = m.cfg.Clone.Dir(ctx, src, dst)
+	}
 	if err != nil {
 		return st, err
 	}

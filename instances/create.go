@@ -27,7 +27,17 @@ type CreateRequest struct {
 	Command []string
 	Env     map[string]string
 	Tags    map[string]string
-	Image   string
+	// Image is an OCI reference: the instance boots the image's root disk
+	// with an overlay disk of OverlayBytes (default DefaultOverlayBytes)
+	// and runs its entrypoint + cmd, which Entrypoint and Cmd override
+	// (docker's rules, disks.go); Env is laid over the image's. Without
+	// Image, Entrypoint + Cmd become Command.
+	Image        string
+	Entrypoint   []string
+	Cmd          []string
+	OverlayBytes int64
+	// Volumes to attach (volumes.go); image instances only.
+	Volumes []VolumeMount
 	// NoNetwork opts out of networking (hypeman's network.enabled:
 	// false): the guest has only lo. Networking is on by default when the
 	// manager has a Networker.
@@ -68,11 +78,11 @@ func (m *Manager) validateCreate(req *CreateRequest) error {
 	if err := names.Validate("instance name", req.Name); err != nil {
 		return err
 	}
-	// Until images land, an image is refused, never stored and ignored:
-	// booting the built-in initramfs instead would run something else.
-	if req.Image != "" {
-		return &FieldError{Field: "image", Err: fmt.Errorf("image %q: OCI images are not supported yet; omit image to boot the built-in initramfs: %w",
-			req.Image, errdefs.ErrNotImplemented)}
+	if err := m.validateImage(req); err != nil {
+		return err
+	}
+	if err := m.validateVolumes(req); err != nil {
+		return err
 	}
 	if req.Hypervisor == "" {
 		req.Hypervisor = m.cfg.DefaultHypervisor
@@ -183,6 +193,13 @@ func (m *Manager) create(ctx context.Context, req CreateRequest) (store.Instance
 		return inst, err
 	}
 	defer l.unlock()
+	// Before the intent: a pull touches no instance file.
+	if err := m.ensureImage(ctx, req, &inst); err != nil {
+		return inst, err
+	}
+	if err := m.resolveVolumes(req, &inst); err != nil {
+		return inst, err
+	}
 
 	undo := cleanup.New()
 	defer func() {
@@ -191,7 +208,13 @@ func (m *Manager) create(ctx context.Context, req CreateRequest) (store.Instance
 		}
 	}()
 	intent := store.Intent{ID: inst.ID, Op: store.OpCreate, InstanceID: inst.ID, Pending: &inst}
-	if err := m.putIntent(intent); err != nil {
+	release, err := m.claimVolumes(inst) // the intent makes the claim visible
+	if err != nil {
+		return inst, err
+	}
+	err = m.putIntent(intent)
+	release()
+	if err != nil {
 		return inst, err
 	}
 	undo.Add("drop intent", func(context.Context) error { m.dropIntent(intent.ID); return nil })
@@ -201,6 +224,10 @@ func (m *Manager) create(ctx context.Context, req CreateRequest) (store.Instance
 		return inst, err
 	}
 	undo.Add("remove instance directory", func(context.Context) error { return os.RemoveAll(dir) })
+	if err := m.makeDisks(ctx, inst, dir); err != nil {
+		return inst, err
+	}
+	crashpoint.Hit(crashpoint.CreateDisks)
 
 	if inst.Spec.Network {
 		// Before the boot, under the create intent: a crash from here on

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/zygote/zygote/clone"
+	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/store"
 )
@@ -46,6 +47,9 @@ func (m *Manager) densifyLater(inst store.Instance) {
 			return
 		}
 		defer func() { <-m.densifySem }()
+		if m.memoryShared(inst) {
+			return // a shared file is immutable (sharing.go)
+		}
 		layout, err := clone.FileLayout(path)
 		if err != nil || !layout.Fragmented() {
 			return
@@ -66,11 +70,21 @@ func (m *Manager) densifyLater(inst store.Instance) {
 			return
 		}
 		defer unlock()
-		if cur.State != store.Standby || cur.CacheKey != key {
+		if cur.State != store.Standby || cur.CacheKey != key || m.memoryShared(cur) {
+			// Changed, or linked by a sharing fork meanwhile (forks take
+			// this lock): never rewrite a shared file.
 			m.log.Debug("densify dropped: the instance changed meanwhile", "instance", inst.ID)
 			return
 		}
+		// Commit checks the file it prepared is still this path's only
+		// link: a snapshot restored in place keeps the cache key but puts
+		// another file at the path, and the one prepared may be a sharing
+		// fork's by now.
 		ds, err := prepared.Commit(ctx)
+		if errdefs.IsConflict(err) {
+			m.log.Debug("densify dropped", "instance", inst.ID, "err", err)
+			return
+		}
 		if err != nil {
 			m.log.Warn("densify memory file", "instance", inst.ID, "err", err)
 			return

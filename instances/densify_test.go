@@ -125,3 +125,110 @@ func TestDensifyUsesTheDaemonsCloneOptions(t *testing.T) {
 		}
 	}
 }
+
+// gatedCloner holds every densify between its copy and its commit until
+// release is closed, reporting each prepared path.
+type gatedCloner struct {
+	*clone.Cloner
+	prepared chan string
+	release  chan struct{}
+}
+
+func (c *gatedCloner) PrepareDensify(ctx context.Context, path string) (*clone.Densified, error) {
+	d, err := c.Cloner.PrepareDensify(ctx, path)
+	c.prepared <- path
+	<-c.release
+	return d, err
+}
+
+// fragment makes name's parked memory file fragmented: an owning fork
+// shares every block, then the guest writes pages in place. It leaves
+// name Running.
+func fragment(t *testing.T, h *instancestest.Harness, name string) {
+	t.Helper()
+	v := mustGet(t, h, name)
+	if err := h.VM(v.ID).GuestWrite(1<<20, make([]byte, 4<<20)); err != nil {
+		t.Fatal(err)
+	}
+	h.M.Standby(ctx, name)
+	fork(t, h, name, instances.ForkRequest{Name: name + "-owner", Memory: instances.MemoryOwned})
+	h.M.Restore(ctx, name)
+	page := make([]byte, 4096)
+	for i := 0; i < 300; i++ {
+		page[0] = byte(i)
+		if err := h.VM(v.ID).GuestWrite(int64(1<<20)+int64(rand.IntN(1024))*4096, page); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestDensifyNeverRewritesASharingForksFile: a densify prepared on a
+// parked source's file, then (while it copied, without the lock) sharing
+// forks link that file and a snapshot of the same parked state is restored
+// in place: the source has the same cache key but another file, and the
+// prepared one is the sharing forks'. The densify must drop, not rewrite
+// the shared file.
+func TestDensifyNeverRewritesASharingForksFile(t *testing.T) {
+	gc := &gatedCloner{
+		Cloner:   clone.New(clone.Options{NoSync: true, Logger: slog.New(slog.DiscardHandler)}),
+		prepared: make(chan string, 4),
+		release:  make(chan struct{}),
+	}
+	h := instancestest.New(t, testutil.XFS(t), gc)
+	defer func() {
+		select {
+		case <-gc.release:
+		default:
+			close(gc.release)
+		}
+	}()
+	create(t, h, "src")
+	fragment(t, h, "src")
+	create(t, h, "other")
+	fragment(t, h, "other")
+	if _, err := h.M.Standby(ctx, "src"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gc.prepared:
+	case <-time.After(30 * time.Second):
+		t.Fatal("test is void: no densify of the fragmented source")
+	}
+	s := snapshot(t, h, "src", "same-state")
+	f := fork(t, h, "src", instances.ForkRequest{Name: "f1", Memory: instances.MemoryShared})
+	fork(t, h, "src", instances.ForkRequest{Name: "f2", Memory: instances.MemoryShared})
+	if _, err := h.M.RestoreSnapshot(ctx, "src", s.ID, instances.StateStandby); err != nil {
+		t.Fatal(err)
+	}
+	shared := memPath(h, f.ID)
+	if _, n := links(t, shared); n != 2 {
+		t.Fatalf("test is void: the prepared file has %d links, want the two sharing forks'", n)
+	}
+	before, err := clone.FileLayout(shared)
+	if err != nil || !before.Fragmented() {
+		t.Fatalf("test is void: the shared file's layout %+v (%v)", before, err)
+	}
+	hash := fileHash(t, shared)
+	writes := watchWrites(t, shared)
+	close(gc.release)
+	// Densifies run one at a time: once the next one is prepared, the
+	// source's has finished.
+	if _, err := h.M.Standby(ctx, "other"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gc.prepared:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the next densify never started")
+	}
+	if after, _ := clone.FileLayout(shared); after != before {
+		t.Fatalf("the sharing forks' memory file was rewritten: layout %+v, was %+v", after, before)
+	}
+	if n := writes(); n != 0 {
+		t.Fatalf("%d writes into the sharing forks' memory file", n)
+	}
+	if fileHash(t, shared) != hash {
+		t.Fatal("the sharing forks' memory file changed")
+	}
+	noSharedWrites(t, h)
+}

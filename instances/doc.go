@@ -54,6 +54,9 @@
 // file: create.go, start.go, stop.go, standby.go, restore.go, delete.go,
 // fork.go, snapshot_create.go, snapshot_restore.go, snapshot_delete.go,
 // kill.go. park.go parks a running source for a copy (fork, snapshot).
+// disks.go, workload.go and volumes.go give image instances their disks
+// (a hard link to the image's immutable root disk, an own sparse overlay,
+// hard links to volumes), their program and its exit semantics.
 // states.go holds the states, bringTo (walk an instance to a target state)
 // and the 409 error. capacity.go checks a create's guest RAM against the
 // host (its memory; the data directory's free space) and declares
@@ -67,7 +70,9 @@
 // snapshot manifest.
 //
 // The manager sees drivers only through hypervisor.Driver and the optional
-// interfaces hypervisor declares (MemoryFiler, AcceleratorReporter); every
+// interfaces hypervisor declares (MemoryFiler, AcceleratorReporter,
+// MemorySharer, MemoryUsageReporter; sharing.go orchestrates which file
+// forks share and who breaks a link, without knowing QEMU); every
 // copy and every densify goes through Config.Clone (Cloner), built once by
 // the daemon with its clone options (strict mode).
 //

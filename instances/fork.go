@@ -31,6 +31,11 @@ type ForkRequest struct {
 	// TargetState defaults to the source's state (for a snapshot: Running
 	// for a Standby snapshot, Stopped for a Stopped one).
 	TargetState State
+	// Memory is how the forks hold the source's memory (sharing.go):
+	// their own copies (MemoryOwned) or one shared immutable file
+	// (MemoryShared); "" is the daemon's default (Config.ForkMemory). A
+	// fork of a source without memory (Stopped) owns what it boots.
+	Memory MemoryMode
 }
 
 // MaxBatch bounds a batch fork.
@@ -71,6 +76,13 @@ type forkSource struct {
 	origin    store.Origin
 	// manifest: the copy carries a snapshot manifest to drop.
 	manifest bool
+	// memory: how the forks hold the source's memory file.
+	memory MemoryMode
+	// relinkVolumes: the source is an instance whose (read-only) volumes
+	// cannot have changed, so a fork attaches the volumes themselves, not
+	// the copies (a snapshot's copies stay: the volume may have moved on
+	// since, and the saved guest may cache their old blocks).
+	relinkVolumes bool
 }
 
 // Fork makes new instances from an instance. Each fork owns its files from
@@ -88,8 +100,17 @@ func (m *Manager) Fork(ctx context.Context, ref string, req ForkRequest) ([]Inst
 	var out []Instance
 	_, err := m.run(ctx, operation{
 		name: "fork", instance: ref,
-		validate: func() (err error) { forkNames, err = forkNamesOf(req); return err },
+		validate: func() (err error) {
+			if _, err := ParseMemoryMode(string(req.Memory)); err != nil {
+				return err
+			}
+			forkNames, err = forkNamesOf(req)
+			return err
+		},
 		check: func(t *targets) error {
+			if err := refuseWritableVolumes("fork", t.inst); err != nil {
+				return err
+			}
 			switch t.state {
 			case StateStandby, StateStopped:
 			case StateRunning:
@@ -105,7 +126,11 @@ func (m *Manager) Fork(ctx context.Context, ref string, req ForkRequest) ([]Inst
 			return checkTarget(target, t.state != StateStopped)
 		},
 	}, func(t *targets) (err error) {
-		out, err = m.forkInstance(ctx, &t.inst, t.state, forkNames, target)
+		mode, err := m.forkMemoryMode(req.Memory, t.inst.Spec.Hypervisor)
+		if err != nil {
+			return err
+		}
+		out, err = m.forkInstance(ctx, &t.inst, t.state, forkNames, target, mode)
 		return err
 	})
 	if err != nil {
@@ -128,7 +153,7 @@ func checkTarget(target State, hasMemory bool) error {
 }
 
 // forkInstance runs under the source's lock.
-func (m *Manager) forkInstance(ctx context.Context, src *store.Instance, state State, forkNames []string, target State) (out []Instance, err error) {
+func (m *Manager) forkInstance(ctx context.Context, src *store.Instance, state State, forkNames []string, target State, mode MemoryMode) (out []Instance, err error) {
 	if state == StateRunning {
 		resume, perr := m.park(ctx, src)
 		if perr != nil {
@@ -139,8 +164,10 @@ func (m *Manager) forkInstance(ctx context.Context, src *store.Instance, state S
 	}
 	fs := forkSource{
 		dir: m.instanceDir(src.ID), spec: src.Spec, cacheKey: src.CacheKey, bootID: src.BootID,
-		hasMemory: src.State == store.Standby,
-		origin:    store.Origin{InstanceID: src.ID, InstanceName: src.Name},
+		hasMemory:     src.State == store.Standby,
+		origin:        store.Origin{InstanceID: src.ID, InstanceName: src.Name},
+		memory:        mode,
+		relinkVolumes: true,
 	}
 	return m.forkFrom(ctx, fs, forkNames, target)
 }
@@ -156,6 +183,9 @@ func (m *Manager) ForkSnapshot(ctx context.Context, snapRef string, req ForkRequ
 			if req.FromRunning {
 				return fmt.Errorf("from_running applies to instances, not snapshots: %w", errdefs.ErrInvalidArgument)
 			}
+			if _, err := ParseMemoryMode(string(req.Memory)); err != nil {
+				return err
+			}
 			forkNames, err = forkNamesOf(req)
 			return err
 		},
@@ -168,9 +198,13 @@ func (m *Manager) ForkSnapshot(ctx context.Context, snapRef string, req ForkRequ
 		label: func(t *targets) string { return "fork snapshot " + t.snap.ID },
 	}, func(t *targets) (err error) {
 		snap := t.snap
+		mode, err := m.forkMemoryMode(req.Memory, snap.Spec.Hypervisor)
+		if err != nil {
+			return err
+		}
 		out, err = m.forkFrom(ctx, forkSource{
 			dir: m.snapshotDir(snap.ID), spec: snap.Spec, cacheKey: snap.CacheKey, bootID: snap.BootID,
-			hasMemory: snap.Kind == store.SnapshotStandby, manifest: true,
+			hasMemory: snap.Kind == store.SnapshotStandby, manifest: true, memory: mode,
 			origin: store.Origin{SnapshotID: snap.ID, InstanceID: snap.SourceInstanceID, InstanceName: snap.SourceInstanceName},
 		}, forkNames, target)
 		return err
@@ -255,6 +289,7 @@ func (m *Manager) newFork(src forkSource, name string) store.Instance {
 	}
 	if src.hasMemory {
 		f.State, f.CacheKey, f.NewIdentity = store.Standby, src.cacheKey, true
+		f.MemoryShared = src.memory == MemoryShared
 	}
 	return f
 }
@@ -263,7 +298,7 @@ func (m *Manager) newFork(src forkSource, name string) store.Instance {
 // commits its record. The caller holds the fork's lock.
 func (m *Manager) copyFork(ctx context.Context, src forkSource, f *store.Instance) error {
 	dir := m.instanceDir(f.ID)
-	if _, err := m.clone(ctx, src.dir, dir); err != nil {
+	if _, err := m.clone(ctx, src.dir, dir, m.sharedMemoryFiles(*f)...); err != nil {
 		return fmt.Errorf("copy %s: %w", filepath.Base(src.dir), err)
 	}
 	if src.manifest {
@@ -278,7 +313,21 @@ func (m *Manager) copyFork(ctx context.Context, src forkSource, f *store.Instanc
 			}
 		}
 	}
+	if src.relinkVolumes {
+		if err := m.relinkVolumes(*f, dir); err != nil {
+			return err
+		}
+	}
 	crashpoint.Hit(crashpoint.ForkCopied)
+	if f.MemoryShared {
+		// The copy's own memory file gives way to a link of the source's:
+		// the fork and the source (and its other sharing forks) now hold one
+		// immutable file (sharing.go).
+		if err := m.linkForkMemory(src, f); err != nil {
+			return err
+		}
+		crashpoint.Hit(crashpoint.ForkLinked)
+	}
 	if err := m.putInstance(*f); err != nil {
 		return err
 	}

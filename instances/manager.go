@@ -45,13 +45,21 @@ type Config struct {
 	// MaxSessions bounds the exec and cp sessions open at once per
 	// instance (sessions.go; default DefaultMaxSessions).
 	MaxSessions int
-	Metrics     *Metrics
-	Logger      *slog.Logger
+	// ForkMemory is the memory mode of a fork that names none (default
+	// MemoryOwned; sharing.go).
+	ForkMemory MemoryMode
+	// Images resolves and pulls OCI images for creates that name one
+	// (disks.go); nil: no image support (such a create is 501).
+	Images ImageSource
+	// Volumes keeps volumes (volumes.go); nil: no volume support.
+	Volumes VolumeStore
 	// Network gives instances their network slots (network.go); nil:
 	// networking is off and instances have no NIC.
 	Network Networker
 	// NetworkDNS are the guests' DNS servers (their /etc/resolv.conf).
 	NetworkDNS []string
+	Metrics    *Metrics
+	Logger     *slog.Logger
 }
 
 // Manager runs instances. It is safe for concurrent use.
@@ -77,6 +85,11 @@ type Manager struct {
 
 	sessions sessionTable // open exec/cp sessions per instance (sessions.go)
 
+	// volMu serialises volume claims (a create's check + intent) against
+	// each other and against volume deletes (volumes.go); a leaf lock
+	// held only around store transactions.
+	volMu sync.Mutex
+
 	densifySem chan struct{}      // one background densify at a time
 	closingCtx context.Context    // done once Close has begun: background jobs stop
 	stopAll    context.CancelFunc // ends closingCtx
@@ -96,6 +109,12 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.ForkMemory == "" {
+		cfg.ForkMemory = MemoryOwned
+	}
+	if _, err := ParseMemoryMode(string(cfg.ForkMemory)); err != nil {
+		return nil, fmt.Errorf("instances: Config.ForkMemory: %w", err)
+	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
@@ -110,6 +129,8 @@ func New(cfg Config) (*Manager, error) {
 		densifySem: make(chan struct{}, 1),
 	}
 	m.closingCtx, m.stopAll = context.WithCancel(context.Background())
+	src := m.instanceMemory
+	m.metrics.memory.source.Store(&src)
 	for _, d := range cfg.Drivers {
 		m.drivers[d.Name()] = d
 	}
@@ -290,6 +311,8 @@ func (m *Manager) specOf(inst store.Instance) hypervisor.Spec {
 		ID: inst.ID, Dir: m.instanceDir(inst.ID),
 		VCPUs: inst.Spec.VCPUs, MemoryBytes: inst.Spec.MemoryBytes,
 		KernelArgs: inst.Spec.KernelArgs, DriverState: inst.Spec.DriverState,
+		SharedMemory: inst.MemoryShared,
+		Disks:        disksOf(inst.Spec),
 	}
 }
 

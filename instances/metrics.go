@@ -13,6 +13,9 @@ type Metrics struct {
 	cloneTotal        *prometheus.CounterVec
 	standbyStateBytes prometheus.Histogram
 	densified         prometheus.Counter
+	memoryLinks       prometheus.Counter
+	memoryOwned       prometheus.Counter
+	memory            *memoryCollector // per instance, at scrape time (sharing_metrics.go)
 }
 
 // NewMetrics creates the metrics and registers them with reg (nil: not
@@ -41,9 +44,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "zygote", Name: "memory_files_densified_total",
 			Help: "Parked memory files rewritten densely after fork-shared blocks fragmented them.",
 		}),
+		memoryLinks: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "zygote", Name: "memory_links_total",
+			Help: "Sharing forks that got a hard link of their source's memory file instead of a copy.",
+		}),
+		memoryOwned: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "zygote", Name: "memory_unshared_total",
+			Help: "Shared memory files an owning instance replaced by its own copy before writing it.",
+		}),
+		memory: newMemoryCollector(),
 	}
 	if reg != nil {
-		reg.MustRegister(m.opDuration, m.cloneBytes, m.cloneTotal, m.standbyStateBytes, m.densified)
+		reg.MustRegister(m.opDuration, m.cloneBytes, m.cloneTotal, m.standbyStateBytes, m.densified, m.memoryLinks, m.memoryOwned, m.memory)
 	}
 	return m
 }

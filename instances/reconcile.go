@@ -93,10 +93,14 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 //	stop              roll forward                                        stop.go
 //	standby           state file published: commit Standby; else VMM     standby.go
 //	                  alive: resume it (Running); else Stopped
-//	restore           state file still there: stay Standby; else VMM     restore.go
-//	                  alive: adopt it (Running); else Stopped
+//	restore           state file still there: stay Standby (a broken     restore.go
+//	                  link left an own identical copy, a temporary is
+//	                  swept); else VMM alive: adopt it (Running); else
+//	                  Stopped
 //	delete            roll forward (the network slot released too)        delete.go
-//	fork              remove every fork of the call and its slot          fork.go
+//	fork              remove every fork of the call and its slot (a       fork.go
+//	                  sharing fork's link with it: the source's file is
+//	                  untouched)
 //	resume            restore the parked source, last                     park.go
 //	snapshot          no record: remove the partial directory             snapshot_create.go
 //	snapshot_restore  not swapped: drop the copy; else finish the swap    snapshot_restore.go

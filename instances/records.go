@@ -24,6 +24,17 @@ type Spec struct {
 	Command     []string
 	Env         map[string]string
 	Image       string
+	// Image instances: the image's digest, the overlay disk's size and
+	// the resolved workload (Command and Env are the built-in guest's).
+	ImageDigest  string
+	OverlayBytes int64
+	Entrypoint   []string
+	Cmd          []string
+	WorkloadEnv  []string
+	WorkingDir   string
+	User         string
+	// Volumes attached (VolumeMount.Volume is the volume's id).
+	Volumes []VolumeMount
 	// Network: the machine has a NIC backed by a network slot.
 	Network bool
 }
@@ -59,6 +70,14 @@ type Instance struct {
 	HasSavedState bool
 	// Accelerator is the VMM's accelerator when known ("kvm", "tcg").
 	Accelerator string
+	// Memory is how the instance holds its memory file (sharing.go).
+	Memory MemoryMode
+	// MemoryGroup names the memory file's inode (the sharing group: every
+	// instance and snapshot with the same group holds one file) and
+	// MemoryLinks how many hold it; empty and 0 without a memory file, or
+	// when the driver cannot share memory.
+	MemoryGroup string
+	MemoryLinks int
 	// Network is the instance's network (its slot's address).
 	Network Network
 }
@@ -91,8 +110,16 @@ type Snapshot struct {
 }
 
 func specOfRecord(s store.Spec) Spec {
-	return Spec{Hypervisor: s.Hypervisor, VCPUs: s.VCPUs, MemoryBytes: s.MemoryBytes, KernelArgs: s.KernelArgs,
-		Command: s.Command, Env: s.Env, Image: s.Image, Network: s.Network}
+	v := Spec{Hypervisor: s.Hypervisor, VCPUs: s.VCPUs, MemoryBytes: s.MemoryBytes, KernelArgs: s.KernelArgs,
+		Command: s.Command, Env: s.Env, Image: s.Image, ImageDigest: s.ImageDigest, OverlayBytes: s.OverlayBytes,
+		Network: s.Network}
+	for _, m := range s.Volumes {
+		v.Volumes = append(v.Volumes, VolumeMount{Volume: m.VolumeID, MountPath: m.MountPath, ReadOnly: m.ReadOnly})
+	}
+	if w := s.Workload; w != nil {
+		v.Entrypoint, v.Cmd, v.WorkloadEnv, v.WorkingDir, v.User = w.Entrypoint, w.Cmd, w.Env, w.WorkingDir, w.User
+	}
+	return v
 }
 
 // instanceOf is the domain value of a record, without the derived state
@@ -102,6 +129,7 @@ func instanceOf(r store.Instance) Instance {
 		ID: r.ID, Name: r.Name, Spec: specOfRecord(r.Spec), Tags: r.Tags, CreatedAt: r.CreatedAt,
 		StartedAt: r.StartedAt, StoppedAt: r.StoppedAt, Hostname: r.Hostname, BootID: r.BootID,
 		CacheKey: r.CacheKey, ExitCode: r.ExitCode, ExitMessage: r.ExitMessage,
+		Memory: memoryModeOf(r),
 	}
 	if o := r.ForkedFrom; o != nil {
 		v.ForkedFrom = &Origin{InstanceID: o.InstanceID, InstanceName: o.InstanceName, SnapshotID: o.SnapshotID}
@@ -127,6 +155,7 @@ func manifestOf(s store.Snapshot) snapshots.Manifest {
 		Spec: snapshots.Spec{
 			Hypervisor: s.Spec.Hypervisor, VCPUs: s.Spec.VCPUs, MemoryBytes: s.Spec.MemoryBytes,
 			KernelArgs: s.Spec.KernelArgs, Command: s.Spec.Command, Env: s.Spec.Env, Image: s.Spec.Image,
+			ImageDigest: s.Spec.ImageDigest, RootFSType: s.Spec.RootFSType, OverlayBytes: s.Spec.OverlayBytes,
 			Network: s.Spec.Network, DriverState: s.Spec.DriverState,
 		},
 	}

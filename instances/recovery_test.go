@@ -2,14 +2,17 @@ package instances_test
 
 import (
 	"context"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/zygote/zygote/clone"
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/guest/agentproto"
 	"github.com/zygote/zygote/hypervisor"
@@ -31,13 +34,20 @@ import (
 // TestRecoveryRuleBranches has one case per entry (and fails on an op it
 // does not list).
 var recoveryBranches = map[store.Op][]string{
-	store.OpCreate:          {"VMM booted, not committed", "directory only", "network slot acquired, not booted"},
-	store.OpStart:           {"VMM alive", "VMM never started"},
-	store.OpStop:            {"VMM alive", "VMM gone", "from Standby"},
-	store.OpStandby:         {"state published, VMM alive", "state published, VMM gone", "no state, VMM alive", "no state, VMM gone"},
-	store.OpRestore:         {"state not loaded, no VMM", "state not loaded, VMM alive", "state consumed, VMM alive", "state consumed, VMM gone"},
-	store.OpDelete:          {"record, VMM and directory", "directory removed", "record gone"},
-	store.OpFork:            {"committed and uncommitted forks"},
+	store.OpCreate:  {"VMM booted, not committed", "directory only", "image disks made, no VMM", "network slot acquired, not booted"},
+	store.OpStart:   {"VMM alive", "VMM never started"},
+	store.OpStop:    {"VMM alive", "VMM gone", "from Standby"},
+	store.OpStandby: {"state published, VMM alive", "state published, VMM gone", "no state, VMM alive", "no state, VMM gone"},
+	store.OpRestore: {"state not loaded, no VMM", "state not loaded, VMM alive", "state consumed, VMM alive", "state consumed, VMM gone",
+		// restore:owned, inside the break-link of an owning source that
+		// sharing forks link (sharing.go): its copy half-made, or renamed
+		// over the link.
+		"state not loaded, break-link temporary left", "state not loaded, link broken"},
+	store.OpDelete: {"record, VMM and directory", "directory removed", "record gone"},
+	store.OpFork: {"committed and uncommitted forks",
+		// fork:linked, a sharing fork's link (sharing.go): the temporary
+		// link made, or renamed into place.
+		"sharing fork, temporary link left", "sharing fork, link renamed"},
 	store.OpResume:          {"source parked", "park interrupted in its standby", "source already running", "source gone"},
 	store.OpSnapshot:        {"not committed", "committed"},
 	store.OpSnapshotRestore: {"copied", "moved aside", "swapped"},
@@ -200,6 +210,40 @@ var recoveryCases = []recoveryCase{
 			return intent(tx, store.Intent{ID: id, Op: store.OpCreate, InstanceID: id, Pending: &store.Instance{ID: id, Name: "half"}})
 		})
 		return func(t *testing.T) { gone(t, h, "instances/"+id) }
+	}},
+	{store.OpCreate, "image disks made, no VMM", func(t *testing.T, h *instancestest.Harness) func(*testing.T) {
+		// Killed after the root disk was linked and the overlay formatted
+		// (crashpoint create:disks): the rule removes both; the image's
+		// own disk stays, used by nobody.
+		id := "createdisksaaaaaaaaaaaaa"
+		digest := "sha256:" + strings.Repeat("ef", 32)
+		imageDisk := filepath.Join(h.DataDir, "images", "rootfs.ext4")
+		os.MkdirAll(filepath.Dir(imageDisk), 0o700)
+		if err := os.WriteFile(imageDisk, []byte("root disk"), 0o444); err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(h.DataDir, "instances", id)
+		os.MkdirAll(dir, 0o700)
+		if err := os.Link(imageDisk, filepath.Join(dir, "rootfs.ext4")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "overlay.ext4"), []byte("overlay"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		pending := store.Instance{ID: id, Name: "half", Spec: store.Spec{Image: "registry.test/app:1", ImageDigest: digest, RootFSType: "ext4", OverlayBytes: 64 << 20}}
+		down(t, h, func(tx *store.Tx) error {
+			return intent(tx, store.Intent{ID: id, Op: store.OpCreate, InstanceID: id, Pending: &pending})
+		})
+		return func(t *testing.T) {
+			gone(t, h, "instances/"+id)
+			fi, err := os.Stat(imageDisk)
+			if err != nil || fi.Sys().(*syscall.Stat_t).Nlink != 1 {
+				t.Errorf("the image's disk after the rollback: %v (links %v)", err, fi)
+			}
+			if users := instances.ImageUsers(h.Store)(digest); len(users) != 0 {
+				t.Errorf("the rolled-back create still uses the image: %q", users)
+			}
+		}
 	}},
 	{store.OpCreate, "network slot acquired, not booted", func(t *testing.T, h *instancestest.Harness) func(*testing.T) {
 		id := "createslotonlyaaaaaaaaaa"
@@ -646,6 +690,136 @@ func init() {
 			}
 		}})
 	}
+}
+
+func init() {
+	// A sharing fork's link (fork:linked): the fork call's rule removes
+	// every fork of the call, link and all, and the source's file is
+	// untouched (the same inode, the same bytes, one link again).
+	for _, step := range []string{"temporary link left", "link renamed"} {
+		recoveryCases = append(recoveryCases, recoveryCase{store.OpFork, "sharing fork, " + step, func(t *testing.T, h *instancestest.Harness) func(*testing.T) {
+			src := parked(t, h, "src")
+			srcDir := filepath.Join(h.DataDir, "instances", src.ID)
+			srcIno, _ := links(t, memPath(h, src.ID))
+			srcHash := fileHash(t, memPath(h, src.ID))
+			// A committed sharing fork of the call, running on the link,
+			done := fork(t, h, "src", instances.ForkRequest{Name: "done", Memory: instances.MemoryShared, TargetState: instances.StateRunning})
+			// and one not yet committed: copied without its memory file,
+			// then linked.
+			half := "forkhalfaaaaaaaaaaaaaaaa"
+			halfDir := filepath.Join(h.DataDir, "instances", half)
+			if _, err := instancestest.Clone.(*clone.Cloner).DirExcept(ctx, srcDir, halfDir, drivertest.MemoryFile); err != nil {
+				t.Fatal(err)
+			}
+			if step == "temporary link left" {
+				if err := os.Link(memPath(h, src.ID), filepath.Join(halfDir, "."+drivertest.MemoryFile+".zygote-tmp-link")); err != nil {
+					t.Fatal(err)
+				}
+			} else if err := h.Fake.LinkMemory(srcDir, halfDir); err != nil {
+				t.Fatal(err)
+			}
+			if _, n := links(t, memPath(h, src.ID)); n != 3 {
+				t.Fatalf("test is void: the source's memory file has %d links before the crash, want 3", n)
+			}
+			down(t, h, func(tx *store.Tx) error {
+				return intent(tx, store.Intent{ID: "forkcallaaaaaaaaaaaaaaaa", Op: store.OpFork, SourceID: src.ID, Members: []string{done.ID, half}})
+			})
+			return func(t *testing.T) {
+				for _, id := range []string{done.ID, half} {
+					gone(t, h, "instances/"+id)
+					noVM(t, h, id)
+				}
+				if _, err := h.M.Get(ctx, "done"); !errdefs.IsNotFound(err) {
+					t.Fatalf("a fork of an interrupted call is visible: %v", err)
+				}
+				noTemporaries(t, h)
+				wantState(t, h, "src", instances.StateStandby)
+				if ino, n := links(t, memPath(h, src.ID)); ino != srcIno || n != 1 {
+					t.Fatalf("the source's memory file: inode %d (was %d), %d links, want its own file with 1", ino, srcIno, n)
+				}
+				if fileHash(t, memPath(h, src.ID)) != srcHash {
+					t.Fatal("the source's memory file changed")
+				}
+				memoryKept(t, h, "src")
+				noSharedWrites(t, h)
+			}
+		}})
+	}
+	// An owning source's break-link (restore:owned) while a sharing fork
+	// runs on its file: the restore rule keeps it Standby with a new cache
+	// key, holding the link or its own identical copy; the temporary is
+	// swept; the fork's file and guest are untouched.
+	for _, step := range []string{"break-link temporary left", "link broken"} {
+		recoveryCases = append(recoveryCases, recoveryCase{store.OpRestore, "state not loaded, " + step, func(t *testing.T, h *instancestest.Harness) func(*testing.T) {
+			src := parked(t, h, "src")
+			srcDir := filepath.Join(h.DataDir, "instances", src.ID)
+			child := fork(t, h, "src", instances.ForkRequest{Name: "child", Memory: instances.MemoryShared, TargetState: instances.StateRunning})
+			const childs = "the-childs-own!!"
+			execOut(t, h, "child", "write", markerOff, childs)
+			childIno, n := links(t, memPath(h, child.ID))
+			if n != 2 {
+				t.Fatalf("test is void: the shared memory file has %d links, want 2", n)
+			}
+			down(t, h, func(tx *store.Tx) error {
+				if step == "break-link temporary left" {
+					// The copy was being written when the daemon died.
+					raw, err := os.ReadFile(memPath(h, src.ID))
+					if err != nil {
+						return err
+					}
+					if err := os.WriteFile(filepath.Join(srcDir, "."+drivertest.MemoryFile+".zygote-tmp-own"), raw[:len(raw)/2], 0o600); err != nil {
+						return err
+					}
+				} else if copied, err := h.Fake.OwnMemory(ctx, srcDir); err != nil || !copied {
+					t.Fatalf("test is void: own the memory file: copied %v, %v", copied, err)
+				}
+				return intent(tx, store.Intent{ID: src.ID, Op: store.OpRestore, InstanceID: src.ID})
+			})
+			return func(t *testing.T) {
+				got := wantState(t, h, "src", instances.StateStandby)
+				if got.CacheKey == "" || got.CacheKey == src.CacheKey || !got.HasSavedState {
+					t.Fatalf("kept Standby: cache key %q (was %q), saved state %v", got.CacheKey, src.CacheKey, got.HasSavedState)
+				}
+				noVM(t, h, src.ID)
+				noTemporaries(t, h)
+				srcIno, srcLinks := links(t, memPath(h, src.ID))
+				ino, n := links(t, memPath(h, child.ID))
+				if ino != childIno {
+					t.Fatal("the sharing fork's memory file was replaced")
+				}
+				switch {
+				case step == "break-link temporary left" && (srcIno != childIno || srcLinks != 2):
+					t.Fatalf("the source holds inode %d with %d links, want the shared link %d (2 links)", srcIno, srcLinks, childIno)
+				case step == "link broken" && (srcIno == childIno || srcLinks != 1 || n != 1):
+					t.Fatalf("the source holds inode %d with %d links, the fork %d with %d: want two own files", srcIno, srcLinks, ino, n)
+				}
+				memoryKept(t, h, "src")
+				if srcIno, _ := links(t, memPath(h, src.ID)); srcIno == childIno {
+					t.Fatal("the source runs on the fork's memory file")
+				}
+				if _, n := links(t, memPath(h, child.ID)); n != 1 {
+					t.Fatalf("the fork's memory file has %d links after its source owned a copy", n)
+				}
+				wantState(t, h, "child", instances.StateRunning)
+				if out, _ := execOut(t, h, "child", "read", markerOff, "16"); out != childs {
+					t.Fatalf("the sharing fork holds %q after the restart, want %q", out, childs)
+				}
+				noSharedWrites(t, h)
+			}
+		}})
+	}
+}
+
+// noTemporaries asserts no clone-style temporary (a link, a break-link
+// copy, a densify copy) is left anywhere in the data directory.
+func noTemporaries(t *testing.T, h *instancestest.Harness) {
+	t.Helper()
+	filepath.WalkDir(h.DataDir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && clone.IsTempName(d.Name()) {
+			t.Errorf("temporary %s survived the reconcile", path)
+		}
+		return nil
+	})
 }
 
 // eventuallyRunning waits for a source the reconcile restores in the

@@ -8,6 +8,7 @@ import (
 	"github.com/zygote/zygote/guest/agent"
 	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/internal/crashpoint"
+	"github.com/zygote/zygote/internal/ids"
 	"github.com/zygote/zygote/store"
 )
 
@@ -32,6 +33,14 @@ func (m *Manager) restore(ctx context.Context, inst *store.Instance) error {
 	if err := m.putIntent(intent); err != nil {
 		return err
 	}
+	// An owning instance may hold a link shared with sharing forks (it was
+	// parked when they were forked): it breaks it before its restore maps
+	// the file writable (sharing.go).
+	if err := m.ownMemory(ctx, *inst); err != nil {
+		m.dropIntent(intent.ID)
+		return err
+	}
+	crashpoint.Hit(crashpoint.RestoreOwned)
 	spec, launched, err := m.withNIC(ctx, *inst, m.specOf(*inst))
 	if err != nil {
 		m.dropIntent(intent.ID)
@@ -46,13 +55,16 @@ func (m *Manager) restore(ctx context.Context, inst *store.Instance) error {
 	crashpoint.Hit(crashpoint.RestoreLoaded)
 	inst.State, inst.VMM, inst.CacheKey = store.Running, vmmRecord(vm), ""
 	inst.RestorePending = true
+	// The runtime is attached before the commit, so no client ever sees a
+	// Running record without its VMM handle (Unknown).
+	rt := m.attachRuntime(*inst, vm, restoreNotice(*inst))
 	if err := m.commit(*inst, intent.ID); err != nil {
 		// The state file is consumed and the guest has run: the image is
 		// gone. The intent stays, so the reconcile records what remains.
+		m.dropRuntime(rt)
 		vm.Quit(context.WithoutCancel(ctx))
 		return fmt.Errorf("record the restore: %w", err)
 	}
-	rt := m.attachRuntime(*inst, vm, restoreNotice(*inst))
 	return m.awaitRestored(ctx, inst, rt)
 }
 
@@ -86,13 +98,19 @@ func randomBytes(n int) []byte {
 }
 
 // reconcileRestore is the crash rule of a restore: a state file still
-// there means the restore never loaded it (stay Standby, kill any VMM);
+// there means the restore never loaded it (stay Standby, kill any VMM;
+// a link broken meanwhile left an own, identical memory file, or the
+// link, plus at most a temporary the sweep removes);
 // else a live VMM is adopted (Running, the guest told of the restore);
 // else the instance is Stopped.
 func (m *Manager) reconcileRestore(ctx context.Context, inst store.Instance, d hypervisor.Driver) error {
 	if d.HasSavedState(m.instanceDir(inst.ID)) {
 		m.killVMMs(ctx, inst)
-		return nil
+		// The interrupted restore may have written the state's own pages
+		// (a sharing VM's) into the owned memory file: the image restores
+		// the same, but the file's bytes changed, so its key does too.
+		inst.CacheKey = ids.New()
+		return m.putInstance(inst)
 	}
 	if vm := m.adoptAny(ctx, inst); vm != nil {
 		inst.State, inst.VMM, inst.CacheKey = store.Running, vmmRecord(vm), ""

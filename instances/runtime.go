@@ -59,6 +59,9 @@ type runtime struct {
 	// stopping: an operation is shutting the guest down; a dropped agent
 	// connection is expected, not news.
 	stopping bool
+	// image: the guest runs an image's program, whose exit stops the
+	// instance (workload.go).
+	image bool
 }
 
 // attachRuntime registers vm for inst and starts its watcher.
@@ -76,11 +79,27 @@ func (m *Manager) attachRuntime(inst store.Instance, vm hypervisor.VM, restored 
 			Network:  m.guestNetwork(inst),
 		},
 		restored: restored,
+		image:    hasImage(inst.Spec),
+	}
+	if rt.image {
+		// The image form: Command and Env are the built-in guest's.
+		rt.configure.Command, rt.configure.Env = nil, nil
+		rt.configure.Root, rt.configure.Process = workloadConfig(inst.Spec)
+		rt.configure.Volumes = volumeConfig(inst.Spec)
 	}
 	m.watchers.Add(1)
 	go rt.watch() // owner: the manager; detach or Close stops it
 	m.setRuntime(inst.ID, rt)
 	return rt
+}
+
+// dropRuntime detaches rt and forgets it: the operation that attached it
+// failed before recording the VM.
+func (m *Manager) dropRuntime(rt *runtime) {
+	rt.detach()
+	if m.runtimeOf(rt.id) == rt {
+		m.setRuntime(rt.id, nil)
+	}
 }
 
 // detach stops the watcher and closes the agent connection, so the VMM can
@@ -96,7 +115,20 @@ func (rt *runtime) watch() {
 	backoff := 50 * time.Millisecond
 	for {
 		ag, err := rt.connect()
+		var se *startError
+		if errors.As(err, &se) {
+			rt.workloadEnded(se.status)
+			select {
+			case <-rt.vm.Exited():
+				rt.m.vmExited(rt)
+			case <-rt.ctx.Done():
+			}
+			return
+		}
 		if err == nil {
+			if rt.image {
+				rt.watchWorkload(ag)
+			}
 			backoff = 50 * time.Millisecond
 			rt.m.notify()
 			select {
@@ -160,7 +192,7 @@ func (rt *runtime) connect() (Agent, error) {
 	if !hello.Configured {
 		if err := ag.Configure(ctx, cfg); err != nil {
 			ag.Close()
-			return nil, fmt.Errorf("configure guest: %w", err)
+			return nil, workloadStartError(fmt.Errorf("configure guest: %w", err), rt.image)
 		}
 	}
 	if notice != nil {
@@ -253,7 +285,7 @@ func (m *Manager) markStopped(inst *store.Instance, msg string) error {
 		}
 	}
 	inst.State, inst.VMM, inst.StoppedAt, inst.ExitMessage = store.Stopped, nil, timePtr(now()), msg
-	inst.CacheKey = ""
+	inst.CacheKey, inst.MemoryShared = "", false // no memory left to share
 	if err := m.putInstance(*inst); err != nil {
 		m.log.Error("record stopped instance", "instance", inst.ID, "err", err)
 		return fmt.Errorf("record the instance stopped: %w", err)

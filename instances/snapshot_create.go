@@ -35,6 +35,9 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref string, req SnapshotRe
 			return ValidateTags(req.Tags)
 		},
 		check: func(t *targets) error {
+			if err := refuseWritableVolumes("snapshot", t.inst); err != nil {
+				return err
+			}
 			taken := false
 			m.store.View(func(tx *store.Tx) error { taken = tx.SnapshotNameTaken(t.inst.ID, req.Name); return nil })
 			if taken {

@@ -56,12 +56,14 @@ func (m *Manager) startLocked(ctx context.Context, inst *store.Instance) error {
 		m.dropIntent(intent.ID)
 		return err
 	}
+	// Attached before the commit: a Running record always has its handle.
+	rt := m.attachRuntime(*inst, vm, nil)
 	if err := m.commit(*inst, intent.ID); err != nil {
+		m.dropRuntime(rt)
 		vm.Quit(ctx)
 		m.dropIntent(intent.ID)
 		return err
 	}
-	m.attachRuntime(*inst, vm, nil)
 	return nil
 }
 

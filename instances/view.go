@@ -41,6 +41,7 @@ func (m *Manager) view(inst store.Instance) Instance {
 			v.Accelerator = a.AcceleratorOf(inst.Spec.DriverState)
 		}
 	}
+	m.viewMemory(&v, inst)
 	return v
 }
 

@@ -2,7 +2,9 @@
 # The newcomer's demo (README, first command): installs what is missing,
 # puts a data directory on a loop-mounted XFS image (a sparse file) so
 # snapshots and forks are reflinks, starts the daemon, and walks a VM
-# through boot, standby and fork.
+# through boot, standby and fork; then builds an OCI image locally (busybox,
+# with umoci), serves it from a registry it starts on 127.0.0.1, runs a
+# program from it, keeps a file across stop/start and forks it.
 #
 #   scripts/demo.sh          run the demo (again: it starts over)
 #   scripts/demo.sh stop     delete the demo's instances, stop its daemon, unmount
@@ -23,6 +25,10 @@ stop_demo() {
     for id in $(zygote snapshot ls --json | grep -o '"id": "[a-z0-9]*"' | cut -d'"' -f4); do
       zygote snapshot rm "$id" >/dev/null || true
     done
+  fi
+  if [[ -f $demo/registry.pid ]]; then
+    kill "$(cat $demo/registry.pid)" 2>/dev/null || true
+    rm -f $demo/registry.pid
   fi
   if [[ -f $demo/serve.pid ]]; then
     kill "$(cat $demo/serve.pid)" 2>/dev/null || true
@@ -67,9 +73,48 @@ step rm -f web
 step exec web-2 -- cat /dev/shm/note
 step ps
 
+# An OCI image, built here and served by a registry on 127.0.0.1.
+registry=127.0.0.1:5111
+image=$registry/demo/hello:1
+printf '\n\033[1m==> building %s with umoci and pushing it to a local registry\033[0m\n' "$image"
+build=$demo/image
+rm -rf "$build" && mkdir -p "$build/registry"
+cat >"$build/registry.yml" <<YML
+version: 0.1
+log: {level: warn, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $build/registry}}
+http: {addr: $registry}
+YML
+nohup docker-registry serve "$build/registry.yml" >"$demo/registry.log" 2>&1 &
+echo $! >"$demo/registry.pid"
+umoci init --layout "$build/oci"
+umoci new --image "$build/oci:hello"
+umoci unpack --image "$build/oci:hello" "$build/bundle" >/dev/null
+rootfs=$build/bundle/rootfs
+mkdir -p "$rootfs"/{bin,etc,root,tmp}
+cp /bin/busybox "$rootfs/bin/busybox"
+for a in sh cat echo ls sleep uname hostname id date; do ln -sf busybox "$rootfs/bin/$a"; done
+echo 'root:x:0:0:root:/root:/bin/sh' >"$rootfs/etc/passwd"
+umoci repack --image "$build/oci:hello" "$build/bundle" >/dev/null
+umoci config --image "$build/oci:hello" --config.entrypoint /bin/sh --config.cmd -c \
+  --config.cmd 'echo "hello from an OCI image on $(uname -r)"' --config.env PATH=/bin --config.workingdir /root
+for _ in $(seq 50); do curl -fs "http://$registry/v2/" >/dev/null && break; sleep 0.1; done
+skopeo copy -q --dest-tls-verify=false "oci:$build/oci:hello" "docker://$image"
+
+step run --name hello "$image"
+step run -d --name app "$image" -- -c 'while true; do sleep 3600; done'
+step exec app -- sh -c 'echo written before the stop > /root/note'
+step stop app
+step start app
+step exec app -- cat /root/note
+step fork app app-2 --from-running --target-state Running
+step exec app-2 -- sh -c 'echo only in the fork > /root/fork; ls /root'
+step exec app -- ls /root
+step ps -a
+
 cat <<TXT
 
-The daemon keeps running with web-2. To use it from this shell:
+The daemon keeps running with web-2, app and app-2. To use it from this shell:
   export ZYGOTE_SOCKET=$ZYGOTE_SOCKET ZYGOTE_DATA_DIR=$ZYGOTE_DATA_DIR
   $root/bin/zygote --help
 To clean up: scripts/demo.sh stop

@@ -19,7 +19,7 @@ fi
 # erofs-utils for image root disks and overlays; the CNI plugins (and the
 # iptables they run), nftables and iproute2 for VM networking;
 # docker-registry, mmdebstrap and umoci for the image tests.
-packages=(qemu-system-x86 qemu-utils busybox-static xfsprogs btrfs-progs lz4 cpio kmod ca-certificates curl e2fsprogs erofs-utils iproute2 containernetworking-plugins iptables nftables docker-registry mmdebstrap umoci)
+packages=(qemu-system-x86 qemu-utils busybox-static xfsprogs btrfs-progs lz4 cpio kmod ca-certificates curl e2fsprogs erofs-utils iproute2 containernetworking-plugins iptables nftables docker-registry mmdebstrap umoci skopeo)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

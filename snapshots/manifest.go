@@ -84,6 +84,11 @@ type Spec struct {
 	Command     []string          `json:"command,omitempty"`
 	Env         map[string]string `json:"env,omitempty"`
 	Image       string            `json:"image,omitempty"`
+	// Disk facts of an image instance (optional fields, added in wave 2;
+	// an older manifest has none, as an instance without image).
+	ImageDigest  string `json:"image_digest,omitempty"`
+	RootFSType   string `json:"rootfs_type,omitempty"`
+	OverlayBytes int64  `json:"overlay_bytes,omitempty"`
 	// Network: the machine has a NIC (optional field, added in wave 2;
 	// older manifests without it describe machines without a NIC).
 	Network bool `json:"network,omitempty"`

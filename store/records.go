@@ -31,6 +31,18 @@ type Spec struct {
 	Command     []string          `json:"command,omitempty"`
 	Env         map[string]string `json:"env,omitempty"`
 	Image       string            `json:"image,omitempty"`
+	// Disks: an instance made from an image (ImageDigest set) has its
+	// image's read-only root disk (a hard link in its directory) and its
+	// own writable overlay disk of OverlayBytes (sparse ext4).
+	ImageDigest  string `json:"image_digest,omitempty"`
+	RootFSType   string `json:"rootfs_type,omitempty"`
+	OverlayBytes int64  `json:"overlay_bytes,omitempty"`
+	// Workload is an image instance's program, resolved at create from
+	// the image's config and the request's overrides.
+	Workload *Workload `json:"workload,omitempty"`
+	// Volumes attached at create: each a hard link vol<i>.ext4 in the
+	// instance directory to the volume's disk.
+	Volumes []VolumeMount `json:"volumes,omitempty"`
 	// Network: the machine has a NIC backed by a network slot (a fork
 	// inherits it: its saved device state has the NIC).
 	Network bool `json:"network,omitempty"`
@@ -39,6 +51,25 @@ type Spec struct {
 	// inside it. (Schema 1 also declared driver_state_version; nothing
 	// ever wrote or read it, and decoding ignores it if present.)
 	DriverState json.RawMessage `json:"driver_state,omitempty"`
+}
+
+// Workload is the program an image instance runs in its image's root.
+type Workload struct {
+	// Entrypoint and Cmd as resolved (image config, then the request's
+	// overrides); the program's argv is Entrypoint followed by Cmd.
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	// Env is KEY=VALUE: the image's, then the request's.
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"working_dir,omitempty"`
+	User       string   `json:"user,omitempty"`
+}
+
+// VolumeMount is a volume attached to an instance.
+type VolumeMount struct {
+	VolumeID  string `json:"volume_id"`
+	MountPath string `json:"mount_path"`
+	ReadOnly  bool   `json:"readonly,omitempty"`
 }
 
 // Process identifies a VMM process across daemon restarts: a pid alone may
@@ -84,9 +115,14 @@ type Instance struct {
 	// RestorePending is set from a restore's commit until the guest has
 	// been told (clock, entropy, identity), so a daemon that dies in
 	// between tells it on adoption.
-	RestorePending bool   `json:"restore_pending,omitempty"`
-	ExitCode       *int   `json:"exit_code,omitempty"`
-	ExitMessage    string `json:"exit_message,omitempty"`
+	RestorePending bool `json:"restore_pending,omitempty"`
+	// MemoryShared: the instance's memory file may be a hard link shared
+	// with other instances (immutable by rule); its VMM maps it privately
+	// and never writes it. Unset: the instance owns its memory file and
+	// breaks any link before it writes it.
+	MemoryShared bool   `json:"memory_shared,omitempty"`
+	ExitCode     *int   `json:"exit_code,omitempty"`
+	ExitMessage  string `json:"exit_message,omitempty"`
 	// Publish lists the host ports published to the guest (not inherited
 	// by forks: a host port has one owner).
 	Publish []Port `json:"publish,omitempty"`

@@ -14,12 +14,14 @@ import (
 // forkFlags are shared by `fork` and `snapshot fork`.
 type forkFlags struct {
 	target string
+	memory string
 	count  int
 	asJSON bool
 }
 
 func (f *forkFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.target, "target-state", "", "Running, Standby or Stopped (default: the source's state; for a snapshot, Running or Stopped by kind)")
+	cmd.Flags().StringVar(&f.memory, "memory", "", "shared: the forks share the source's parked memory file (copy-on-write; N forks cost about one); owned: each fork its own copy (default: the daemon's)")
 	cmd.Flags().IntVar(&f.count, "count", 0, "make COUNT forks named NAME-1..NAME-COUNT, parking the source once")
 	cmd.Flags().BoolVar(&f.asJSON, "json", false, "print the forks as JSON")
 }
@@ -58,8 +60,8 @@ func newForkCmd() *cobra.Command {
 	var ff forkFlags
 	var fromRunning bool
 	cmd := &cobra.Command{
-		Use:   "fork SOURCE NAME [--from-running] [--target-state S] [--count N]",
-		Short: "Make a new instance from an instance; it owns a copy of every file",
+		Use:   "fork SOURCE NAME [--from-running] [--target-state S] [--count N] [--memory shared|owned]",
+		Short: "Make a new instance from an instance; it owns a copy of every file (or shares the parked memory file, immutable, with --memory shared)",
 		Example: `  zygote fork web web-2 --from-running
   zygote fork web worker --count 8 --target-state Standby`,
 		Args: cobra.ExactArgs(2),
@@ -67,7 +69,7 @@ func newForkCmd() *cobra.Command {
 	ff.add(cmd)
 	cmd.Flags().BoolVar(&fromRunning, "from-running", false, "allow a Running source: park it, copy it, restore it")
 	return clientCommand(cmd, func(ctx context.Context, c *client.Client, args []string) error {
-		req := api.ForkInstanceRequest{FromRunning: fromRunning, TargetState: ff.target}
+		req := api.ForkInstanceRequest{FromRunning: fromRunning, TargetState: ff.target, Memory: ff.memory}
 		if ff.count > 0 {
 			req.NamePrefix, req.Count = args[1], ff.count
 		} else {
@@ -82,13 +84,13 @@ func newForkCmd() *cobra.Command {
 func newSnapshotForkCmd() *cobra.Command {
 	var ff forkFlags
 	cmd := &cobra.Command{
-		Use:   "fork SNAPSHOT NAME [--target-state S] [--count N]",
+		Use:   "fork SNAPSHOT NAME [--target-state S] [--count N] [--memory shared|owned]",
 		Short: "Make a new instance from a snapshot",
 		Args:  cobra.ExactArgs(2),
 	}
 	ff.add(cmd)
 	return clientCommand(cmd, func(ctx context.Context, c *client.Client, args []string) error {
-		req := api.ForkSnapshotRequest{TargetState: ff.target}
+		req := api.ForkSnapshotRequest{TargetState: ff.target, Memory: ff.memory}
 		if ff.count > 0 {
 			req.NamePrefix, req.Count = args[1], ff.count
 		} else {

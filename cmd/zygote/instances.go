@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"os"
+	"regexp"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/zygote/zygote/api"
 	"github.com/zygote/zygote/api/client"
+	"github.com/zygote/zygote/errdefs"
 )
 
 func randomName() string {
@@ -28,15 +32,30 @@ func randomName() string {
 func newRunCmd() *cobra.Command {
 	var (
 		name, hv, kernelArgs, memory string
+		entrypoint, overlaySize      string
 		vcpus                        int
-		env, tags, publish           []string
+		env, tags, vols, publish     []string
 		detach, asJSON, noNetwork    bool
 	)
 	cmd := &cobra.Command{
-		Use:   "run [flags] [-- COMMAND [ARG...]]",
-		Short: "Create and boot a VM, and wait until its guest agent is ready",
+		Use:   "run [flags] [IMAGE] [-- COMMAND [ARG...]]",
+		Short: "Create and boot a VM from an OCI image (or the built-in guest) and run its program",
+		Long: `Create and boot a VM.
+
+With IMAGE (an OCI reference; pulled first if the daemon does not have it),
+the VM boots the image's read-only root disk plus its own writable overlay
+disk and runs the image's entrypoint + cmd; what follows -- replaces the
+image's cmd (docker's rules), --entrypoint its entrypoint. run then follows
+the program's output until it exits and exits with its exit code; with -d it
+returns once the VM runs and the program keeps running (zygote logs -f,
+zygote exec). A program that cannot start fails the run at once (127: not
+found, 126: not executable).
+
+Without IMAGE, the VM boots zygote's built-in busybox guest; what follows --
+is its workload, and run returns once the guest agent is ready.`,
 		Example: `  zygote run --name web
-  zygote run --name big --memory 1GB
+  zygote run 127.0.0.1:5000/debian:bookworm -- python3 -c 'print(6*7)'
+  zygote run -d --name py 127.0.0.1:5000/debian:bookworm -- sleep infinity
   zygote run --name job --memory 512 -- sh -c 'while true; do date; sleep 1; done'`,
 	}
 	cmd.Flags().StringVar(&name, "name", "", "instance name (default: a random vm-xxxx)")
@@ -44,13 +63,20 @@ func newRunCmd() *cobra.Command {
 	cmd.Flags().IntVar(&vcpus, "vcpus", 0, "virtual CPUs (default 1)")
 	cmd.Flags().StringVar(&hv, "hypervisor", "", "qemu or qemu-microvm (default: the daemon's)")
 	cmd.Flags().StringVar(&kernelArgs, "kernel-args", "", "extra guest kernel command line")
-	cmd.Flags().StringArrayVarP(&env, "env", "e", nil, "workload environment KEY=VALUE (repeatable)")
+	cmd.Flags().StringArrayVarP(&env, "env", "e", nil, "workload environment KEY=VALUE (repeatable; laid over the image's)")
 	cmd.Flags().StringArrayVar(&tags, "tag", nil, "tag KEY=VALUE (repeatable)")
+	cmd.Flags().StringVar(&entrypoint, "entrypoint", "", "replace the image's entrypoint (and drop its cmd unless -- gives one)")
+	cmd.Flags().StringVar(&overlaySize, "overlay-size", "", `the image instance's writable overlay disk (sparse), e.g. "1GB"; default 10GB`)
+	cmd.Flags().StringArrayVarP(&vols, "volume", "v", nil, "attach a volume: NAME:/path[:ro] (repeatable; image instances only)")
 	cmd.Flags().StringArrayVarP(&publish, "publish", "p", nil, "publish a guest port on a host port: HOST:GUEST[/tcp|udp] (repeatable)")
 	cmd.Flags().BoolVar(&noNetwork, "no-network", false, "no network: the guest has only lo")
-	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once the VMM runs, without waiting for the guest")
+	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once the VMM runs, without waiting for the guest or following the program")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the instance as JSON")
 	return clientCommand(cmd, func(ctx context.Context, c *client.Client, args []string) error {
+		image, command, err := splitRunArgs(args, cmd.ArgsLenAtDash())
+		if err != nil {
+			return err
+		}
 		envMap, err := parseKV(env, "env")
 		if err != nil {
 			return err
@@ -59,10 +85,21 @@ func newRunCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
+		mounts, err := parseVolumeFlags(vols)
+		if err != nil {
+			return err
+		}
 		if name == "" {
 			name = randomName()
 		}
-		req := api.CreateInstanceRequest{Name: name, VCPUs: vcpus, Hypervisor: hv, KernelArgs: kernelArgs, Env: envMap, Tags: tagMap, Cmd: args}
+		req := api.CreateInstanceRequest{Volumes: mounts, Name: name, VCPUs: vcpus, Hypervisor: hv, KernelArgs: kernelArgs, Env: envMap, Tags: tagMap,
+			Image: image, Cmd: command, OverlaySize: overlaySize}
+		if cmd.Flags().Changed("entrypoint") {
+			req.Entrypoint = strings.Fields(entrypoint)
+			if req.Entrypoint == nil {
+				req.Entrypoint = []string{}
+			}
+		}
 		req.Size = memorySize(memory)
 		if req.Publish, err = parsePublish(publish); err != nil {
 			return err
@@ -72,11 +109,18 @@ func newRunCmd() *cobra.Command {
 			req.Network = &api.NetworkRequest{Enabled: &off}
 		}
 		begin := time.Now()
-		p := startProgress("booting " + name)
+		what := "booting " + name
+		if image != "" {
+			what = "pulling " + image + " (if needed) and booting " + name
+		}
+		p := startProgress(what)
 		in, err := c.CreateInstance(ctx, req)
 		p.Stop()
 		if err != nil {
 			return err
+		}
+		if image != "" && !detach && !asJSON {
+			return followProgram(ctx, c, in, begin)
 		}
 		if !detach {
 			if in, err = waitRunning(ctx, c, in.ID, "booting "+name); err != nil {
@@ -93,6 +137,77 @@ func newRunCmd() *cobra.Command {
 		fmt.Println(statusLine(in, suffix))
 		return nil
 	})
+}
+
+// splitRunArgs reads run's positionals: at most one IMAGE before "--",
+// the command after it.
+func splitRunArgs(args []string, dash int) (image string, command []string, err error) {
+	before := args
+	if dash >= 0 {
+		before, command = args[:dash], args[dash:]
+	}
+	switch len(before) {
+	case 0:
+	case 1:
+		image = before[0]
+	default:
+		return "", nil, fmt.Errorf("run takes one IMAGE; put the command after --: zygote run IMAGE -- %s: %w",
+			strings.Join(before[1:], " "), errdefs.ErrInvalidArgument)
+	}
+	if len(command) == 0 {
+		command = nil
+	}
+	return image, command, nil
+}
+
+// followProgram streams an image instance's program output (the app log,
+// without zygote-init's own lines) until the program exits, then returns
+// its exit code as the command's.
+func followProgram(ctx context.Context, c *client.Client, in api.Instance, begin time.Time) error {
+	lctx, stopLogs := context.WithCancel(ctx)
+	defer stopLogs()
+	logsDone := make(chan error, 1)
+	go func() { // owner: followProgram, which cancels and waits for it
+		logsDone <- c.Logs(lctx, in.ID, client.LogOptions{Follow: true, Tail: 100000}, programOutput{os.Stdout})
+	}()
+	for {
+		res, err := c.WaitForState(ctx, in.ID, "Stopped", 5*time.Minute)
+		if err != nil {
+			return err
+		}
+		if res.State == "Stopped" || res.State == "Unknown" {
+			break
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // the last lines of the console
+	stopLogs()
+	<-logsDone
+	out, err := c.GetInstance(ctx, in.ID)
+	if err != nil {
+		return err
+	}
+	if out.ExitCode == nil {
+		return fmt.Errorf("instance %s stopped without a program exit: %s", in.Name, out.ExitMessage)
+	}
+	if *out.ExitCode != 0 {
+		fmt.Fprintf(os.Stderr, "zygote: %s: %s (after %s)\n", in.Name, out.ExitMessage, seconds(time.Since(begin)))
+		return exitCodeError{code: *out.ExitCode}
+	}
+	return nil
+}
+
+// programOutput drops zygote-init's own log lines and the kernel's
+// ("[    6.50] reboot: Power down") from the guest console; client.Logs
+// writes one line per call.
+type programOutput struct{ w io.Writer }
+
+var kernelLine = regexp.MustCompile(`^\[\s*[0-9]+\.[0-9]+\] `)
+
+func (p programOutput) Write(b []byte) (int, error) {
+	if bytes.Contains(b, []byte("component=zygote-init")) || kernelLine.Match(b) {
+		return len(b), nil
+	}
+	return p.w.Write(b)
 }
 
 // memorySize turns --memory into the API's size string: a plain number

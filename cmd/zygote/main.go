@@ -58,6 +58,12 @@ func newRootCmd() *cobra.Command {
 		newResourcesCmd(),
 		// snapshots
 		newSnapshotCmd(),
+		// images
+		newPullCmd(),
+		newImagesCmd(),
+		newImageCmd(),
+		// volumes
+		newVolumeCmd(),
 	)
 	return root
 }

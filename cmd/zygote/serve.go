@@ -28,6 +28,7 @@ import (
 	"github.com/zygote/zygote/guest/agent"
 	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/hypervisor/qemu"
+	"github.com/zygote/zygote/images"
 	"github.com/zygote/zygote/instances"
 	"github.com/zygote/zygote/internal/bytesize"
 	"github.com/zygote/zygote/internal/logfile"
@@ -41,14 +42,16 @@ type serveConfig struct {
 	cacheDir, initBinary, accel        string
 	hypervisor, logLevel               string
 	reflinkStrict, pager, densify      bool
+	forkMemory                         instances.MemoryMode
 	http                               httpTimeouts
 	logMaxSize                         string // per console.log / vmm.log file
 	logFiles                           int
+	images                             imageFlags
 	net                                networkConfig
 }
 
 func newServeCmd() *cobra.Command {
-	cfg := serveConfig{http: defaultHTTPTimeouts}
+	cfg := serveConfig{http: defaultHTTPTimeouts, forkMemory: instances.MemoryOwned}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the zygote daemon",
@@ -76,8 +79,10 @@ restarted daemon adopts them.`,
 	f.BoolVar(&cfg.pager, "pager", false, "start and supervise the userfaultfd pager (zygote pager); off by default because no driver uses it yet (QEMU maps its memory file directly); state in <data-dir>/pager")
 	f.BoolVar(&cfg.reflinkStrict, "reflink-strict", false, "refuse the sparse-copy fallback: snapshots and forks fail unless reflink works (also env "+clone.EnvStrict+"=1)")
 	f.StringVar(&cfg.logMaxSize, "log-max-size", envOr("ZYGOTE_LOG_MAX_SIZE", "10MB"), "cap of each instance's console.log and vmm.log; at the cap a file is rotated to console.1.log (env ZYGOTE_LOG_MAX_SIZE)")
+	f.Var(forkMemoryFlag{&cfg.forkMemory}, "fork-memory", "how a fork that names no --memory holds its source's memory: owned (its own copy) or shared (a hard link of the parked file, copy-on-write: far denser, but its standby reads all its RAM under QEMU 7.2; docs/fork.md)")
 	cfg.net.flags(cmd)
 	f.IntVar(&cfg.logFiles, "log-files", 2, "files kept per log, the live one included: an instance's logs use at most log-max-size × log-files each")
+	addImageFlags(cmd, &cfg.images)
 	return cmd
 }
 
@@ -112,6 +117,7 @@ func serve(ctx context.Context, cfg serveConfig) error {
 type daemon struct {
 	cfg     serveConfig
 	log     *slog.Logger
+	images  *images.Store
 	servers []*http.Server
 	lns     []net.Listener
 	closers []func() // run newest first by close
@@ -135,19 +141,29 @@ func buildDaemon(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *dae
 		return nil, err
 	}
 	d.closers = append(d.closers, func() { st.Close() })
+	imgs, imgUsers, err := newImageStore(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	d.images = imgs
+	d.closers = append(d.closers, func() { imgs.Close() }) // after the manager's Close: closers run newest first
 
-	drivers, err := newDrivers(cfg, log)
+	drivers, err := newDrivers(cfg, cloneOpts, log)
 	if err != nil {
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	vols, err := newVolumeStore(cfg, st, log)
+	if err != nil {
+		return nil, err
+	}
 	nw, dns, closeNetwork, err := newNetwork(ctx, cfg, log)
 	if err != nil {
 		return nil, err
 	}
 	d.closers = append(d.closers, closeNetwork)
-	m, err := newManager(cfg, st, drivers, cloneOpts, reg, log, nw, dns)
+	m, err := newManager(cfg, st, drivers, cloneOpts, imageSource{imgs}, vols, reg, log, nw, dns)
 	if err != nil {
 		return nil, err
 	}
@@ -157,6 +173,7 @@ func buildDaemon(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *dae
 		log.Error("startup reconcile finished with errors", "err", err)
 	}
 	d.closers = append(d.closers, func() { m.Close() })
+	imgUsers.attach(m)
 
 	// Uncompressed: the pager's metrics are appended to the body.
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{DisableCompression: true})
@@ -193,20 +210,29 @@ func openDataDir(cfg serveConfig, log *slog.Logger) (clone.Options, error) {
 	if strict && !probe.Reflink {
 		return clone.Options{}, fmt.Errorf("--reflink-strict: %s", probe)
 	}
-	return clone.Options{Strict: strict, Logger: log}, nil
+	// LinkReadOnly: forks and snapshots share the immutable files (root
+	// disks, kernel, initramfs) by hard link instead of copying them.
+	return clone.Options{Strict: strict, LinkReadOnly: true, Logger: log}, nil
 }
 
 // newDrivers is the one place the hypervisor drivers are named.
-func newDrivers(cfg serveConfig, log *slog.Logger) ([]hypervisor.Driver, error) {
+func newDrivers(cfg serveConfig, cloneOpts clone.Options, log *slog.Logger) ([]hypervisor.Driver, error) {
 	logMax, err := bytesize.Parse(cfg.logMaxSize)
 	if err != nil || logMax < 4096 || cfg.logFiles < 1 {
 		return nil, fmt.Errorf("--log-max-size %q (at least 4KB) and --log-files %d (at least 1): %w", cfg.logMaxSize, cfg.logFiles, errors.Join(err, errdefs.ErrInvalidArgument))
 	}
 	logLimits := logfile.Limits{MaxBytes: logMax, Files: cfg.logFiles}
 	share := newAssetSharer(log)
+	// A sharing fork's memory becomes its own through the same copies
+	// (and --reflink-strict) as every other fork.
+	cloner := clone.New(cloneOpts)
+	copyMemory := func(ctx context.Context, src, dst string) error {
+		_, err := cloner.File(ctx, src, dst)
+		return err
+	}
 	var drivers []hypervisor.Driver
 	for _, machine := range []string{"q35", "microvm"} {
-		d, err := qemu.New(qemu.Config{Machine: machine, Accel: cfg.accel, ProbeCacheDir: cfg.cacheDir, ShareFile: share.Share, LogLimits: logLimits, Logger: log})
+		d, err := qemu.New(qemu.Config{Machine: machine, Accel: cfg.accel, ProbeCacheDir: cfg.cacheDir, ShareFile: share.Share, CopyMemory: copyMemory, LogLimits: logLimits, Logger: log})
 		if err != nil {
 			return nil, err
 		}
@@ -215,13 +241,15 @@ func newDrivers(cfg serveConfig, log *slog.Logger) ([]hypervisor.Driver, error) 
 	return drivers, nil
 }
 
-func newManager(cfg serveConfig, st *store.Store, drivers []hypervisor.Driver, cloneOpts clone.Options, reg *prometheus.Registry, log *slog.Logger, nw instances.Networker, dns []string) (*instances.Manager, error) {
+func newManager(cfg serveConfig, st *store.Store, drivers []hypervisor.Driver, cloneOpts clone.Options, imgs instances.ImageSource, vols instances.VolumeStore, reg *prometheus.Registry, log *slog.Logger, nw instances.Networker, dns []string) (*instances.Manager, error) {
 	return instances.New(instances.Config{
-		DataDir: cfg.dataDir, Store: st, Drivers: drivers, DefaultHypervisor: cfg.hypervisor,
+		DataDir: cfg.dataDir, Store: st, Drivers: drivers, DefaultHypervisor: cfg.hypervisor, ForkMemory: cfg.forkMemory,
 		Assets:    assetResolver(cfg),
 		DialAgent: dialAgent(log),
 		Clone:     clone.New(cloneOpts),
 		NoDensify: !cfg.densify,
+		Images:    imgs,
+		Volumes:   vols,
 		Metrics:   instances.NewMetrics(reg),
 		Logger:    log,
 		Network:   nw, NetworkDNS: dns,
@@ -236,7 +264,7 @@ func (d *daemon) listen(m *instances.Manager, metrics http.Handler) error {
 	}
 	socket := d.cfg.socket
 	d.closers = append(d.closers, func() { os.Remove(socket) })
-	srv := api.NewServer(api.ServerConfig{Manager: m, Metrics: metrics, Logger: d.log})
+	srv := api.NewServer(api.ServerConfig{Manager: m, Metrics: metrics, Images: d.images, UploadDir: uploadsDir(d.cfg), Logger: d.log})
 	d.add(unixLn, srv.Handler())
 
 	if d.cfg.listen == "" {
@@ -250,7 +278,7 @@ func (d *daemon) listen(m *instances.Manager, metrics http.Handler) error {
 	if err != nil {
 		return err
 	}
-	tsrv := api.NewServer(api.ServerConfig{Manager: m, Metrics: metrics, Token: token, Logger: d.log})
+	tsrv := api.NewServer(api.ServerConfig{Manager: m, Metrics: metrics, Images: d.images, UploadDir: uploadsDir(d.cfg), Token: token, Logger: d.log})
 	d.add(tcpLn, tsrv.TokenHandler())
 	return nil
 }

@@ -69,6 +69,12 @@ func (s *session) stat(req *agentproto.StatRequest) (*agentproto.PathInfo, error
 	if err != nil {
 		return nil, err
 	}
+	if p, err = hostPathInRoot(s.a.WorkloadRoot(), p, req.FollowLinks); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return &agentproto.PathInfo{Exists: false}, nil
+		}
+		return &agentproto.PathInfo{Exists: false, Error: unwrapPathErr(err).Error()}, nil
+	}
 	var fi fs.FileInfo
 	if req.FollowLinks {
 		fi, err = os.Stat(p)
@@ -104,6 +110,15 @@ func (s *session) copyFrom(st *yamux.Stream, req *agentproto.CopyFromRequest) {
 		replyErr(st, err)
 		return
 	}
+	base := path.Base(root) // the name the host sees: the guest path's
+	if base == "/" {
+		base = ""
+	}
+	guest := root
+	if root, err = hostPathInRoot(s.a.WorkloadRoot(), root, req.FollowLinks); err != nil {
+		replyErr(st, fileErr("copy from", guest, err))
+		return
+	}
 	stat := os.Lstat
 	if req.FollowLinks {
 		stat = os.Stat
@@ -120,10 +135,6 @@ func (s *session) copyFrom(st *yamux.Stream, req *agentproto.CopyFromRequest) {
 	if !fi.IsDir() {
 		err = w.entry(root, "", fi)
 	} else {
-		base := path.Base(root)
-		if base == "/" {
-			base = ""
-		}
 		walkRoot := root
 		if req.FollowLinks {
 			// A link to a directory: walk the directory (entries keep
@@ -250,8 +261,14 @@ func (s *session) copyTo(st *yamux.Stream, req *agentproto.CopyToRequest) {
 		replyErr(st, &agentproto.Error{Code: agentproto.CodeInvalidArgument, Message: "copy_to: / is a directory"})
 		return
 	}
-	if err := os.MkdirAll(path.Dir(p), 0o755); err != nil {
+	wroot := s.a.WorkloadRoot()
+	if err := mkdirAllInRoot(wroot, path.Dir(p)); err != nil {
 		replyErr(st, fileErr("copy to", path.Dir(p), err))
+		return
+	}
+	guest := p
+	if p, err = hostPathInRoot(wroot, p, false); err != nil {
+		replyErr(st, fileErr("copy to", guest, err))
 		return
 	}
 	var res agentproto.CopyResult

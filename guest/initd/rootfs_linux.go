@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
@@ -354,4 +356,73 @@ func knownFilesystem(fstype string) bool {
 		}
 	}
 	return false
+}
+
+// hostPathInRoot maps the guest path p (absolute, clean) to the path the
+// agent uses for it when guest paths live in root (the workload root):
+// every directory above p's last component is resolved inside root, as
+// the workload sees them (RESOLVE_IN_ROOT: absolute symlinks restart at
+// root, ".." stops there), so a file operation never lands in the
+// initramfs. The last component is followed only when follow is set (and
+// it exists). root "" returns p.
+func hostPathInRoot(root, p string, follow bool) (string, error) {
+	if root == "" {
+		return p, nil
+	}
+	if p == "/" {
+		return root, nil
+	}
+	if follow {
+		if real, err := realPathInRoot(root, p); err == nil {
+			return real, nil
+		}
+	}
+	dir, err := realPathInRoot(root, path.Dir(p))
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, path.Base(p)), nil
+}
+
+// realPathInRoot resolves p inside root and returns the path the kernel
+// reached (under root).
+func realPathInRoot(root, p string) (string, error) {
+	fd, err := openat2InRoot(root, p, unix.O_PATH)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(fd)
+	real, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return "", err
+	}
+	if real != root && !strings.HasPrefix(real, strings.TrimSuffix(root, "/")+"/") {
+		return "", &os.PathError{Op: "resolve", Path: p, Err: unix.EXDEV}
+	}
+	return real, nil
+}
+
+// mkdirAllInRoot creates the guest directory p and its missing parents
+// inside root (mode 0755), resolving each component inside root.
+func mkdirAllInRoot(root, p string) error {
+	if root == "" {
+		return os.MkdirAll(p, 0o755)
+	}
+	if p == "/" {
+		return nil
+	}
+	if _, err := realPathInRoot(root, p); err == nil {
+		return nil
+	}
+	if err := mkdirAllInRoot(root, path.Dir(p)); err != nil {
+		return err
+	}
+	host, err := hostPathInRoot(root, p, false)
+	if err != nil {
+		return err
+	}
+	if err := os.Mkdir(host, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return nil
 }

@@ -51,6 +51,9 @@ type Fake struct {
 	// FailNext makes the next call of the named method ("Boot", "Restore",
 	// "SaveState", "Pause") fail once, for error-path tests.
 	failNext map[string]error
+	// sharedWrites counts in-place writes into a memory file with more
+	// than one link (SharedWrites): what must never happen.
+	sharedWrites atomic.Int64
 }
 
 // NewFake returns an empty fake driver.
@@ -90,16 +93,29 @@ func (f *Fake) Live() []*FakeVM {
 	return out
 }
 
-func (f *Fake) launch(spec hypervisor.Spec) (*FakeVM, error) {
-	mem, err := os.OpenFile(filepath.Join(spec.Dir, MemoryFile), os.O_RDWR|os.O_CREATE, 0o600)
+// launch opens the guest RAM: the memory file itself (written in place),
+// or, shared, a read-only view of it plus a private copy of each page
+// the guest writes (fake_sharing.go).
+func (f *Fake) launch(spec hypervisor.Spec, shared bool) (*FakeVM, error) {
+	path := filepath.Join(spec.Dir, MemoryFile)
+	var mem *os.File
+	var err error
+	if shared {
+		mem, err = os.Open(path)
+	} else {
+		if err := checkOwnMemory(spec.Dir); err != nil {
+			return nil, err
+		}
+		if mem, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600); err == nil {
+			if err = mem.Truncate(spec.MemoryBytes); err != nil {
+				mem.Close()
+			}
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
-	if err := mem.Truncate(spec.MemoryBytes); err != nil {
-		mem.Close()
-		return nil, err
-	}
-	v := &FakeVM{f: f, spec: spec, mem: mem, exited: make(chan struct{}),
+	v := &FakeVM{f: f, spec: spec, mem: mem, exited: make(chan struct{}), shared: shared, overlay: map[int64][]byte{},
 		proc: hypervisor.Process{PID: int(f.nextPID.Add(1)), StartTime: 1}}
 	f.mu.Lock()
 	f.vms[v.proc.PID] = v
@@ -125,7 +141,7 @@ func (f *Fake) Boot(ctx context.Context, spec hypervisor.Spec, assets hypervisor
 	if err := f.DiscardSavedState(spec.Dir); err != nil {
 		return nil, nil, err
 	}
-	v, err := f.launch(spec)
+	v, err := f.launch(spec, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -152,6 +168,11 @@ func (f *Fake) Restore(ctx context.Context, spec hypervisor.Spec) (hypervisor.VM
 	// The state file records the memory hash at save time: restoring onto
 	// different memory is exactly the corruption zygote must never cause.
 	want, devices, _ := strings.Cut(string(bytes.TrimPrefix(raw, fakeMagic)), "\n")
+	devices, deltaRaw, _ := strings.Cut(devices, deltaMarker)
+	delta, err := decodeDelta([]byte(deltaRaw))
+	if err != nil {
+		return nil, fmt.Errorf("fake restore: saved state file %s is corrupt: %w", statePath, errdefs.ErrInvalidState)
+	}
 	// QEMU loads a state only into the same device set; so does the fake.
 	if devices != hypervisor.DeviceSignature(spec) {
 		return nil, fmt.Errorf("fake restore %s: the saved state has devices %q, the spec %q: %w", spec.ID, devices, hypervisor.DeviceSignature(spec), errdefs.ErrInvalidState)
@@ -163,9 +184,13 @@ func (f *Fake) Restore(ctx context.Context, spec hypervisor.Spec) (hypervisor.VM
 	if got != want {
 		return nil, fmt.Errorf("fake restore %s: memory file does not match the saved state (hash %s, state says %s)", spec.ID, got, want)
 	}
-	v, err := f.launch(spec)
+	v, err := f.launch(spec, spec.SharedMemory)
 	if err != nil {
 		return nil, err
+	}
+	if err := v.loadDelta(delta); err != nil {
+		v.kill()
+		return nil, fmt.Errorf("fake restore: %w", err)
 	}
 	if err := os.Remove(statePath); err != nil {
 		v.kill()
@@ -233,6 +258,10 @@ type FakeVM struct {
 	mu     sync.Mutex
 	mem    *os.File // nil once exited
 	paused bool
+	// shared: mem is a read-only view of a (maybe shared) memory file;
+	// overlay holds the pages the guest wrote (4 KiB, by offset).
+	shared  bool
+	overlay map[int64][]byte
 }
 
 var _ hypervisor.VM = (*FakeVM)(nil)
@@ -288,6 +317,12 @@ func (v *FakeVM) GuestWrite(off int64, data []byte) error {
 	if v.paused {
 		return fmt.Errorf("fake VM %s is paused: %w", v.spec.ID, errdefs.ErrInvalidState)
 	}
+	if v.shared {
+		return v.writePrivate(off, data)
+	}
+	if err := v.auditInPlace(); err != nil {
+		return err
+	}
 	_, err := v.mem.WriteAt(data, off)
 	return err
 }
@@ -298,6 +333,9 @@ func (v *FakeVM) GuestRead(off int64, n int) ([]byte, error) {
 	defer v.mu.Unlock()
 	if err := v.live(); err != nil {
 		return nil, err
+	}
+	if v.shared {
+		return v.readPrivate(off, n)
 	}
 	buf := make([]byte, n)
 	_, err := v.mem.ReadAt(buf, off)
@@ -319,14 +357,20 @@ func (v *FakeVM) SaveState(ctx context.Context) (hypervisor.SaveStats, error) {
 	if !v.paused {
 		return hypervisor.SaveStats{}, fmt.Errorf("fake: save state of a running VM: %w", errdefs.ErrInvalidState)
 	}
-	if err := v.mem.Sync(); err != nil {
-		return hypervisor.SaveStats{}, err
+	if !v.shared {
+		if err := v.mem.Sync(); err != nil {
+			return hypervisor.SaveStats{}, err
+		}
 	}
 	sum, err := hashFile(v.mem.Name())
 	if err != nil {
 		return hypervisor.SaveStats{}, err
 	}
 	content := append(append([]byte{}, fakeMagic...), sum+"\n"+hypervisor.DeviceSignature(v.spec)...)
+	if v.shared {
+		// Like QEMU on a private map: the guest's own pages go in the state.
+		content = append(append(content, deltaMarker...), encodeDelta(v.overlay)...)
+	}
 	tmp := filepath.Join(v.spec.Dir, StateFile+".tmp")
 	if err := os.WriteFile(tmp, content, 0o600); err != nil {
 		return hypervisor.SaveStats{}, err

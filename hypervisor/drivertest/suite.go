@@ -2,12 +2,16 @@ package drivertest
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/zygote/zygote/clone"
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/hypervisor"
 )
@@ -97,6 +101,12 @@ func Suite(t *testing.T, h Harness) {
 		}
 		h.Ready(t, vm)
 		h.Poke(t, vm, "conformance-1")
+		if mu, ok := vm.(hypervisor.MemoryUsageReporter); ok {
+			u, err := mu.MemoryUsage()
+			if err != nil || u.SharedBytes != 0 || u.PrivateBytes <= 0 {
+				t.Fatalf("MemoryUsage of a booted VM: %+v %v (its RAM is its own)", u, err)
+			}
+		}
 	})
 
 	t.Run("save state needs a paused VM", func(t *testing.T) {
@@ -238,6 +248,12 @@ func Suite(t *testing.T, h Harness) {
 		}
 	})
 
+	if ms, ok := d.(hypervisor.MemorySharer); ok {
+		t.Run("shared memory", func(t *testing.T) {
+			vm = sharedMemory(t, h, ms, spec, vm)
+		})
+	}
+
 	t.Run("discard", func(t *testing.T) {
 		vm.Quit(ctx)
 		if err := d.DiscardSavedState(dir); err != nil {
@@ -322,4 +338,128 @@ func refuseBadDevices(t *testing.T, h Harness, spec hypervisor.Spec) {
 			t.Fatalf("%s: Restore accepted it", name)
 		}
 	}
+}
+
+// sharedMemory checks hypervisor.MemorySharer on a running VM (returned
+// running again): a fork on a link of the parked VM's memory file runs
+// shared and sees the parent's memory; a share-nothing restore of a
+// linked file is refused; the fork's standby keeps its own writes out of
+// the shared file; the parent owns a copy before it runs again; an owning
+// restore of the fork's state loads its writes into its own file.
+func sharedMemory(t *testing.T, h Harness, ms hypervisor.MemorySharer, spec hypervisor.Spec, vm hypervisor.VM) hypervisor.VM {
+	ctx := context.Background()
+	d := h.Driver
+	h.Poke(t, vm, "conformance-3")
+	park := func(vm hypervisor.VM) {
+		t.Helper()
+		if err := vm.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := vm.SaveState(ctx); err != nil {
+			t.Fatal(err)
+		}
+		vm.Quit(ctx)
+	}
+	park(vm)
+	fork := spec
+	fork.ID, fork.Dir, fork.SharedMemory = "conformancetestfork00000", filepath.Join(h.Dir(t), "fork"), true
+	if _, err := clone.Dir(ctx, spec.Dir, fork.Dir, clone.Options{NoSync: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ms.LinkMemory(spec.Dir, fork.Dir); err != nil {
+		t.Fatal(err)
+	}
+	g1, n1, err1 := ms.MemoryLinks(spec.Dir)
+	g2, n2, err2 := ms.MemoryLinks(fork.Dir)
+	if err1 != nil || err2 != nil || g1 != g2 || g1 == "" || n1 != 2 || n2 != 2 {
+		t.Fatalf("after LinkMemory: %q/%d/%v and %q/%d/%v", g1, n1, err1, g2, n2, err2)
+	}
+	base := filepath.Join(fork.Dir, h.MemoryFile)
+	baseSum := sumFile(t, base)
+	owning := fork
+	owning.SharedMemory = false
+	if vm, err := d.Restore(ctx, owning); !errdefs.IsInvalidState(err) {
+		if err == nil {
+			vm.Quit(ctx)
+		}
+		t.Fatalf("an owning restore of a linked memory file: %v, want InvalidState", err)
+	}
+	if !d.HasSavedState(fork.Dir) {
+		t.Fatal("a refused restore consumed the state")
+	}
+	fvm, err := d.Restore(ctx, fork)
+	if err != nil {
+		t.Fatalf("shared Restore: %v", err)
+	}
+	h.Ready(t, fvm)
+	if got := h.Peek(t, fvm); got != "conformance-3" {
+		t.Fatalf("the shared fork sees %q", got)
+	}
+	h.Poke(t, fvm, "fork-memory-1")
+	if mu, ok := fvm.(hypervisor.MemoryUsageReporter); ok {
+		u, err := mu.MemoryUsage()
+		if err != nil || u.SharedBytes <= 0 || u.PrivateBytes <= 0 {
+			t.Fatalf("MemoryUsage of a sharing VM that read shared memory and wrote its own: %+v %v", u, err)
+		}
+	}
+	park(fvm)
+	if fvm, err = d.Restore(ctx, fork); err != nil {
+		t.Fatalf("shared Restore of the fork's own standby: %v", err)
+	}
+	h.Ready(t, fvm)
+	if got := h.Peek(t, fvm); got != "fork-memory-1" {
+		t.Fatalf("the shared fork lost its writes across standby: %q", got)
+	}
+	// The parent runs again: it owns a copy first.
+	if _, err := d.Restore(ctx, spec); !errdefs.IsInvalidState(err) {
+		t.Fatalf("an owning restore of the parent on a linked file: %v, want InvalidState", err)
+	}
+	if copied, err := ms.OwnMemory(ctx, spec.Dir); err != nil || !copied {
+		t.Fatalf("OwnMemory = %v, %v", copied, err)
+	}
+	if g, n, _ := ms.MemoryLinks(spec.Dir); g == g2 || n != 1 {
+		t.Fatalf("after OwnMemory the parent's file is %s with %d links (shared: %s)", g, n, g2)
+	}
+	if vm, err = d.Restore(ctx, spec); err != nil {
+		t.Fatalf("Restore of the parent: %v", err)
+	}
+	h.Ready(t, vm)
+	if got := h.Peek(t, vm); got != "conformance-3" {
+		t.Fatalf("the parent sees %q", got)
+	}
+	h.Poke(t, vm, "conformance-4")
+	park(fvm)
+	if got := sumFile(t, base); got != baseSum {
+		t.Fatal("the shared memory file changed")
+	}
+	// Owning restore of the fork's delta state.
+	if _, err := ms.OwnMemory(ctx, fork.Dir); err != nil {
+		t.Fatal(err)
+	}
+	if fvm, err = d.Restore(ctx, owning); err != nil {
+		t.Fatalf("owning Restore of a shared VM's state: %v", err)
+	}
+	h.Ready(t, fvm)
+	if got := h.Peek(t, fvm); got != "fork-memory-1" {
+		t.Fatalf("the owning restore sees %q", got)
+	}
+	fvm.Quit(ctx)
+	if got := h.Peek(t, vm); got != "conformance-4" {
+		t.Fatalf("the parent sees %q", got)
+	}
+	return vm
+}
+
+func sumFile(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", h.Sum(nil))
 }

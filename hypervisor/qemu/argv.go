@@ -11,13 +11,16 @@ import (
 
 // Files the QEMU driver keeps in an instance directory.
 const (
-	memoryFile  = "memory"        // guest RAM, memory-backend-file share=on
+	memoryFile  = "memory"        // guest RAM, memory-backend-file share=on (share=off when shared: sharing.go)
 	stateFile   = "state"         // device state saved by SaveState
 	devicesFile = "state.devices" // hypervisor.DeviceSignature of the saved state
-	kernelFile  = "kernel"        // the instance's own copy of the guest kernel
-	initrdFile  = "initramfs"     // and of the initramfs
-	qmpSocket   = "qmp.sock"
-	agentSocket = "agent.sock"
+	// stateRAMFile marks a state whose stream carries RAM pages (saved
+	// from a private mapping: sharing.go).
+	stateRAMFile = "state.ram"
+	kernelFile   = "kernel"    // the instance's own copy of the guest kernel
+	initrdFile   = "initramfs" // and of the initramfs
+	qmpSocket    = "qmp.sock"
+	agentSocket  = "agent.sock"
 )
 
 // AgentPortName is the virtio-serial port name the guest agent looks for.
@@ -53,12 +56,19 @@ func buildArgs(spec hypervisor.Spec, st driverState, incoming bool) []string {
 	if spec.KernelArgs != "" {
 		cmdline += " " + spec.KernelArgs
 	}
+	// share=off maps the memory file privately (sharing.go): the guest's
+	// writes never reach it. Only a restore can share: a boot starts a
+	// fresh file of its own.
+	share := "on"
+	if sharedRAM(spec, incoming) {
+		share = "off"
+	}
 	args := []string{
 		"-name", processName(spec.ID),
 		"-machine", fmt.Sprintf("%s,accel=%s,memory-backend=ram0", st.Machine, st.Accel),
 		"-smp", fmt.Sprint(spec.VCPUs),
 		"-m", fmt.Sprintf("%dM", mib),
-		"-object", fmt.Sprintf("memory-backend-file,id=ram0,size=%dM,mem-path=%s,share=on", mib, optEscape(filepath.Join(dir, memoryFile))),
+		"-object", fmt.Sprintf("memory-backend-file,id=ram0,size=%dM,mem-path=%s,share=%s", mib, optEscape(filepath.Join(dir, memoryFile)), share),
 		"-kernel", filepath.Join(dir, kernelFile),
 		"-initrd", filepath.Join(dir, initrdFile),
 		"-append", cmdline,

@@ -45,6 +45,12 @@ type Config struct {
 	// guest write then dirties 2 MiB of the memory file, and a re-standby
 	// writes all of it. Off by default.
 	HostHugePages bool
+	// CopyMemory copies a memory file into a new file of the same
+	// directory, reflink-first (sharing.go: an owner breaking the link of a
+	// shared memory file). Never a hard link. nil: clone.File with the
+	// clone package's default options (the daemon passes its Cloner's File,
+	// so strict mode applies).
+	CopyMemory func(ctx context.Context, src, dst string) error
 	// LogLimits caps console.log and vmm.log (zero fields: 10 MiB × 2
 	// files each).
 	LogLimits logfile.Limits
@@ -166,6 +172,11 @@ func (d *Driver) Boot(ctx context.Context, spec hypervisor.Spec, assets hypervis
 // launch starts QEMU with the arguments for spec, passes the NIC's TAP as
 // tapFD and the state file (if any) as stateFD(spec), and connects to QMP.
 func (d *Driver) launch(ctx context.Context, spec hypervisor.Spec, st driverState, state *os.File) (*vm, error) {
+	if !sharedRAM(spec, state != nil) {
+		if err := checkOwnMemory(spec.Dir); err != nil {
+			return nil, err
+		}
+	}
 	args := buildArgs(spec, st, state != nil)
 	if d.sandbox {
 		args = append(args, sandboxArgs...)
@@ -212,7 +223,8 @@ func (d *Driver) launch(ctx context.Context, spec hypervisor.Spec, st driverStat
 		return nil, fmt.Errorf("identify VMM: %s", d.tailLog(spec.Dir, err))
 	}
 	v := &vm{drv: d, spec: spec, proc: hypervisor.Process{PID: cmd.Process.Pid, StartTime: start}, exited: exited,
-		log: d.log.With("instance", spec.ID, "pid", cmd.Process.Pid)}
+		shared: sharedRAM(spec, state != nil),
+		log:    d.log.With("instance", spec.ID, "pid", cmd.Process.Pid)}
 	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	// The console first: QEMU waits for it before it opens QMP.
@@ -287,6 +299,7 @@ func (d *Driver) Restore(ctx context.Context, spec hypervisor.Spec) (hypervisor.
 		return nil, fmt.Errorf("qemu restore %s: consume state: %w", spec.ID, err)
 	}
 	os.Remove(filepath.Join(spec.Dir, devicesFile))
+	os.Remove(filepath.Join(spec.Dir, stateRAMFile))
 	syncDir(spec.Dir)
 	if err := v.Resume(ctx); err != nil {
 		v.kill()
@@ -340,7 +353,8 @@ func (d *Driver) Attach(ctx context.Context, spec hypervisor.Spec, p hypervisor.
 		}
 	}()
 	v := &vm{drv: d, spec: spec, proc: p, exited: exited, stopWatch: stopWatch,
-		log: d.log.With("instance", spec.ID, "pid", p.PID)}
+		shared: strings.Contains(strings.Join(argv, " "), ",share=off"),
+		log:    d.log.With("instance", spec.ID, "pid", p.PID)}
 	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if v.qmp, err = dialQMP(qctx, filepath.Join(spec.Dir, qmpSocket), exited); err != nil {
@@ -414,7 +428,7 @@ func (d *Driver) HasSavedState(dir string) bool {
 
 // DiscardSavedState removes the state and memory files.
 func (d *Driver) DiscardSavedState(dir string) error {
-	for _, name := range []string{stateFile, devicesFile, memoryFile} {
+	for _, name := range []string{stateFile, devicesFile, stateRAMFile, memoryFile} {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("discard %s: %w", name, err)
 		}

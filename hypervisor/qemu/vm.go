@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -31,6 +32,9 @@ type vm struct {
 	stopWatch context.CancelFunc // adopted VMMs only: stops the pidfd watcher
 	log       *slog.Logger
 	saved     atomic.Bool // SaveState succeeded: Quit evicts the memory file's page cache
+	// shared: the guest RAM is a private mapping of a (maybe shared)
+	// memory file (sharing.go).
+	shared bool
 }
 
 func (v *vm) Process() hypervisor.Process { return v.proc }
@@ -83,12 +87,16 @@ type migrateInfo struct {
 	ErrorDesc string `json:"error-desc"`
 }
 
-func (v *vm) ignoreShared(ctx context.Context) error {
+func (v *vm) ignoreShared(ctx context.Context, on bool) error {
 	// x-ignore-shared: RAM in a shared file-backed region is not streamed;
 	// the memory file already is the RAM, so the state file stays small
-	// (tens to hundreds of KB) whatever the guest's size.
+	// (tens to hundreds of KB) whatever the guest's size. A VM on a
+	// private mapping (sharing.go) streams its RAM, with the capability
+	// off: the stream's format depends on it, and a loader with it on
+	// refuses RAM pages for a shared mapping, which an owning restore of
+	// a sharing VM's state needs to write into its own memory file.
 	return v.qmp.execute(ctx, "migrate-set-capabilities", map[string]any{
-		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}},
+		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": on}},
 	}, nil)
 }
 
@@ -105,7 +113,7 @@ func (v *vm) SaveState(ctx context.Context) (hypervisor.SaveStats, error) {
 	if st.Running {
 		return stats, fmt.Errorf("qemu %s: save state of a running VM (pause it first): %w", v.spec.ID, errdefs.ErrInvalidState)
 	}
-	if err := v.ignoreShared(ctx); err != nil {
+	if err := v.ignoreShared(ctx, !v.shared); err != nil {
 		return stats, err
 	}
 	// Named like the clone package's temporaries, so copies skip it and the
@@ -117,13 +125,13 @@ func (v *vm) SaveState(ctx context.Context) (hypervisor.SaveStats, error) {
 	}
 	defer os.Remove(tmp) // no-op after the rename
 	defer f.Close()
-	if err := v.qmp.executeWithFD(ctx, "getfd", map[string]any{"fdname": "zygote-state"}, int(f.Fd()), nil); err != nil {
-		return stats, err
-	}
-	if err := v.qmp.execute(ctx, "migrate", map[string]any{"uri": "fd:zygote-state"}, nil); err != nil {
-		return stats, err
-	}
-	if err := v.waitMigration(ctx); err != nil {
+	if v.shared {
+		// The stream carries RAM: it goes through the filter that keeps
+		// only the guest's own pages (ramfilter.go).
+		if err := v.migrateFiltered(ctx, f, &stats); err != nil {
+			return stats, fmt.Errorf("qemu %s: save state: %w", v.spec.ID, diskFull(err))
+		}
+	} else if err := v.migrateTo(ctx, f); err != nil {
 		return stats, fmt.Errorf("qemu %s: save state: %w", v.spec.ID, diskFull(err))
 	}
 	if err := f.Sync(); err != nil {
@@ -141,6 +149,10 @@ func (v *vm) SaveState(ctx context.Context) (hypervisor.SaveStats, error) {
 	if err := writeFileSync(filepath.Join(v.spec.Dir, devicesFile), []byte(hypervisor.DeviceSignature(v.spec))); err != nil {
 		return stats, diskFull(err)
 	}
+	// Whether the stream carries RAM, which decides how it loads.
+	if err := markStateRAM(v.spec.Dir, v.shared); err != nil {
+		return stats, diskFull(err)
+	}
 	if err := os.Rename(tmp, filepath.Join(v.spec.Dir, stateFile)); err != nil {
 		return stats, err
 	}
@@ -153,6 +165,65 @@ func (v *vm) SaveState(ctx context.Context) (hypervisor.SaveStats, error) {
 	stats.Duration = time.Since(begin)
 	v.saved.Store(true)
 	return stats, nil
+}
+
+// migrateTo streams the migration into the file (or pipe) f.
+func (v *vm) migrateTo(ctx context.Context, f *os.File) error {
+	if err := v.qmp.executeWithFD(ctx, "getfd", map[string]any{"fdname": "zygote-state"}, int(f.Fd()), nil); err != nil {
+		return err
+	}
+	if err := v.qmp.execute(ctx, "migrate", map[string]any{"uri": "fd:zygote-state"}, nil); err != nil {
+		return err
+	}
+	return v.waitMigration(ctx)
+}
+
+// migrateFiltered streams the migration of a sharing VM through a pipe and
+// the RAM filter into out: only the pages the guest wrote (its anonymous
+// copies, read from the paused VMM's page map) stay in the stream.
+func (v *vm) migrateFiltered(ctx context.Context, out *os.File, stats *hypervisor.SaveStats) error {
+	keep, dirtyBytes, err := dirtyPages(v.proc.PID, filepath.Join(v.spec.Dir, memoryFile))
+	if err != nil {
+		return fmt.Errorf("scan the guest's own pages: %w", err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer pr.Close()
+	type result struct {
+		f   *ramFilter
+		err error
+	}
+	done := make(chan result, 1)
+	go func() { // owner: migrateFiltered, which waits for it
+		f, err := filterRAM(out, pr, keep)
+		if err != nil {
+			io.Copy(io.Discard, pr) // never leave QEMU blocked on a full pipe
+		}
+		done <- result{f, err}
+	}()
+	err = v.migrateTo(ctx, pw)
+	pw.Close() // QEMU holds its own copy, closed when the migration ends
+	if err != nil {
+		pr.Close()
+		<-done
+		return err
+	}
+	var res result
+	select {
+	case res = <-done:
+	case <-time.After(30 * time.Second):
+		pr.Close()
+		<-done
+		return errors.New("the migration completed but its stream did not end")
+	}
+	if res.err != nil {
+		return fmt.Errorf("filter the migration stream: %w", res.err)
+	}
+	v.log.Debug("sharing VM saved its own pages", "dirty_bytes", dirtyBytes, "pages_kept", res.f.Kept, "pages_dropped", res.f.Dropped)
+	stats.DirtyBytes = res.f.Kept * guestPage
+	return nil
 }
 
 func (v *vm) waitMigration(ctx context.Context) error {
@@ -180,7 +251,7 @@ func (v *vm) waitMigration(ctx context.Context) error {
 // loadState runs the incoming migration from stateFD and waits until the
 // machine is loaded and paused.
 func (v *vm) loadState(ctx context.Context) error {
-	if err := v.ignoreShared(ctx); err != nil {
+	if err := v.ignoreShared(ctx, !stateHasRAM(v.spec.Dir)); err != nil {
 		return err
 	}
 	if err := v.qmp.execute(ctx, "migrate-incoming", map[string]any{"uri": fmt.Sprintf("fd:%d", stateFD(v.spec))}, nil); err != nil {
@@ -232,7 +303,9 @@ func (v *vm) Quit(ctx context.Context) error {
 	case <-ctx.Done():
 		v.kill()
 	}
-	if v.saved.Load() && !v.drv.keepPageCache {
+	// Never the shared file of a sharing VM: its page cache is what the
+	// other forks map.
+	if v.saved.Load() && !v.drv.keepPageCache && !v.shared {
 		evictPageCache(filepath.Join(v.spec.Dir, memoryFile), v.log)
 	}
 	v.Close()

@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/zygote/zygote/guest/agent"
+	"github.com/zygote/zygote/guest/agentproto"
 	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/hypervisor/drivertest"
 	"github.com/zygote/zygote/instances"
@@ -122,7 +123,39 @@ func (a *FakeAgent) Configure(ctx context.Context, cfg agent.Config) error {
 	if cfg.Network != nil {
 		st.Address = cfg.Network.Address
 	}
+	if p := cfg.Process; p != nil {
+		// An image's program: "missing" cannot start (127, as a real
+		// agent answers); "exit N" exits with N at once; anything else
+		// runs until the VM stops.
+		if len(p.Args) > 0 && p.Args[0] == "missing" {
+			return &agent.RemoteError{Code: agentproto.CodeInvalidArgument, Message: "start missing: no such file", ExitCode: 127}
+		}
+		st.Workload = strings.Join(p.Args, " ")
+	}
 	return a.store(st)
+}
+
+// WaitWorkload reports the image program's exit: "exit N" exits with N;
+// any other program never exits (the call ends with ctx or the agent).
+func (a *FakeAgent) WaitWorkload(ctx context.Context) (agentproto.ExitStatus, error) {
+	a.mu.Lock()
+	st, err := a.load()
+	a.mu.Unlock()
+	if err != nil {
+		return agentproto.ExitStatus{}, err
+	}
+	if code, ok := strings.CutPrefix(st.Workload, "exit "); ok {
+		n, err := strconv.Atoi(code)
+		if err == nil {
+			return agentproto.ExitStatus{Code: n}, nil
+		}
+	}
+	select {
+	case <-ctx.Done():
+		return agentproto.ExitStatus{}, ctx.Err()
+	case <-a.done:
+		return agentproto.ExitStatus{}, agent.ErrConnectionLost
+	}
 }
 
 func (a *FakeAgent) Restored(ctx context.Context, info agent.RestoreInfo) error {

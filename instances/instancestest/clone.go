@@ -11,7 +11,7 @@ import (
 
 // Clone is the production clone seam: the clone package, reflink-first
 // (without fsync: test data need not survive a power cut).
-var Clone instances.Cloner = clone.New(clone.Options{NoSync: true, Logger: slog.New(slog.DiscardHandler)})
+var Clone instances.Cloner = clone.New(clone.Options{NoSync: true, LinkReadOnly: true, Logger: slog.New(slog.DiscardHandler)})
 
 // NoClone is a fake clone seam for tests that copy nothing: every call
 // fails.

@@ -12,10 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/hypervisor/drivertest"
 	"github.com/zygote/zygote/instances"
 	"github.com/zygote/zygote/store"
+	"github.com/zygote/zygote/volumes"
 )
 
 // Harness is a manager on fakes, with a data directory of its own.
@@ -25,7 +28,14 @@ type Harness struct {
 	Store   *store.Store
 	DataDir string
 	Clone   instances.Cloner
-	// Net, when set (NewNetworked), gives instances network slots.
+	// Registry holds the manager's metrics (a fresh one each start).
+	Registry *prometheus.Registry
+	// Images is the manager's image source (nil: no image support).
+	Images instances.ImageSource
+	// NoVolumes leaves the manager without a volume store.
+	NoVolumes bool
+	// Net, when set (NewNetworked, Options.Net), gives instances network
+	// slots.
 	Net *FakeNetwork
 	t   testing.TB
 }
@@ -34,21 +44,36 @@ type Harness struct {
 // empty). clone copies directories for snapshots and forks.
 func New(t testing.TB, dataDir string, clone instances.Cloner) *Harness {
 	t.Helper()
-	return newHarness(t, dataDir, clone, nil)
+	return NewWithImages(t, dataDir, clone, nil)
 }
 
 // NewNetworked is New with a FakeNetwork: instances get slots.
 func NewNetworked(t testing.TB, dataDir string, clone instances.Cloner) *Harness {
 	t.Helper()
-	return newHarness(t, dataDir, clone, NewFakeNetwork())
+	return NewWith(t, dataDir, clone, Options{Net: NewFakeNetwork()})
 }
 
-func newHarness(t testing.TB, dataDir string, clone instances.Cloner, net *FakeNetwork) *Harness {
+// NewWithImages is New with an image source for creates from images.
+func NewWithImages(t testing.TB, dataDir string, clone instances.Cloner, images instances.ImageSource) *Harness {
+	t.Helper()
+	return NewWith(t, dataDir, clone, Options{Images: images})
+}
+
+// Options are the optional parts of a harness's manager.
+type Options struct {
+	Images    instances.ImageSource
+	NoVolumes bool
+	// Net gives instances network slots (nil: networking off).
+	Net *FakeNetwork
+}
+
+// NewWith is New with options.
+func NewWith(t testing.TB, dataDir string, clone instances.Cloner, opts Options) *Harness {
 	t.Helper()
 	if dataDir == "" {
 		dataDir = t.TempDir()
 	}
-	h := &Harness{Fake: drivertest.NewFake(), DataDir: dataDir, Clone: clone, Net: net, t: t}
+	h := &Harness{Fake: drivertest.NewFake(), DataDir: dataDir, Clone: clone, Images: opts.Images, NoVolumes: opts.NoVolumes, Net: opts.Net, t: t}
 	h.start()
 	t.Cleanup(func() {
 		h.stop()
@@ -65,12 +90,22 @@ func (h *Harness) start() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	h.Registry = prometheus.NewRegistry()
+	var volStore instances.VolumeStore
+	if !h.NoVolumes {
+		vols, err := volumes.Open(volumes.Config{Root: filepath.Join(h.DataDir, "volumes"), InUse: instances.VolumeUsers(st), Logger: testLogger()})
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		volStore = VolumeStore{vols}
+	}
 	cfg := instances.Config{
+		Metrics: instances.NewMetrics(h.Registry),
 		DataDir: h.DataDir, Store: st, Drivers: []hypervisor.Driver{h.Fake},
 		Assets: func(context.Context) (hypervisor.BootAssets, error) {
 			return hypervisor.BootAssets{Kernel: "fake-kernel", Initramfs: "fake-initramfs"}, nil
 		},
-		DialAgent: DialFakeAgent, Clone: h.Clone,
+		DialAgent: DialFakeAgent, Clone: h.Clone, Images: h.Images, Volumes: volStore,
 		StopTimeout: 2 * time.Second, ReadyTimeout: 5 * time.Second,
 		Logger: testLogger(),
 	}

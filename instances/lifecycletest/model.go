@@ -1,6 +1,6 @@
 // Package lifecycletest is the randomized lifecycle model (rapid): random
-// sequences of create, write, standby, restore, stop, start, fork,
-// snapshot, snapshot fork, deletes and daemon restarts, each step checked
+// sequences of create, write, standby, restore, stop, start, fork (owning
+// or sharing memory), snapshot, snapshot fork, deletes and daemon restarts, each step checked
 // against a model of every instance's state and guest memory content.
 //
 // It drives a World: the manager over the fake driver (long runs, in
@@ -30,12 +30,13 @@ type World interface {
 	Restore(ctx context.Context, name string) error
 	Stop(ctx context.Context, name string) error
 	Start(ctx context.Context, name string) error
-	// Fork forks with from_running to target.
-	Fork(ctx context.Context, src, name, target string) (id string, err error)
+	// Fork forks with from_running to target; memory is "shared" or
+	// "owned" (how the fork holds the source's memory file).
+	Fork(ctx context.Context, src, name, target, memory string) (id string, err error)
 	// Snapshot takes a Standby snapshot of a Running or Standby instance,
 	// a Stopped one of a Stopped instance.
 	Snapshot(ctx context.Context, src, kind string) (id string, err error)
-	ForkSnapshot(ctx context.Context, snapshotID, name string) (id string, err error)
+	ForkSnapshot(ctx context.Context, snapshotID, name, memory string) (id string, err error)
 	Delete(ctx context.Context, name string, force bool) error
 	DeleteSnapshot(ctx context.Context, id string) error
 	Restart(ctx context.Context) error
@@ -48,16 +49,30 @@ type World interface {
 	Check(t *rapid.T, m *Model)
 }
 
+// DiskWorld is a World whose instances have a writable disk (an image's
+// overlay): a disk marker survives stop/start, standby/restore and daemon
+// restarts, and every fork and snapshot carries its source's (DESIGN
+// invariant 7), whatever the target state. Worlds without it skip the
+// disk steps.
+type DiskWorld interface {
+	WriteDiskMarker(ctx context.Context, name, value string) error
+	ReadDiskMarker(ctx context.Context, name string) (string, error)
+}
+
 // Instance is the model of one instance.
 type Instance struct {
 	ID, Name, State string
 	// Marker is what the guest's memory holds ("" after a fresh boot).
 	Marker string
+	// Shared: a sharing fork (its memory file may be a link others hold).
+	Shared bool
+	// DiskMarker is what its overlay disk holds (DiskWorld).
+	DiskMarker string
 }
 
 // Snapshot is the model of one snapshot.
 type Snapshot struct {
-	ID, Kind, Marker string
+	ID, Kind, Marker, DiskMarker string
 }
 
 // Model is the expected world.
@@ -110,6 +125,9 @@ func must(t *rapid.T, err error, format string, args ...any) {
 
 var allStates = []string{Running, Standby, Stopped}
 
+// memoryModes are the fork memory modes the model draws from.
+var memoryModes = []string{"owned", "shared"}
+
 func actions(w World, m *Model, opt Options) map[string]func(*rapid.T) {
 	acts := map[string]func(*rapid.T){
 		"create": func(t *rapid.T) {
@@ -150,13 +168,16 @@ func actions(w World, m *Model, opt Options) map[string]func(*rapid.T) {
 				t.Skip("would boot")
 			}
 			name := m.name()
-			id, err := w.Fork(ctx, src.Name, name, target)
-			must(t, err, "fork %s → %s (%s)", src.Name, name, target)
+			memory := rapid.SampledFrom(memoryModes).Draw(t, "memory")
+			id, err := w.Fork(ctx, src.Name, name, target, memory)
+			must(t, err, "fork %s → %s (%s, memory %s)", src.Name, name, target, memory)
 			marker := src.Marker
 			if target == Stopped || src.State == Stopped {
 				marker = ""
 			}
-			m.Instances[name] = &Instance{ID: id, Name: name, State: target, Marker: marker}
+			// A fork of a stopped source owns the memory it boots.
+			shared := memory == "shared" && src.State != Stopped
+			m.Instances[name] = &Instance{ID: id, Name: name, State: target, Marker: marker, Shared: shared, DiskMarker: src.DiskMarker}
 		},
 		"snapshot": func(t *rapid.T) {
 			if len(m.Snapshots) >= opt.MaxSnapshots {
@@ -169,7 +190,7 @@ func actions(w World, m *Model, opt Options) map[string]func(*rapid.T) {
 			}
 			id, err := w.Snapshot(ctx, src.Name, kind)
 			must(t, err, "snapshot %s", src.Name)
-			m.Snapshots[id] = &Snapshot{ID: id, Kind: kind, Marker: src.Marker}
+			m.Snapshots[id] = &Snapshot{ID: id, Kind: kind, Marker: src.Marker, DiskMarker: src.DiskMarker}
 		},
 		"fork snapshot": func(t *rapid.T) {
 			if len(m.Snapshots) == 0 || len(m.Instances) >= opt.MaxInstances {
@@ -182,11 +203,12 @@ func actions(w World, m *Model, opt Options) map[string]func(*rapid.T) {
 			sort.Strings(ids)
 			sn := m.Snapshots[rapid.SampledFrom(ids).Draw(t, "snapshot")]
 			name := m.name()
-			id, err := w.ForkSnapshot(ctx, sn.ID, name)
-			must(t, err, "fork snapshot %s", sn.ID)
-			in := &Instance{ID: id, Name: name, State: Stopped}
+			memory := rapid.SampledFrom(memoryModes).Draw(t, "memory")
+			id, err := w.ForkSnapshot(ctx, sn.ID, name, memory)
+			must(t, err, "fork snapshot %s (memory %s)", sn.ID, memory)
+			in := &Instance{ID: id, Name: name, State: Stopped, DiskMarker: sn.DiskMarker}
 			if sn.Kind == Standby {
-				in.State, in.Marker = Running, sn.Marker
+				in.State, in.Marker, in.Shared = Running, sn.Marker, memory == "shared"
 			}
 			m.Instances[name] = in
 		},
@@ -213,11 +235,19 @@ func actions(w World, m *Model, opt Options) map[string]func(*rapid.T) {
 		},
 		"": func(t *rapid.T) { check(t, w, m) },
 	}
+	if dw, ok := w.(DiskWorld); ok {
+		acts["write disk"] = func(t *rapid.T) {
+			in := m.pick(t, Running)
+			v := m.marker()
+			must(t, dw.WriteDiskMarker(ctx, in.Name, v), "write disk %s", in.Name)
+			in.DiskMarker = v
+		}
+	}
 	if opt.Boots {
 		acts["stop"] = func(t *rapid.T) {
 			in := m.pick(t, Running, Standby)
 			must(t, w.Stop(ctx, in.Name), "stop %s", in.Name)
-			in.State, in.Marker = Stopped, ""
+			in.State, in.Marker, in.Shared = Stopped, "", false
 		}
 		acts["start"] = func(t *rapid.T) {
 			in := m.pick(t, Stopped)
@@ -244,6 +274,13 @@ func check(t *rapid.T, w World, m *Model) {
 			must(t, err, "read %s", name)
 			if got != in.Marker {
 				t.Fatalf("%s's guest memory holds %q, the model says %q", name, got, in.Marker)
+			}
+			if dw, ok := w.(DiskWorld); ok {
+				got, err := dw.ReadDiskMarker(ctx, name)
+				must(t, err, "read disk %s", name)
+				if got != in.DiskMarker {
+					t.Fatalf("%s's overlay disk holds %q, the model says %q", name, got, in.DiskMarker)
+				}
 			}
 		}
 	}
