@@ -122,6 +122,19 @@ func TestNetworkSlotLifecycle(t *testing.T) {
 	if owners := h.Net.Owners(); len(owners) != 3 || slices.Contains(owners, "ghostaaaaaaaaaaaaaaaaaaa") {
 		t.Fatalf("slots after the restart: %v", owners)
 	}
+	// An adopted VM (f1 runs on across the restart) parks with its NIC
+	// described, so its restore, which passes the NIC, matches the saved
+	// devices.
+	h.WaitRunning("f1")
+	if _, err := h.M.Standby(ctx, "f1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.M.Restore(ctx, "f1"); err != nil {
+		t.Fatalf("restore of an adopted networked VM's standby: %v", err)
+	}
+	if got := guestAddr(t, h, "f1"); got != agentproto.GuestCIDR {
+		t.Fatalf("the adopted fork's guest has %q after its restore", got)
+	}
 
 	for _, name := range []string{"f1", "f2", "web"} {
 		if err := h.M.Delete(ctx, name, true); err != nil {
