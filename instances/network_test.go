@@ -2,6 +2,7 @@ package instances_test
 
 import (
 	"errors"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/zygote/zygote/guest/agentproto"
 	"github.com/zygote/zygote/instances"
 	"github.com/zygote/zygote/instances/instancestest"
+	"github.com/zygote/zygote/internal/testutil"
 )
 
 // The slot rules of the manager, over the fake driver and a fake network
@@ -236,4 +238,86 @@ func TestNetworkOptOutAndFailures(t *testing.T) {
 		t.Fatalf("a fork of the failed call exists: %v", err)
 	}
 	h.WaitRunning("pub") // the source runs again
+}
+
+// TestNetworkedImageSharingForks: where images, sharing forks and
+// networking meet. An image instance with a network boots with its two
+// disks and the NIC; a sharing fork of it owns its overlay, shares the
+// root disk and the memory file, and gets its own address with the
+// guest's unchanged; both park and restore with every device, also once
+// adopted by a restarted daemon; deleting them frees every slot.
+func TestNetworkedImageSharingForks(t *testing.T) {
+	testutil.RequirePrivileged(t, "formatting overlay disks", "mkfs.ext4")
+	dataDir := t.TempDir()
+	imgs := newFakeImages(t, dataDir)
+	h := instancestest.NewWith(t, dataDir, instancestest.Clone, instancestest.Options{Images: imgs, Net: instancestest.NewFakeNetwork()})
+	app, err := h.M.Create(ctx, instances.CreateRequest{Name: "app", Image: "registry.test/app:1", OverlayBytes: 64 << 20,
+		Publish: []instances.Port{{HostPort: 8080, GuestPort: 80}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.WaitRunning("app")
+	devices := func(ref string) {
+		t.Helper()
+		v := mustGet(t, h, ref)
+		spec := h.VM(v.ID).Spec()
+		if len(spec.Disks) != 2 || spec.Disks[0].Serial != agentproto.RootDiskSerial || spec.Disks[1].Serial != agentproto.OverlayDiskSerial ||
+			spec.NIC == nil || spec.NIC.MAC != agentproto.GuestMAC {
+			t.Fatalf("%s's VM has disks %+v and NIC %+v, want root, overlay and the NIC", ref, spec.Disks, spec.NIC)
+		}
+		if got := guestAddr(t, h, ref); got != agentproto.GuestCIDR {
+			t.Fatalf("%s's guest has %q, want %s", ref, got, agentproto.GuestCIDR)
+		}
+	}
+	devices("app")
+	ip := ipOf(t, h, "app")
+
+	f := fork(t, h, "app", instances.ForkRequest{Name: "app-2", FromRunning: true, Memory: instances.MemoryShared,
+		TargetState: instances.StateRunning})
+	h.WaitRunning("app-2")
+	devices("app-2")
+	if f.Memory != instances.MemoryShared || f.Spec.ImageDigest != imgs.img.Digest {
+		t.Fatalf("fork: memory %q, image %q", f.Memory, f.Spec.ImageDigest)
+	}
+	if got := ipOf(t, h, "app-2"); got == ip {
+		t.Fatalf("the fork has its source's address %s", ip)
+	}
+	if n := mustGet(t, h, "app-2").Network; len(n.Publish) != 0 {
+		t.Fatalf("the fork inherited published ports %+v", n.Publish)
+	}
+	dir, fdir := filepath.Join(dataDir, "instances", app.ID), filepath.Join(dataDir, "instances", f.ID)
+	if inode(t, filepath.Join(fdir, "rootfs.ext4")) != inode(t, imgs.disk) ||
+		inode(t, filepath.Join(fdir, "overlay.ext4")) == inode(t, filepath.Join(dir, "overlay.ext4")) {
+		t.Fatal("the fork does not share the image's root disk, or shares its source's overlay")
+	}
+
+	for _, restart := range []bool{false, true} {
+		if restart {
+			h.Restart()
+		}
+		for _, ref := range []string{"app", "app-2"} {
+			if mustGet(t, h, ref).State != instances.StateStandby {
+				h.WaitRunning(ref)
+				if _, err := h.M.Standby(ctx, ref); err != nil {
+					t.Fatalf("standby %s (restart %v): %v", ref, restart, err)
+				}
+			}
+			if _, err := h.M.Restore(ctx, ref); err != nil {
+				t.Fatalf("restore %s (restart %v): %v", ref, restart, err)
+			}
+			h.WaitRunning(ref)
+			devices(ref)
+		}
+	}
+	if got := ipOf(t, h, "app"); got != ip {
+		t.Fatalf("the source's address went from %s to %s", ip, got)
+	}
+	for _, ref := range []string{"app-2", "app"} {
+		if err := h.M.Delete(ctx, ref, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if owners := h.Net.Owners(); len(owners) != 0 {
+		t.Fatalf("slots left after deleting both: %v", owners)
+	}
 }
