@@ -99,7 +99,9 @@ type Allocation struct {
 	ID, Name    string
 	VCPUs       int
 	MemoryBytes int64
-	// DiskBytes is what the instance directory occupies on disk.
+	// DiskBytes is what the instance directory occupies on disk, a file
+	// it shares by hard link (an image's root disk, a sharing group's
+	// memory file, the guest kernel) apportioned among its links.
 	DiskBytes int64
 }
 
@@ -156,7 +158,9 @@ func (m *Manager) Resources(ctx context.Context) (Resources, error) {
 }
 
 // diskUse is the space a directory tree occupies (allocated blocks: a
-// sparse or shared file counts what it holds, not its size).
+// sparse or reflinked file counts what it holds, not its size). A file
+// with n hard links counts 1/n: the links of an image's root disk or a
+// sharing group's memory file, across instances, add up to the file once.
 func diskUse(dir string) int64 {
 	var n int64
 	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
@@ -165,7 +169,7 @@ func diskUse(dir string) int64 {
 		}
 		if fi, err := d.Info(); err == nil {
 			if s, ok := fi.Sys().(*syscall.Stat_t); ok {
-				n += s.Blocks * 512
+				n += s.Blocks * 512 / int64(max(s.Nlink, 1))
 			}
 		}
 		return nil
