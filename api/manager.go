@@ -25,6 +25,10 @@ type Manager interface {
 	Wait(ctx context.Context, ref string, target instances.State, timeout time.Duration) (instances.WaitResult, error)
 	Fork(ctx context.Context, ref string, req instances.ForkRequest) ([]instances.Instance, error)
 
+	// Resources.
+	Stats(ctx context.Context, ref string) (instances.InstanceStats, error)
+	Resources(ctx context.Context) (instances.Resources, error)
+
 	// Guest access.
 	ExecTarget(ctx context.Context, ref string) (instances.Instance, error)
 	Exec(ctx context.Context, ref string, req agent.ExecRequest, waitForAgent time.Duration) (int, error)

@@ -21,7 +21,7 @@ import (
 // unsupportedCreateFields are hypeman's create fields zygote does not
 // implement: 501 not_supported unless they hold their zero value.
 var unsupportedCreateFields = []string{
-	"credentials", "network", "devices", "gpu", "disk_io_bps", "snapshot_policy",
+	"credentials", "devices", "gpu", "disk_io_bps", "snapshot_policy",
 	"auto_standby", "health_check", "restart_policy", "skip_kernel_headers", "skip_guest_agent",
 }
 
@@ -87,6 +87,9 @@ func createRequest(req CreateInstanceRequest) (instances.CreateRequest, error) {
 	} else if creq.Command = append(append([]string{}, req.Entrypoint...), req.Cmd...); len(creq.Command) == 0 {
 		creq.Command = nil
 	}
+	if err := networkRequest(req, &creq); err != nil {
+		return creq, err
+	}
 	if err := checkHypervisor("hypervisor", req.Hypervisor); err != nil {
 		return creq, err
 	}
@@ -126,6 +129,27 @@ func createRequest(req CreateInstanceRequest) (instances.CreateRequest, error) {
 		creq.Volumes = append(creq.Volumes, instances.VolumeMount{Volume: v.VolumeID, MountPath: v.MountPath, ReadOnly: v.ReadOnly})
 	}
 	return creq, nil
+}
+
+// networkRequest applies the network object and publish: enabled false
+// opts out; hypeman's bandwidth and egress settings are 501.
+func networkRequest(req CreateInstanceRequest, creq *instances.CreateRequest) error {
+	if n := req.Network; n != nil {
+		for _, f := range []struct{ name, v string }{
+			{"network.bandwidth_download", n.BandwidthDownload}, {"network.bandwidth_upload", n.BandwidthUpload},
+			{"network.egress", string(n.Egress)},
+		} {
+			if f.v != "" && !zeroJSON([]byte(f.v)) {
+				return withCode(http.StatusNotImplemented, "not_supported",
+					fmt.Errorf("field %s: zygote does not implement it; leave it out: %w", f.name, errdefs.ErrNotImplemented))
+			}
+		}
+		creq.NoNetwork = n.Enabled != nil && !*n.Enabled
+	}
+	for _, p := range req.Publish {
+		creq.Publish = append(creq.Publish, instances.Port{HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})
+	}
+	return nil
 }
 
 // checkCompression validates a compression config (400

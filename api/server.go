@@ -89,6 +89,8 @@ func (s *Server) routes() {
 	h("GET /instances/{id}/exec", s.exec)
 	h("GET /instances/{id}/cp", s.cp)
 	h("GET /instances/{id}/stat", s.statPath)
+	h("GET /instances/{id}/stats", s.instanceStats)
+	h("GET /resources", s.resources)
 	s.snapshotRoutes()
 	s.forkRoutes()
 	s.imageRoutes()
@@ -271,6 +273,22 @@ func toInstance(v instances.Instance) Instance {
 	}
 	if o := v.ForkedFrom; o != nil {
 		out.ForkedFrom = &Origin{InstanceID: o.InstanceID, InstanceName: o.InstanceName, SnapshotID: o.SnapshotID}
+	}
+	out.Network = toNetwork(v.Network)
+	return out
+}
+
+func toNetwork(n instances.Network) InstanceNetwork {
+	out := InstanceNetwork{Enabled: n.Enabled}
+	if !n.Enabled {
+		return out
+	}
+	out.Name, out.MAC = n.Name, &n.MAC
+	if n.IP != "" {
+		out.IP = &n.IP
+	}
+	for _, p := range n.Publish {
+		out.Publish = append(out.Publish, PublishedPort{HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})
 	}
 	return out
 }

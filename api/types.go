@@ -1,6 +1,9 @@
 package api
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Wire types. openapi.yaml is the source of truth; spec_test.go validates
 // every request and response the tests exchange against it, so these
@@ -36,6 +39,39 @@ type CreateInstanceRequest struct {
 	Cmd         []string          `json:"cmd,omitempty"`
 	KernelArgs  string            `json:"kernel_args,omitempty"`
 	Volumes     []VolumeMount     `json:"volumes,omitempty"`
+	// Network is hypeman's network object; nil: networking on (when the
+	// daemon has it).
+	Network *NetworkRequest `json:"network,omitempty"`
+	// Publish publishes guest ports on host ports (zygote extension).
+	Publish []PublishedPort `json:"publish,omitempty"`
+}
+
+// NetworkRequest is the network object of a create request.
+type NetworkRequest struct {
+	// Enabled defaults to true; false: the guest has only lo.
+	Enabled *bool `json:"enabled,omitempty"`
+	// hypeman's; any non-empty value is 501 not_supported.
+	BandwidthDownload string          `json:"bandwidth_download,omitempty"`
+	BandwidthUpload   string          `json:"bandwidth_upload,omitempty"`
+	Egress            json.RawMessage `json:"egress,omitempty"`
+}
+
+// PublishedPort publishes guest_port on host_port (all host addresses).
+type PublishedPort struct {
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
+	Protocol  string `json:"protocol,omitempty"`
+}
+
+// InstanceNetwork is an instance's network (hypeman's fields).
+type InstanceNetwork struct {
+	Enabled bool `json:"enabled"`
+	// Name, IP and MAC are set when enabled; IP is the slot's address
+	// (what users connect to), null while the instance has no slot.
+	Name    string          `json:"name,omitempty"`
+	IP      *string         `json:"ip,omitempty"`
+	MAC     *string         `json:"mac,omitempty"`
+	Publish []PublishedPort `json:"publish,omitempty"`
 }
 
 // VolumeMount attaches a volume (hypeman's shape; overlay is refused).
@@ -103,6 +139,8 @@ type Instance struct {
 	Volumes     []VolumeMount `json:"volumes,omitempty"`
 	// HotplugSize is always "0 B": zygote has no memory hotplug.
 	HotplugSize string `json:"hotplug_size"`
+	// Network is the instance's network.
+	Network InstanceNetwork `json:"network"`
 	// Memory is "owned" or "shared" (a sharing fork); MemoryGroup names
 	// the memory file's inode and MemoryLinks how many hold it.
 	Memory      string `json:"memory,omitempty"`

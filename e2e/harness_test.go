@@ -75,6 +75,11 @@ type daemon struct {
 	c       *client.Client
 	// args are extra `zygote serve` flags for every start.
 	args []string
+	// netns, when set, is the path of the network namespace the daemon
+	// runs in, with networking on (--network). Without it the daemon runs
+	// with --network=false: no test gives a VM a network that could reach
+	// beyond namespaces the test made (network_test.go).
+	netns string
 }
 
 // newDaemon prepares a daemon on dataDir (not started) and registers a
@@ -128,7 +133,16 @@ func (d *daemon) start(env ...string) {
 		d.t.Fatal(err)
 	}
 	defer logf.Close()
-	d.cmd = exec.Command(zygoteBin, append([]string{"serve", "--data-dir", d.dataDir, "--socket", d.socket, "--log-level", "debug"}, d.args...)...)
+	argv := append([]string{zygoteBin, "serve", "--data-dir", d.dataDir, "--socket", d.socket, "--log-level", "debug"}, d.args...)
+	if d.netns == "" {
+		argv = append(argv, "--network=false")
+	} else {
+		// nsenter switches only the network namespace and execs the
+		// daemon (same pid); `ip netns exec` would also give it a mount
+		// namespace of its own, hiding its pinned slot namespaces.
+		argv = append(append([]string{"nsenter", "--net=" + d.netns}, argv...), "--network")
+	}
+	d.cmd = exec.Command(argv[0], argv[1:]...)
 	d.cmd.Env = append(os.Environ(), env...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := d.cmd.Start(); err != nil {

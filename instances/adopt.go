@@ -26,7 +26,7 @@ func (m *Manager) adoptAny(ctx context.Context, inst store.Instance) hypervisor.
 	if err != nil {
 		return nil
 	}
-	spec := m.specOf(inst)
+	spec := m.adoptSpec(inst)
 	var cands []hypervisor.Process
 	if inst.VMM != nil {
 		cands = append(cands, hypervisor.Process{PID: inst.VMM.PID, StartTime: inst.VMM.StartTime})

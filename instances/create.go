@@ -38,6 +38,12 @@ type CreateRequest struct {
 	OverlayBytes int64
 	// Volumes to attach (volumes.go); image instances only.
 	Volumes []VolumeMount
+	// NoNetwork opts out of networking (hypeman's network.enabled:
+	// false): the guest has only lo. Networking is on by default when the
+	// manager has a Networker.
+	NoNetwork bool
+	// Publish publishes guest ports on host ports.
+	Publish []Port
 }
 
 // Defaults and limits of CreateRequest.
@@ -111,6 +117,9 @@ func (m *Manager) validateCreate(req *CreateRequest) error {
 			return fmt.Errorf("environment variable name %q is invalid: %w", k, errdefs.ErrInvalidArgument)
 		}
 	}
+	if err := m.validateNetwork(req); err != nil {
+		return err
+	}
 	return ValidateTags(req.Tags)
 }
 
@@ -175,7 +184,9 @@ func (m *Manager) create(ctx context.Context, req CreateRequest) (store.Instance
 		Spec: store.Spec{
 			Hypervisor: req.Hypervisor, VCPUs: req.VCPUs, MemoryBytes: req.MemoryBytes,
 			KernelArgs: req.KernelArgs, Command: req.Command, Env: req.Env, Image: req.Image,
+			Network: m.cfg.Network != nil && !req.NoNetwork,
 		},
+		Publish: portsToRecord(req.Publish),
 	}
 	l := m.lockFor(inst.ID)
 	if err := l.lock(ctx); err != nil {
@@ -218,6 +229,15 @@ func (m *Manager) create(ctx context.Context, req CreateRequest) (store.Instance
 	}
 	crashpoint.Hit(crashpoint.CreateDisks)
 
+	if inst.Spec.Network {
+		// Before the boot, under the create intent: a crash from here on
+		// rolls back and the reconcile releases the slot.
+		if _, err := m.slotOf(ctx, inst); err != nil {
+			return inst, err
+		}
+		undo.Add("release network slot", func(ctx context.Context) error { return m.releaseSlot(ctx, inst.ID) })
+		crashpoint.Hit(crashpoint.CreateSlotAcquired)
+	}
 	vm, err := m.boot(ctx, &inst)
 	if err != nil {
 		return inst, err
@@ -235,10 +255,14 @@ func (m *Manager) create(ctx context.Context, req CreateRequest) (store.Instance
 }
 
 // reconcileCreate is the crash rule of a create: roll back, killing its
-// VMM and removing its directory (the record was never committed).
+// VMM, releasing its network slot and removing its directory (the record
+// was never committed).
 func (m *Manager) reconcileCreate(ctx context.Context, in store.Intent) error {
 	if in.Pending != nil {
 		m.killVMMs(ctx, *in.Pending)
+	}
+	if err := m.releaseSlot(ctx, in.InstanceID); err != nil {
+		return err
 	}
 	return os.RemoveAll(m.instanceDir(in.InstanceID))
 }

@@ -32,6 +32,11 @@ func (m *Manager) delete(ctx context.Context, inst store.Instance, force bool) e
 		m.haltVM(ctx, rt, !force)
 		m.setRuntime(inst.ID, nil)
 	}
+	// The VMM is gone: nothing uses the TAP. A failed release keeps the
+	// intent: the reconcile finishes the delete.
+	if err := m.releaseSlot(ctx, inst.ID); err != nil {
+		return err
+	}
 	if err := os.RemoveAll(m.instanceDir(inst.ID)); err != nil {
 		return fmt.Errorf("remove instance directory: %w", err)
 	}
@@ -62,6 +67,9 @@ func (m *Manager) reconcileDelete(ctx context.Context, in store.Intent) error {
 		inst = store.Instance{ID: in.InstanceID} // its VMM is found by its directory
 	}
 	m.killVMMs(ctx, inst)
+	if err := m.releaseSlot(ctx, in.InstanceID); err != nil {
+		return err
+	}
 	if err := os.RemoveAll(m.instanceDir(in.InstanceID)); err != nil {
 		return err
 	}

@@ -328,7 +328,18 @@ func (m *Manager) copyFork(ctx context.Context, src forkSource, f *store.Instanc
 		}
 		crashpoint.Hit(crashpoint.ForkLinked)
 	}
-	return m.putInstance(*f)
+	if err := m.putInstance(*f); err != nil {
+		return err
+	}
+	if f.Spec.Network {
+		// Its own slot, from the pool, before its restore: a new address,
+		// the same guest. The fork intent covers it (reconcileFork).
+		if _, err := m.slotOf(ctx, *f); err != nil {
+			return err
+		}
+		crashpoint.Hit(crashpoint.ForkSlotAcquired)
+	}
+	return nil
 }
 
 // bringAll brings fresh forks (whose locks the caller holds) to target,
@@ -373,6 +384,10 @@ func (m *Manager) reconcileFork(ctx context.Context, in store.Intent) error {
 	var errs []error
 	for _, id := range in.Members {
 		m.killVMMs(ctx, store.Instance{ID: id})
+		if err := m.releaseSlot(ctx, id); err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		if err := os.RemoveAll(m.instanceDir(id)); err != nil {
 			errs = append(errs, err)
 			continue

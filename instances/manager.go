@@ -53,8 +53,13 @@ type Config struct {
 	Images ImageSource
 	// Volumes keeps volumes (volumes.go); nil: no volume support.
 	Volumes VolumeStore
-	Metrics *Metrics
-	Logger  *slog.Logger
+	// Network gives instances their network slots (network.go); nil:
+	// networking is off and instances have no NIC.
+	Network Networker
+	// NetworkDNS are the guests' DNS servers (their /etc/resolv.conf).
+	NetworkDNS []string
+	Metrics    *Metrics
+	Logger     *slog.Logger
 }
 
 // Manager runs instances. It is safe for concurrent use.

@@ -23,7 +23,8 @@ import (
 //  2. every Running record is adopted (pid and start time checked) or
 //     marked Stopped;
 //  3. one sweep of the instances and snapshots directories removes what
-//     no record owns (and the VMMs running it);
+//     no record owns (and the VMMs running it); the network releases the
+//     slots no instance owns and rebuilds lost ones (network.go);
 //  4. sources parked by an interrupted fork or snapshot are restored.
 func (m *Manager) Reconcile(ctx context.Context) error {
 	var intents []store.Intent
@@ -67,7 +68,8 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	}
 	errs = append(errs,
 		m.sweep("instances", instances, func(id string) { m.killVMMs(ctx, store.Instance{ID: id}) }),
-		m.sweep("snapshots", snapshots, nil))
+		m.sweep("snapshots", snapshots, nil),
+		m.reconcileNetwork(ctx, recs))
 	// Last, when every record and VMM is settled: sources parked by an
 	// interrupted fork or snapshot go back to Running.
 	m.mu.Lock()
@@ -85,7 +87,8 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 // next to the code whose work it finishes, and never calls back into this
 // file:
 //
-//	create            roll back: kill its VMM, remove its directory      create.go
+//	create            roll back: kill its VMM, release its network slot, create.go
+//	                  remove its directory
 //	start             VMM alive: adopt it (Running); else stay Stopped   start.go
 //	stop              roll forward                                        stop.go
 //	standby           state file published: commit Standby; else VMM     standby.go
@@ -94,9 +97,10 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 //	                  link left an own identical copy, a temporary is
 //	                  swept); else VMM alive: adopt it (Running); else
 //	                  Stopped
-//	delete            roll forward                                        delete.go
-//	fork              remove every fork of the call (a sharing fork's     fork.go
-//	                  link with it: the source's file is untouched)
+//	delete            roll forward (the network slot released too)        delete.go
+//	fork              remove every fork of the call and its slot (a       fork.go
+//	                  sharing fork's link with it: the source's file is
+//	                  untouched)
 //	resume            restore the parked source, last                     park.go
 //	snapshot          no record: remove the partial directory             snapshot_create.go
 //	snapshot_restore  not swapped: drop the copy; else finish the swap    snapshot_restore.go

@@ -35,6 +35,8 @@ type Spec struct {
 	User         string
 	// Volumes attached (VolumeMount.Volume is the volume's id).
 	Volumes []VolumeMount
+	// Network: the machine has a NIC backed by a network slot.
+	Network bool
 }
 
 // Origin says where a fork came from. Informational only: nothing ever
@@ -76,6 +78,8 @@ type Instance struct {
 	// when the driver cannot share memory.
 	MemoryGroup string
 	MemoryLinks int
+	// Network is the instance's network (its slot's address).
+	Network Network
 }
 
 // SnapshotKind says what a snapshot holds.
@@ -107,7 +111,8 @@ type Snapshot struct {
 
 func specOfRecord(s store.Spec) Spec {
 	v := Spec{Hypervisor: s.Hypervisor, VCPUs: s.VCPUs, MemoryBytes: s.MemoryBytes, KernelArgs: s.KernelArgs,
-		Command: s.Command, Env: s.Env, Image: s.Image, ImageDigest: s.ImageDigest, OverlayBytes: s.OverlayBytes}
+		Command: s.Command, Env: s.Env, Image: s.Image, ImageDigest: s.ImageDigest, OverlayBytes: s.OverlayBytes,
+		Network: s.Network}
 	for _, m := range s.Volumes {
 		v.Volumes = append(v.Volumes, VolumeMount{Volume: m.VolumeID, MountPath: m.MountPath, ReadOnly: m.ReadOnly})
 	}
@@ -151,7 +156,7 @@ func manifestOf(s store.Snapshot) snapshots.Manifest {
 			Hypervisor: s.Spec.Hypervisor, VCPUs: s.Spec.VCPUs, MemoryBytes: s.Spec.MemoryBytes,
 			KernelArgs: s.Spec.KernelArgs, Command: s.Spec.Command, Env: s.Spec.Env, Image: s.Spec.Image,
 			ImageDigest: s.Spec.ImageDigest, RootFSType: s.Spec.RootFSType, OverlayBytes: s.Spec.OverlayBytes,
-			DriverState: s.Spec.DriverState,
+			Network: s.Spec.Network, DriverState: s.Spec.DriverState,
 		},
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/zygote/zygote/clone"
 	"github.com/zygote/zygote/errdefs"
+	"github.com/zygote/zygote/guest/agentproto"
 	"github.com/zygote/zygote/hypervisor"
 	"github.com/zygote/zygote/hypervisor/drivertest"
 	"github.com/zygote/zygote/instances"
@@ -33,7 +34,7 @@ import (
 // TestRecoveryRuleBranches has one case per entry (and fails on an op it
 // does not list).
 var recoveryBranches = map[store.Op][]string{
-	store.OpCreate:  {"VMM booted, not committed", "directory only", "image disks made, no VMM"},
+	store.OpCreate:  {"VMM booted, not committed", "directory only", "image disks made, no VMM", "network slot acquired, not booted"},
 	store.OpStart:   {"VMM alive", "VMM never started"},
 	store.OpStop:    {"VMM alive", "VMM gone", "from Standby"},
 	store.OpStandby: {"state published, VMM alive", "state published, VMM gone", "no state, VMM alive", "no state, VMM gone"},
@@ -241,6 +242,27 @@ var recoveryCases = []recoveryCase{
 			}
 			if users := instances.ImageUsers(h.Store)(digest); len(users) != 0 {
 				t.Errorf("the rolled-back create still uses the image: %q", users)
+			}
+		}
+	}},
+	{store.OpCreate, "network slot acquired, not booted", func(t *testing.T, h *instancestest.Harness) func(*testing.T) {
+		id := "createslotonlyaaaaaaaaaa"
+		os.MkdirAll(filepath.Join(h.DataDir, "instances", id), 0o700)
+		if _, err := h.Net.Acquire(ctx, id, []instances.Port{{HostPort: 8080, GuestPort: 80, Protocol: "tcp"}}); err != nil {
+			t.Fatal(err)
+		}
+		down(t, h, func(tx *store.Tx) error {
+			return intent(tx, store.Intent{ID: id, Op: store.OpCreate, InstanceID: id,
+				Pending: &store.Instance{ID: id, Name: "half", Spec: store.Spec{Network: true}}})
+		})
+		return func(t *testing.T) {
+			gone(t, h, "instances/"+id)
+			if _, err := h.Net.Get(id); !errdefs.IsNotFound(err) {
+				t.Fatalf("the half-created instance's slot is still held: %v", err)
+			}
+			// Its published port is free again.
+			if _, err := h.M.Create(ctx, instances.CreateRequest{Name: "again", Publish: []instances.Port{{HostPort: 8080, GuestPort: 80}}}); err != nil {
+				t.Fatalf("create publishing the released port: %v", err)
 			}
 		}
 	}},
@@ -822,7 +844,15 @@ func eventuallyRunning(t *testing.T, h *instancestest.Harness, ref string) {
 }
 
 func specOf(h *instancestest.Harness, v instances.Instance) hypervisor.Spec {
-	return hypervisor.Spec{ID: v.ID, Dir: filepath.Join(h.DataDir, "instances", v.ID), VCPUs: v.Spec.VCPUs, MemoryBytes: v.Spec.MemoryBytes}
+	spec := hypervisor.Spec{ID: v.ID, Dir: filepath.Join(h.DataDir, "instances", v.ID), VCPUs: v.Spec.VCPUs, MemoryBytes: v.Spec.MemoryBytes}
+	if v.Spec.Network { // as the dead daemon launched it: on its slot's TAP
+		if s, err := h.Net.Get(v.ID); err == nil {
+			if tap, err := s.OpenTAP(); err == nil {
+				spec.NIC = &hypervisor.NIC{TAP: tap, MAC: agentproto.GuestMAC}
+			}
+		}
+	}
+	return spec
 }
 
 // TestRecoveryRuleBranches runs every branch of every crash rule.
@@ -849,10 +879,24 @@ func TestRecoveryRuleBranches(t *testing.T) {
 	}
 	for _, c := range recoveryCases {
 		t.Run(string(c.op)+"/"+strings.ReplaceAll(c.branch, " ", "_"), func(t *testing.T) {
-			h := instancestest.New(t, "", instancestest.Clone)
+			// Networked: every rule must also leave exactly one slot per
+			// instance with networking, and none for instances gone.
+			h := instancestest.NewNetworked(t, "", instancestest.Clone)
 			check := c.crash(t, h)
 			h.Restart()
 			check(t)
+			var recs []store.Instance
+			h.Store.View(func(tx *store.Tx) (err error) { recs, err = tx.Instances(); return })
+			var want []string
+			for _, r := range recs {
+				if r.Spec.Network {
+					want = append(want, r.ID)
+				}
+			}
+			slices.Sort(want)
+			if got := h.Net.Owners(); !slices.Equal(got, want) {
+				t.Fatalf("network slots held by %v after the reconcile, want %v (the networked instances)", got, want)
+			}
 			var left []store.Intent
 			h.Store.View(func(tx *store.Tx) (err error) { left, err = tx.Intents(); return })
 			if len(left) != 0 {

@@ -41,7 +41,13 @@ func (m *Manager) restore(ctx context.Context, inst *store.Instance) error {
 		return err
 	}
 	crashpoint.Hit(crashpoint.RestoreOwned)
-	vm, err := d.Restore(ctx, m.specOf(*inst))
+	spec, launched, err := m.withNIC(ctx, *inst, m.specOf(*inst))
+	if err != nil {
+		m.dropIntent(intent.ID)
+		return err
+	}
+	vm, err := d.Restore(ctx, spec)
+	launched()
 	if err != nil {
 		m.dropIntent(intent.ID)
 		return err

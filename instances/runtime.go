@@ -82,6 +82,7 @@ func (m *Manager) attachRuntime(inst store.Instance, vm hypervisor.VM, restored 
 			Hostname: inst.Hostname,
 			Command:  inst.Spec.Command,
 			Env:      inst.Spec.Env,
+			Network:  m.guestNetwork(inst),
 		},
 		restored: restored,
 		image:    hasImage(inst.Spec),

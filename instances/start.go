@@ -19,7 +19,12 @@ func (m *Manager) boot(ctx context.Context, inst *store.Instance) (hypervisor.VM
 	// the instance's own copies, so a missing asset cache is only an error
 	// if the driver needed it.
 	assets, assetErr := m.cfg.Assets(ctx)
-	vm, driverState, err := d.Boot(ctx, m.specOf(*inst), assets)
+	spec, launched, err := m.withNIC(ctx, *inst, m.specOf(*inst))
+	if err != nil {
+		return nil, err
+	}
+	vm, driverState, err := d.Boot(ctx, spec, assets)
+	launched()
 	if err != nil {
 		if assetErr != nil {
 			return nil, fmt.Errorf("%w (guest assets: %w)", err, assetErr)

@@ -10,6 +10,7 @@ import (
 
 func (m *Manager) view(inst store.Instance) Instance {
 	v := instanceOf(inst)
+	v.Network = m.networkOf(inst)
 	switch inst.State {
 	case store.Stopped:
 		v.State = StateStopped

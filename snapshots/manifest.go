@@ -89,6 +89,9 @@ type Spec struct {
 	ImageDigest  string `json:"image_digest,omitempty"`
 	RootFSType   string `json:"rootfs_type,omitempty"`
 	OverlayBytes int64  `json:"overlay_bytes,omitempty"`
+	// Network: the machine has a NIC (optional field, added in wave 2;
+	// older manifests without it describe machines without a NIC).
+	Network bool `json:"network,omitempty"`
 	// DriverState is the driver's opaque state, carried byte for byte.
 	DriverState json.RawMessage `json:"driver_state,omitempty"`
 }

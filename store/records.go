@@ -43,6 +43,9 @@ type Spec struct {
 	// Volumes attached at create: each a hard link vol<i>.ext4 in the
 	// instance directory to the volume's disk.
 	Volumes []VolumeMount `json:"volumes,omitempty"`
+	// Network: the machine has a NIC backed by a network slot (a fork
+	// inherits it: its saved device state has the NIC).
+	Network bool `json:"network,omitempty"`
 	// DriverState is opaque to everyone but the driver that wrote it
 	// (machine type, accelerator, …); a driver versions its own encoding
 	// inside it. (Schema 1 also declared driver_state_version; nothing
@@ -120,6 +123,17 @@ type Instance struct {
 	MemoryShared bool   `json:"memory_shared,omitempty"`
 	ExitCode     *int   `json:"exit_code,omitempty"`
 	ExitMessage  string `json:"exit_message,omitempty"`
+	// Publish lists the host ports published to the guest (not inherited
+	// by forks: a host port has one owner).
+	Publish []Port `json:"publish,omitempty"`
+}
+
+// Port is a published port: HostPort on the host to GuestPort in the
+// guest, Protocol tcp or udp.
+type Port struct {
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
+	Protocol  string `json:"protocol"`
 }
 
 // SnapshotKind says what a snapshot holds.

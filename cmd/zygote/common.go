@@ -111,6 +111,9 @@ func age(t time.Time) string {
 // instance: "web  Running  qemu (tcg)  256 MiB  ready in 3.1 s".
 func statusLine(in api.Instance, suffix string) string {
 	parts := []string{in.Name, in.State, hypervisorLabel(in), memoryLabel(in)}
+	if in.Network.IP != nil {
+		parts = append(parts, "ip "+*in.Network.IP)
+	}
 	if suffix != "" {
 		parts = append(parts, suffix)
 	}

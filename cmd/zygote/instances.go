@@ -34,8 +34,8 @@ func newRunCmd() *cobra.Command {
 		name, hv, kernelArgs, memory string
 		entrypoint, overlaySize      string
 		vcpus                        int
-		env, tags, vols              []string
-		detach, asJSON               bool
+		env, tags, vols, publish     []string
+		detach, asJSON, noNetwork    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run [flags] [IMAGE] [-- COMMAND [ARG...]]",
@@ -68,6 +68,8 @@ is its workload, and run returns once the guest agent is ready.`,
 	cmd.Flags().StringVar(&entrypoint, "entrypoint", "", "replace the image's entrypoint (and drop its cmd unless -- gives one)")
 	cmd.Flags().StringVar(&overlaySize, "overlay-size", "", `the image instance's writable overlay disk (sparse), e.g. "1GB"; default 10GB`)
 	cmd.Flags().StringArrayVarP(&vols, "volume", "v", nil, "attach a volume: NAME:/path[:ro] (repeatable; image instances only)")
+	cmd.Flags().StringArrayVarP(&publish, "publish", "p", nil, "publish a guest port on a host port: HOST:GUEST[/tcp|udp] (repeatable)")
+	cmd.Flags().BoolVar(&noNetwork, "no-network", false, "no network: the guest has only lo")
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once the VMM runs, without waiting for the guest or following the program")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the instance as JSON")
 	return clientCommand(cmd, func(ctx context.Context, c *client.Client, args []string) error {
@@ -99,6 +101,13 @@ is its workload, and run returns once the guest agent is ready.`,
 			}
 		}
 		req.Size = memorySize(memory)
+		if req.Publish, err = parsePublish(publish); err != nil {
+			return err
+		}
+		if noNetwork {
+			off := false
+			req.Network = &api.NetworkRequest{Enabled: &off}
+		}
 		begin := time.Now()
 		what := "booting " + name
 		if image != "" {

@@ -54,6 +54,8 @@ func newRootCmd() *cobra.Command {
 		newRestoreCmd(),
 		newForkCmd(),
 		newRmCmd(),
+		newStatsCmd(),
+		newResourcesCmd(),
 		// snapshots
 		newSnapshotCmd(),
 		// images

@@ -29,9 +29,9 @@ func TestMain(m *testing.M) {
 // verbs the CLI documents.
 func TestRootAssemblesEveryVerb(t *testing.T) {
 	want := []string{"serve", "pager", "kernel", "run", "ps", "inspect", "logs", "exec", "start", "stop",
-		"cp", "standby", "restore", "fork", "rm", "snapshot", "snapshot create", "snapshot ls", "snapshot inspect",
+		"cp", "standby", "restore", "fork", "rm", "stats", "resources", "snapshot", "snapshot create", "snapshot ls", "snapshot inspect",
 		"snapshot rm", "snapshot fork", "snapshot restore", "pull", "images", "image", "image ls", "image inspect",
-		"image rm", "image import"}
+		"image rm", "image import", "volume", "volume create", "volume ls", "volume inspect", "volume rm"}
 	root := newRootCmd()
 	for _, path := range want {
 		t.Run(path, func(t *testing.T) {

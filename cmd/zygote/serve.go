@@ -47,6 +47,7 @@ type serveConfig struct {
 	logMaxSize                         string // per console.log / vmm.log file
 	logFiles                           int
 	images                             imageFlags
+	net                                networkConfig
 }
 
 func newServeCmd() *cobra.Command {
@@ -79,6 +80,7 @@ restarted daemon adopts them.`,
 	f.BoolVar(&cfg.reflinkStrict, "reflink-strict", false, "refuse the sparse-copy fallback: snapshots and forks fail unless reflink works (also env "+clone.EnvStrict+"=1)")
 	f.StringVar(&cfg.logMaxSize, "log-max-size", envOr("ZYGOTE_LOG_MAX_SIZE", "10MB"), "cap of each instance's console.log and vmm.log; at the cap a file is rotated to console.1.log (env ZYGOTE_LOG_MAX_SIZE)")
 	f.Var(forkMemoryFlag{&cfg.forkMemory}, "fork-memory", "how a fork that names no --memory holds its source's memory: owned (its own copy) or shared (a hard link of the parked file, copy-on-write: far denser, but its standby reads all its RAM under QEMU 7.2; docs/fork.md)")
+	cfg.net.flags(cmd)
 	f.IntVar(&cfg.logFiles, "log-files", 2, "files kept per log, the live one included: an instance's logs use at most log-max-size × log-files each")
 	addImageFlags(cmd, &cfg.images)
 	return cmd
@@ -100,6 +102,9 @@ func serve(ctx context.Context, cfg serveConfig) error {
 		return err
 	}
 	slog.SetDefault(log)
+	if cfg.net.cleanup {
+		return cleanupNetwork(context.WithoutCancel(ctx), cfg, log)
+	}
 	d, err := buildDaemon(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -153,7 +158,12 @@ func buildDaemon(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *dae
 	if err != nil {
 		return nil, err
 	}
-	m, err := newManager(cfg, st, drivers, cloneOpts, imageSource{imgs}, vols, reg, log)
+	nw, dns, closeNetwork, err := newNetwork(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	d.closers = append(d.closers, closeNetwork)
+	m, err := newManager(cfg, st, drivers, cloneOpts, imageSource{imgs}, vols, reg, log, nw, dns)
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +241,7 @@ func newDrivers(cfg serveConfig, cloneOpts clone.Options, log *slog.Logger) ([]h
 	return drivers, nil
 }
 
-func newManager(cfg serveConfig, st *store.Store, drivers []hypervisor.Driver, cloneOpts clone.Options, imgs instances.ImageSource, vols instances.VolumeStore, reg *prometheus.Registry, log *slog.Logger) (*instances.Manager, error) {
+func newManager(cfg serveConfig, st *store.Store, drivers []hypervisor.Driver, cloneOpts clone.Options, imgs instances.ImageSource, vols instances.VolumeStore, reg *prometheus.Registry, log *slog.Logger, nw instances.Networker, dns []string) (*instances.Manager, error) {
 	return instances.New(instances.Config{
 		DataDir: cfg.dataDir, Store: st, Drivers: drivers, DefaultHypervisor: cfg.hypervisor, ForkMemory: cfg.forkMemory,
 		Assets:    assetResolver(cfg),
@@ -242,6 +252,7 @@ func newManager(cfg serveConfig, st *store.Store, drivers []hypervisor.Driver, c
 		Volumes:   vols,
 		Metrics:   instances.NewMetrics(reg),
 		Logger:    log,
+		Network:   nw, NetworkDNS: dns,
 	})
 }
 

@@ -201,11 +201,18 @@ func (f *Fake) Restore(ctx context.Context, spec hypervisor.Spec) (hypervisor.VM
 
 func (f *Fake) Attach(ctx context.Context, spec hypervisor.Spec, p hypervisor.Process) (hypervisor.VM, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	v, ok := f.vms[p.PID]
 	if !ok || v.spec.Dir != spec.Dir || v.proc != p {
+		f.mu.Unlock()
 		return nil, fmt.Errorf("fake attach %s: %w", spec.ID, errdefs.ErrNotFound)
 	}
+	f.mu.Unlock()
+	// Like QEMU, which cannot read its devices back: the VM has the
+	// devices its caller describes, and a later SaveState records them.
+	// (v.mu after f.mu is released: kill takes them the other way round.)
+	v.mu.Lock()
+	v.spec.Disks, v.spec.NIC = spec.Disks, spec.NIC
+	v.mu.Unlock()
 	return v, nil
 }
 
@@ -268,7 +275,14 @@ var _ hypervisor.VM = (*FakeVM)(nil)
 
 func (v *FakeVM) Process() hypervisor.Process { return v.proc }
 func (v *FakeVM) Exited() <-chan struct{}     { return v.exited }
-func (v *FakeVM) Spec() hypervisor.Spec       { return v.spec }
+
+// Spec is the spec the VM was launched with, its devices as the last
+// Attach described them.
+func (v *FakeVM) Spec() hypervisor.Spec {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.spec
+}
 
 func (v *FakeVM) live() error {
 	if v.mem == nil {

@@ -38,7 +38,8 @@ type Harness struct {
 // Suite checks the lifecycle contract of hypervisor's package doc on one
 // VM, step by step: boot, the save-state preconditions, park, restore
 // (state consumed, memory intact), adoption by identity, refused restores
-// of missing and corrupt state, and discard; and the optional
+// of missing and corrupt state, a saved state describing the devices the
+// VM was adopted with, and discard; and the optional
 // capabilities the driver implements (hypervisor.AcceleratorReporter,
 // hypervisor.MemoryFiler). Every driver passes it; the
 // fake passes it too, which is what makes it a faithful double.
@@ -253,6 +254,48 @@ func Suite(t *testing.T, h Harness) {
 			vm = sharedMemory(t, h, ms, spec, vm)
 		})
 	}
+
+	t.Run("an adopted VM saves the devices it is attached with", func(t *testing.T) {
+		// A driver cannot read a live VMM's devices back: it trusts the
+		// description it is attached with, and a saved state belongs to
+		// that machine. Adopted with its disk left out (as a manager that
+		// forgets a NIC on adoption would), the VM's state does not
+		// match the machine with the disk: the restore is refused before
+		// a VMM starts, the state file kept.
+		p := vm.Process()
+		vm.Close()
+		bare := spec
+		bare.Disks = nil
+		adopted, err := d.Attach(ctx, bare, p)
+		if err != nil {
+			t.Fatalf("Attach: %v", err)
+		}
+		vm = adopted
+		if err := vm.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := vm.SaveState(ctx); err != nil {
+			t.Fatal(err)
+		}
+		vm.Quit(ctx)
+		select {
+		case <-vm.Exited():
+		case <-time.After(30 * time.Second):
+			t.Fatal("Exited not closed after Quit")
+		}
+		if r, err := d.Restore(ctx, spec); !errdefs.IsInvalidState(err) {
+			if err == nil {
+				r.Quit(ctx)
+			}
+			t.Fatalf("Restore with the disk of a state saved by a VM adopted without it: %v, want InvalidState", err)
+		}
+		if !d.HasSavedState(dir) {
+			t.Fatal("the refused restore consumed the state file")
+		}
+		if found, _ := d.Find(spec); len(found) != 0 {
+			t.Fatalf("the refused restore left a VMM: %v", found)
+		}
+	})
 
 	t.Run("discard", func(t *testing.T) {
 		vm.Quit(ctx)

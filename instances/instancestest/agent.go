@@ -31,11 +31,13 @@ type guestState struct {
 	Hostname   string `json:"hostname"`
 	Restores   int    `json:"restores"`
 	Workload   string `json:"workload,omitempty"`
+	// Address is the NIC address Configure gave the guest.
+	Address string `json:"address,omitempty"`
 }
 
 // FakeAgent is a guest agent double for drivertest.Fake VMs: a test
 // double, not an agent. Its Exec understands a few commands: echo, true,
-// false, exit N, cat, hostname, bootid, write OFFSET TEXT (into guest RAM),
+// false, exit N, cat, hostname, bootid, ipaddr (the NIC address Configure set), write OFFSET TEXT (into guest RAM),
 // read OFFSET N, tty-echo (prints the TTY size and each resize, echoes
 // stdin, and exits at a 'q' or at stdin's end). Its file operations work on FakeGuestRoot.
 type FakeAgent struct {
@@ -118,6 +120,9 @@ func (a *FakeAgent) Configure(ctx context.Context, cfg agent.Config) error {
 		return agent.ErrAlreadyConfigured
 	}
 	st.Configured, st.Hostname, st.Workload = true, cfg.Hostname, strings.Join(cfg.Command, " ")
+	if cfg.Network != nil {
+		st.Address = cfg.Network.Address
+	}
 	if p := cfg.Process; p != nil {
 		// An image's program: "missing" cannot start (127, as a real
 		// agent answers); "exit N" exits with N at once; anything else
@@ -242,6 +247,14 @@ func (a *FakeAgent) Exec(ctx context.Context, req agent.ExecRequest) (int, error
 				return -1, ctx.Err()
 			}
 		}
+	case "ipaddr":
+		a.mu.Lock()
+		st, err := a.load()
+		a.mu.Unlock()
+		if err != nil {
+			return -1, err
+		}
+		fmt.Fprintln(out, st.Address)
 	case "hostname", "bootid":
 		a.mu.Lock()
 		st, err := a.load()

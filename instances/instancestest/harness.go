@@ -34,7 +34,10 @@ type Harness struct {
 	Images instances.ImageSource
 	// NoVolumes leaves the manager without a volume store.
 	NoVolumes bool
-	t         testing.TB
+	// Net, when set (NewNetworked, Options.Net), gives instances network
+	// slots.
+	Net *FakeNetwork
+	t   testing.TB
 }
 
 // New starts a manager over a fake driver in dataDir (t.TempDir() if
@@ -42,6 +45,12 @@ type Harness struct {
 func New(t testing.TB, dataDir string, clone instances.Cloner) *Harness {
 	t.Helper()
 	return NewWithImages(t, dataDir, clone, nil)
+}
+
+// NewNetworked is New with a FakeNetwork: instances get slots.
+func NewNetworked(t testing.TB, dataDir string, clone instances.Cloner) *Harness {
+	t.Helper()
+	return NewWith(t, dataDir, clone, Options{Net: NewFakeNetwork()})
 }
 
 // NewWithImages is New with an image source for creates from images.
@@ -54,6 +63,8 @@ func NewWithImages(t testing.TB, dataDir string, clone instances.Cloner, images 
 type Options struct {
 	Images    instances.ImageSource
 	NoVolumes bool
+	// Net gives instances network slots (nil: networking off).
+	Net *FakeNetwork
 }
 
 // NewWith is New with options.
@@ -62,7 +73,7 @@ func NewWith(t testing.TB, dataDir string, clone instances.Cloner, opts Options)
 	if dataDir == "" {
 		dataDir = t.TempDir()
 	}
-	h := &Harness{Fake: drivertest.NewFake(), DataDir: dataDir, Clone: clone, Images: opts.Images, NoVolumes: opts.NoVolumes, t: t}
+	h := &Harness{Fake: drivertest.NewFake(), DataDir: dataDir, Clone: clone, Images: opts.Images, NoVolumes: opts.NoVolumes, Net: opts.Net, t: t}
 	h.start()
 	t.Cleanup(func() {
 		h.stop()
@@ -88,7 +99,7 @@ func (h *Harness) start() {
 		}
 		volStore = VolumeStore{vols}
 	}
-	m, err := instances.New(instances.Config{
+	cfg := instances.Config{
 		Metrics: instances.NewMetrics(h.Registry),
 		DataDir: h.DataDir, Store: st, Drivers: []hypervisor.Driver{h.Fake},
 		Assets: func(context.Context) (hypervisor.BootAssets, error) {
@@ -97,7 +108,11 @@ func (h *Harness) start() {
 		DialAgent: DialFakeAgent, Clone: h.Clone, Images: h.Images, Volumes: volStore,
 		StopTimeout: 2 * time.Second, ReadyTimeout: 5 * time.Second,
 		Logger: testLogger(),
-	})
+	}
+	if h.Net != nil {
+		cfg.Network, cfg.NetworkDNS = h.Net, []string{"192.0.2.53"}
+	}
+	m, err := instances.New(cfg)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -19,16 +19,18 @@ var at = os.Getenv(Env)
 
 // Points, named <operation>:<what is done>.
 const (
-	CreateDisks    = "create:disks"                 // root disk linked, overlay formatted, no VMM yet
-	CreateBooted   = "create:booted"                // VMM running, record not committed
-	StandbySaved   = "standby:saved"                // state file published, VMM alive, not committed
-	RestoreOwned   = "restore:owned"                // shared memory file replaced by an own copy, not restored
-	RestoreLoaded  = "restore:loaded"               // VMM restored and running, not committed
-	ForkLinked     = "fork:linked"                  // a sharing fork's memory linked, not committed
-	SnapshotCopied = "snapshot:copied"              // snapshot directory copied, not committed
-	ForkCopied     = "fork:copied"                  // fork directory copied, not committed
-	ForkParked     = "fork:parked"                  // running source parked for a fork
-	SwapMovedAside = "restore-snapshot:moved-aside" // old directory renamed away
+	CreateDisks        = "create:disks"                 // root disk linked, overlay formatted, no VMM yet
+	CreateBooted       = "create:booted"                // VMM running, record not committed
+	CreateSlotAcquired = "create:slot-acquired"         // network slot acquired, no VMM, not committed
+	StandbySaved       = "standby:saved"                // state file published, VMM alive, not committed
+	RestoreOwned       = "restore:owned"                // shared memory file replaced by an own copy, not restored
+	RestoreLoaded      = "restore:loaded"               // VMM restored and running, not committed
+	ForkLinked         = "fork:linked"                  // a sharing fork's memory linked, not committed
+	SnapshotCopied     = "snapshot:copied"              // snapshot directory copied, not committed
+	ForkCopied         = "fork:copied"                  // fork directory copied, not committed
+	ForkParked         = "fork:parked"                  // running source parked for a fork
+	ForkSlotAcquired   = "fork:slot-acquired"           // a fork committed with its network slot, not restored
+	SwapMovedAside     = "restore-snapshot:moved-aside" // old directory renamed away
 )
 
 // Hit kills the process if ZYGOTE_CRASH_AT is point.
