@@ -41,7 +41,7 @@ for this pull only and never stored.`,
 	}
 	cmd.Flags().StringVarP(&user, "username", "u", "", "registry user (basic auth); the password is read from stdin with --password-stdin")
 	cmd.Flags().BoolVar(&passwordStdin, "password-stdin", false, "read the registry password from stdin")
-	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once the pull is accepted; follow it with `zygote images`")
+	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once the pull is accepted; follow it with zygote images")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the image as JSON")
 	return clientCommand(cmd, func(ctx context.Context, c *client.Client, args []string) error {
 		req := api.PullImageRequest{Name: args[0]}

@@ -38,7 +38,7 @@ func newPagerCmd() *cobra.Command {
 		Long: `The pager serves lazy restores: a VMM (Firecracker, mem_backend Uffd) connects
 to a session socket, hands over its userfaultfd, and the pager fills guest
 pages from the memory file through a page cache shared by every session with
-the same cache key. The daemon starts and supervises it; see docs/pager.md.`,
+the same cache key. With serve --pager the daemon starts and supervises it (off by default: no driver uses it yet); see docs/pager.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var lvl slog.Level
