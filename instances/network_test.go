@@ -118,7 +118,7 @@ func TestNetworkSlotLifecycle(t *testing.T) {
 	}
 
 	// A restart keeps every slot; a slot whose instance is gone goes.
-	h.Net.Acquire(ctx, "ghostaaaaaaaaaaaaaaaaaaa", nil)
+	h.Net.Acquire(ctx, "ghostaaaaaaaaaaaaaaaaaaa", instances.NetOptions{})
 	h.Restart()
 	same("restart")
 	if owners := h.Net.Owners(); len(owners) != 3 || slices.Contains(owners, "ghostaaaaaaaaaaaaaaaaaaa") {
@@ -238,6 +238,53 @@ func TestNetworkOptOutAndFailures(t *testing.T) {
 		t.Fatalf("a fork of the failed call exists: %v", err)
 	}
 	h.WaitRunning("pub") // the source runs again
+}
+
+// TestNetworkAllowPeersInherited: allow_peers reaches the slot; a fork
+// (from running, from standby, of a snapshot) inherits it, also after a
+// restart; the default is isolated; allow_peers without networking is
+// refused.
+func TestNetworkAllowPeersInherited(t *testing.T) {
+	h := instancestest.NewNetworked(t, "", instancestest.Clone)
+	if _, err := h.M.Create(ctx, instances.CreateRequest{Name: "peer", AllowPeers: true}); err != nil {
+		t.Fatal(err)
+	}
+	create(t, h, "alone")
+	h.WaitRunning("peer")
+	check := func(ref string, want bool) {
+		t.Helper()
+		v := mustGet(t, h, ref)
+		if v.Network.AllowPeers != want || h.Net.AllowsPeers(v.ID) != want || v.Spec.AllowPeers != want {
+			t.Fatalf("%s: shown %v, slot %v, spec %v; want %v", ref, v.Network.AllowPeers, h.Net.AllowsPeers(v.ID), v.Spec.AllowPeers, want)
+		}
+	}
+	check("peer", true)
+	check("alone", false)
+	if _, err := h.M.Fork(ctx, "peer", instances.ForkRequest{Name: "f1", FromRunning: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.M.Fork(ctx, "alone", instances.ForkRequest{Name: "f2", FromRunning: true}); err != nil {
+		t.Fatal(err)
+	}
+	check("f1", true)
+	check("f2", false)
+	snap, err := h.M.CreateSnapshot(ctx, "f1", instances.SnapshotRequest{Kind: instances.SnapshotStandby, Name: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !snap.Spec.AllowPeers {
+		t.Fatalf("the snapshot's spec lost allow_peers: %+v", snap.Spec)
+	}
+	if _, err := h.M.ForkSnapshot(ctx, snap.ID, instances.ForkRequest{Name: "f3", TargetState: instances.StateRunning}); err != nil {
+		t.Fatal(err)
+	}
+	check("f3", true)
+	h.Restart()
+	check("f1", true)
+	check("alone", false)
+	if _, err := h.M.Create(ctx, instances.CreateRequest{Name: "x", NoNetwork: true, AllowPeers: true}); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("allow_peers without network: %v", err)
+	}
 }
 
 // TestNetworkedImageSharingForks: where images, sharing forks and

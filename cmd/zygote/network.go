@@ -108,9 +108,9 @@ type networker struct{ m *network.Manager }
 
 var _ instances.Networker = networker{}
 
-func (n networker) Acquire(ctx context.Context, owner string, publish []instances.Port) (instances.NetSlot, error) {
-	opts := network.SlotOptions{}
-	for _, p := range publish {
+func (n networker) Acquire(ctx context.Context, owner string, o instances.NetOptions) (instances.NetSlot, error) {
+	opts := network.SlotOptions{AllowPeers: o.AllowPeers}
+	for _, p := range o.Publish {
 		opts.Publish = append(opts.Publish, network.Port{HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: network.Protocol(p.Protocol)})
 	}
 	s, err := n.m.Acquire(ctx, owner, opts)
