@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"time"
 
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/guest/agentproto"
@@ -197,9 +198,14 @@ func (m *Manager) withNIC(ctx context.Context, inst store.Instance, spec hypervi
 	if err != nil {
 		return spec, nil, err
 	}
+	begin := time.Now()
 	tap, err := s.OpenTAP()
 	if err != nil {
 		return spec, nil, fmt.Errorf("open the TAP of %s: %w", inst.Name, err)
+	}
+	if inst.NewIdentity {
+		// A fork's first restore: what networking adds to it.
+		m.forkPhase(inst, phaseNetworkTAP, time.Since(begin))
 	}
 	spec.NIC = &hypervisor.NIC{TAP: tap, MAC: agentproto.GuestMAC}
 	return spec, func() { tap.Close() }, nil

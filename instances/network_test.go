@@ -2,6 +2,7 @@ package instances_test
 
 import (
 	"errors"
+	"maps"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -366,5 +367,62 @@ func TestNetworkedImageSharingForks(t *testing.T) {
 	}
 	if owners := h.Net.Owners(); len(owners) != 0 {
 		t.Fatalf("slots left after deleting both: %v", owners)
+	}
+}
+
+// phaseCounts is how many observations zygote_fork_phase_seconds holds
+// per phase.
+func phaseCounts(t *testing.T, h *instancestest.Harness) map[string]uint64 {
+	t.Helper()
+	mfs, err := h.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]uint64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "zygote_fork_phase_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "phase" {
+					got[lp.GetValue()] = m.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+	}
+	return got
+}
+
+// TestForkPhaseMetrics: each fork records its copy, its restore and, when
+// networked, its slot and its first TAP open (what networking adds to a
+// fork); a fork without network records no network phase, and neither
+// does a later restore of a fork.
+func TestForkPhaseMetrics(t *testing.T) {
+	h := instancestest.NewNetworked(t, "", instancestest.Clone)
+	create(t, h, "net")
+	if _, err := h.M.Create(ctx, instances.CreateRequest{Name: "plain", NoNetwork: true}); err != nil {
+		t.Fatal(err)
+	}
+	h.WaitRunning("plain")
+	fork(t, h, "plain", instances.ForkRequest{Name: "pf", FromRunning: true, TargetState: instances.StateRunning})
+	if got := phaseCounts(t, h); got["copy"] != 1 || got["restore"] != 1 || got["network_slot"] != 0 || got["network_tap"] != 0 {
+		t.Fatalf("phases after a fork without network: %v", got)
+	}
+	if _, err := h.M.Fork(ctx, "net", instances.ForkRequest{NamePrefix: "nf", Count: 2, FromRunning: true, TargetState: instances.StateRunning}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]uint64{"copy": 3, "restore": 3, "network_slot": 2, "network_tap": 2}
+	if got := phaseCounts(t, h); !maps.Equal(got, want) {
+		t.Fatalf("phases after two networked forks: %v, want %v", got, want)
+	}
+	if _, err := h.M.Standby(ctx, "nf-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.M.Restore(ctx, "nf-1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := phaseCounts(t, h); !maps.Equal(got, want) {
+		t.Fatalf("phases after a later restore of a fork: %v, want %v", got, want)
 	}
 }
