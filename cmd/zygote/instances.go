@@ -106,16 +106,7 @@ is its workload, and run returns once the guest agent is ready.`,
 		if req.Publish, err = parsePublish(publish); err != nil {
 			return err
 		}
-		if noNetwork {
-			off := false
-			req.Network = &api.NetworkRequest{Enabled: &off}
-		}
-		if allowPeers {
-			if req.Network == nil {
-				req.Network = &api.NetworkRequest{}
-			}
-			req.Network.AllowPeers = true
-		}
+		req.Network = networkFlags(noNetwork, allowPeers)
 		begin := time.Now()
 		what := "booting " + name
 		if image != "" {

@@ -139,6 +139,21 @@ func (n networker) Stats(owner string) (instances.NetStats, error) {
 	return instances.NetStats{RxBytes: st.RxBytes, TxBytes: st.TxBytes}, err
 }
 
+// networkFlags is the network object of `zygote run --no-network
+// --allow-peers` (nil: the daemon's default, networked and isolated).
+// Both together reach the daemon, which refuses them (400).
+func networkFlags(noNetwork, allowPeers bool) *api.NetworkRequest {
+	if !noNetwork && !allowPeers {
+		return nil
+	}
+	n := &api.NetworkRequest{AllowPeers: allowPeers}
+	if noNetwork {
+		off := false
+		n.Enabled = &off
+	}
+	return n
+}
+
 // parsePublish reads `--publish HOST:GUEST[/PROTO]` flags.
 func parsePublish(specs []string) ([]api.PublishedPort, error) {
 	var out []api.PublishedPort
