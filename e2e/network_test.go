@@ -351,7 +351,8 @@ func TestNetwork(t *testing.T) {
 		if !peer.Network.AllowPeers || !f.Network.AllowPeers {
 			t.Fatalf("allow_peers: peer %v, its fork %v", peer.Network.AllowPeers, f.Network.AllowPeers)
 		}
-		if got := d.sh("peer-f", "wget -qO- http://"+peerIP+":80/"); got != guestPage {
+		// Bounded: were the traffic dropped, wget would hang.
+		if got := d.sh("peer-f", "timeout 10 wget -qO- http://"+peerIP+":80/"); got != guestPage {
 			t.Fatalf("a peer fetching from its peer's slot %s: %q", peerIP, got)
 		}
 		// Both sides must allow it: web does not.
