@@ -130,6 +130,7 @@ func TestFieldsWorkOrAreRefused(t *testing.T) {
 		{"disk_io_bps", "POST", "/instances", `{"name":"a","size":"64MB","disk_io_bps":"100MB/s"}`, 501, "not_supported", "disk_io_bps"},
 		{"network bandwidth", "POST", "/instances", `{"name":"a","size":"64MB","network":{"enabled":true,"bandwidth_download":"1Gbps"}}`, 501, "not_supported", "network.bandwidth_download"},
 		{"network egress", "POST", "/instances", `{"name":"a","size":"64MB","network":{"egress":{"enabled":true}}}`, 501, "not_supported", "network.egress"},
+		{"allow_peers without network", "POST", "/instances", `{"name":"a","size":"64MB","network":{"allow_peers":true}}`, 400, "invalid_request", "without networking"},
 		{"publish without network", "POST", "/instances", `{"name":"a","size":"64MB","publish":[{"host_port":8080,"guest_port":80}]}`, 400, "invalid_request", "without networking"},
 		{"volumes", "POST", "/instances", `{"name":"a","size":"64MB","volumes":[{"volume_id":"v","mount_path":"/data","readonly":true,"overlay":true}]}`, 501, "not_supported", "volumes[0].overlay"},
 		{"skip_guest_agent", "POST", "/instances", `{"name":"a","size":"64MB","skip_guest_agent":true}`, 501, "not_supported", "skip_guest_agent"},

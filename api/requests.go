@@ -145,6 +145,7 @@ func networkRequest(req CreateInstanceRequest, creq *instances.CreateRequest) er
 			}
 		}
 		creq.NoNetwork = n.Enabled != nil && !*n.Enabled
+		creq.AllowPeers = n.AllowPeers
 	}
 	for _, p := range req.Publish {
 		creq.Publish = append(creq.Publish, instances.Port{HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})

@@ -55,6 +55,39 @@ func TestNetworkFieldsOverHTTP(t *testing.T) {
 	}
 }
 
+// TestNetworkAllowPeersOverHTTP: network.allow_peers (a zygote
+// extension) reaches the slot, shows on the instance, and is inherited by
+// a fork; an instance without it, or opted out of networking, shows
+// false; allow_peers with networking off is 400.
+func TestNetworkAllowPeersOverHTTP(t *testing.T) {
+	e := newNetEnv(t)
+	in, err := e.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: "peer", Size: "64MB", Network: &api.NetworkRequest{AllowPeers: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !in.Network.AllowPeers || !e.h.Net.AllowsPeers(in.ID) {
+		t.Fatalf("allow_peers not applied: shown %+v, slot allows peers %v", in.Network, e.h.Net.AllowsPeers(in.ID))
+	}
+	plain, err := e.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: "plain", Size: "64MB"})
+	if err != nil || plain.Network.AllowPeers || e.h.Net.AllowsPeers(plain.ID) {
+		t.Fatalf("an instance without allow_peers: %+v %v", plain.Network, err)
+	}
+	f, err := e.c.ForkInstance(ctx, "peer", api.ForkInstanceRequest{Name: "peerfork", FromRunning: true})
+	if err != nil || !f.Network.AllowPeers || !e.h.Net.AllowsPeers(f.ID) || f.Network.IP == nil || *f.Network.IP == *in.Network.IP {
+		t.Fatalf("the fork of a peer: %+v %v", f.Network, err)
+	}
+	got, err := e.c.GetInstance(ctx, "peerfork")
+	if err != nil || !got.Network.AllowPeers {
+		t.Fatalf("GET of the fork: %+v %v", got.Network, err)
+	}
+	off := false
+	_, err = e.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: "x", Size: "64MB", Network: &api.NetworkRequest{Enabled: &off, AllowPeers: true}})
+	var se *api.StatusError
+	if !errors.As(err, &se) || se.Status != 400 {
+		t.Fatalf("allow_peers with networking off: %v, want 400", err)
+	}
+}
+
 func TestStatsAndResources(t *testing.T) {
 	e := newNetEnv(t)
 	web := e.run(t, "web")

@@ -283,7 +283,7 @@ func toNetwork(n instances.Network) InstanceNetwork {
 	if !n.Enabled {
 		return out
 	}
-	out.Name, out.MAC = n.Name, &n.MAC
+	out.Name, out.MAC, out.AllowPeers = n.Name, &n.MAC, n.AllowPeers
 	if n.IP != "" {
 		out.IP = &n.IP
 	}

@@ -50,6 +50,10 @@ type CreateInstanceRequest struct {
 type NetworkRequest struct {
 	// Enabled defaults to true; false: the guest has only lo.
 	Enabled *bool `json:"enabled,omitempty"`
+	// AllowPeers (zygote extension) lets the guest exchange traffic with
+	// other guests that allow peers; forks inherit it. Default false:
+	// guests reach the gateway, the host and beyond, never each other.
+	AllowPeers bool `json:"allow_peers,omitempty"`
 	// hypeman's; any non-empty value is 501 not_supported.
 	BandwidthDownload string          `json:"bandwidth_download,omitempty"`
 	BandwidthUpload   string          `json:"bandwidth_upload,omitempty"`
@@ -72,6 +76,9 @@ type InstanceNetwork struct {
 	IP      *string         `json:"ip,omitempty"`
 	MAC     *string         `json:"mac,omitempty"`
 	Publish []PublishedPort `json:"publish,omitempty"`
+	// AllowPeers (zygote extension): the guest may talk to other guests
+	// that allow peers.
+	AllowPeers bool `json:"allow_peers,omitempty"`
 }
 
 // VolumeMount attaches a volume (hypeman's shape; overlay is refused).

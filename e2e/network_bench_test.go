@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -38,6 +39,37 @@ func forkTimes(b *testing.B, d *daemon, src string, n int) []time.Duration {
 			b.Fatal(err)
 		}
 		time.Sleep(time.Second) // the pool refills in the background
+	}
+	return out
+}
+
+// forkPhases reads the "fork phase" lines of d's log (instances records
+// one per step of each fork) and returns, for each phase, the durations
+// of the forks named prefix-f<i>.
+func forkPhases(b *testing.B, d *daemon, prefix string) map[string][]time.Duration {
+	raw, err := os.ReadFile(d.logPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := map[string][]time.Duration{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if !strings.Contains(line, `msg="fork phase"`) {
+			continue
+		}
+		kv := map[string]string{}
+		for _, f := range strings.Fields(line) {
+			if k, v, ok := strings.Cut(f, "="); ok {
+				kv[k] = v
+			}
+		}
+		if !strings.HasPrefix(kv["name"], prefix+"-f") {
+			continue
+		}
+		dt, err := time.ParseDuration(kv["took"])
+		if err != nil {
+			b.Fatalf("fork phase line %q: %v", line, err)
+		}
+		out[kv["phase"]] = append(out[kv["phase"]], dt)
 	}
 	return out
 }
@@ -84,6 +116,30 @@ func BenchmarkNetworkFork(b *testing.B) {
 		}
 		d.c.DeleteInstance(ctx, "reconf", true)
 		diff := median(withNet) - median(without)
+		// What networking adds on the fork path, measured inside each
+		// fork: its slot and its TAP's first open.
+		pooled, plain, unpooled := forkPhases(b, d, "net"), forkPhases(b, d, "plain"), forkPhases(b, d2, "nopool")
+		if len(pooled["network_slot"]) != n || len(pooled["network_tap"]) != n || len(unpooled["network_slot"]) != n ||
+			len(plain["network_slot"]) != 0 || len(plain["copy"]) != n {
+			b.Fatalf("fork phases in the logs: pooled %v, plain %v, empty pool %v", pooled, plain, unpooled)
+		}
+		netCost := func(p map[string][]time.Duration) time.Duration {
+			var sums []time.Duration
+			for i := range p["network_slot"] {
+				sums = append(sums, p["network_slot"][i]+p["network_tap"][i])
+			}
+			return median(sums)
+		}
+		table(fmt.Sprintf("steps inside a fork (median of %d)", n), [][]string{
+			{"step", "with network (pool)", "without network", "with network, empty pool"},
+			{"copy (files, record)", ms(median(pooled["copy"])), ms(median(plain["copy"])), ms(median(unpooled["copy"]))},
+			{"network: slot acquire", ms(median(pooled["network_slot"])), "-", ms(median(unpooled["network_slot"]))},
+			{"network: TAP open", ms(median(pooled["network_tap"])), "-", ms(median(unpooled["network_tap"]))},
+			{"network total (slot + TAP)", ms(netCost(pooled)), "-", ms(netCost(unpooled))},
+			{"restore → Running (TAP open included)", ms(median(pooled["restore"])), ms(median(plain["restore"])), ms(median(unpooled["restore"]))},
+		})
+		b.ReportMetric(float64(netCost(pooled).Microseconds())/1000, "fork-net-steps-ms")
+		b.ReportMetric(float64(netCost(unpooled).Microseconds())/1000, "fork-net-steps-nopool-ms")
 		table(fmt.Sprintf("fork of a running VM → Running (median of %d, TCG)", n), [][]string{
 			{"case", "median", "all"},
 			{"with network (slot from the pool)", ms(median(withNet)), fmt.Sprint(withNet)},

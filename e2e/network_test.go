@@ -335,6 +335,37 @@ func TestNetwork(t *testing.T) {
 		}
 	})
 
+	t.Run("two guests that both allow peers talk; a fork inherits allow_peers", func(t *testing.T) {
+		in, err := d.c.CreateInstance(ctx, api.CreateInstanceRequest{Name: "peer", Cmd: netWorkload,
+			Network: &api.NetworkRequest{AllowPeers: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		peer := d.waitRunning(in.ID)
+		peerIP := slotIP(t, peer)
+		waitHTTP(t, topo.host, "http://"+peerIP+":80/")
+		f, err := d.c.ForkInstance(ctx, "peer", api.ForkInstanceRequest{Name: "peer-f", FromRunning: true, TargetState: "Running"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !peer.Network.AllowPeers || !f.Network.AllowPeers {
+			t.Fatalf("allow_peers: peer %v, its fork %v", peer.Network.AllowPeers, f.Network.AllowPeers)
+		}
+		// Bounded: were the traffic dropped, wget would hang.
+		if got := d.sh("peer-f", "timeout 10 wget -qO- http://"+peerIP+":80/"); got != guestPage {
+			t.Fatalf("a peer fetching from its peer's slot %s: %q", peerIP, got)
+		}
+		// Both sides must allow it: web does not.
+		if out := d.sh("peer", "timeout 3 wget -qO- http://"+webIP+":80/ 2>&1; echo rc=$?"); !strings.HasSuffix(out, "rc=143") {
+			t.Fatalf("a peer reaching a guest that does not allow peers: %q, want it to hang until killed (rc=143)", out)
+		}
+		for _, n := range []string{"peer-f", "peer"} {
+			if err := d.c.DeleteInstance(ctx, n, true); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
 	t.Run("fork from standby; standby/restore and stop/start keep addresses", func(t *testing.T) {
 		if _, err := d.c.StandbyInstance(ctx, "web"); err != nil {
 			t.Fatal(err)

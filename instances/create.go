@@ -42,6 +42,10 @@ type CreateRequest struct {
 	// false): the guest has only lo. Networking is on by default when the
 	// manager has a Networker.
 	NoNetwork bool
+	// AllowPeers lets the guest exchange traffic with other guests whose
+	// instances allow peers too (default: isolated from them). Forks of
+	// the instance inherit it.
+	AllowPeers bool
 	// Publish publishes guest ports on host ports.
 	Publish []Port
 }
@@ -184,7 +188,8 @@ func (m *Manager) create(ctx context.Context, req CreateRequest) (store.Instance
 		Spec: store.Spec{
 			Hypervisor: req.Hypervisor, VCPUs: req.VCPUs, MemoryBytes: req.MemoryBytes,
 			KernelArgs: req.KernelArgs, Command: req.Command, Env: req.Env, Image: req.Image,
-			Network: m.cfg.Network != nil && !req.NoNetwork,
+			Network:    m.cfg.Network != nil && !req.NoNetwork,
+			AllowPeers: m.cfg.Network != nil && !req.NoNetwork && req.AllowPeers,
 		},
 		Publish: portsToRecord(req.Publish),
 	}

@@ -297,6 +297,7 @@ func (m *Manager) newFork(src forkSource, name string) store.Instance {
 // copyFork copies the source's files into the fork's own directory and
 // commits its record. The caller holds the fork's lock.
 func (m *Manager) copyFork(ctx context.Context, src forkSource, f *store.Instance) error {
+	begin := time.Now()
 	dir := m.instanceDir(f.ID)
 	if _, err := m.clone(ctx, src.dir, dir, m.sharedMemoryFiles(*f)...); err != nil {
 		return fmt.Errorf("copy %s: %w", filepath.Base(src.dir), err)
@@ -331,12 +332,15 @@ func (m *Manager) copyFork(ctx context.Context, src forkSource, f *store.Instanc
 	if err := m.putInstance(*f); err != nil {
 		return err
 	}
+	m.forkPhase(*f, phaseCopy, time.Since(begin))
 	if f.Spec.Network {
 		// Its own slot, from the pool, before its restore: a new address,
 		// the same guest. The fork intent covers it (reconcileFork).
+		begin := time.Now()
 		if _, err := m.slotOf(ctx, *f); err != nil {
 			return err
 		}
+		m.forkPhase(*f, phaseNetworkSlot, time.Since(begin))
 		crashpoint.Hit(crashpoint.ForkSlotAcquired)
 	}
 	return nil
@@ -356,9 +360,12 @@ func (m *Manager) bringAll(ctx context.Context, forks []store.Instance, target S
 		go func() { // owner: bringAll, which waits for it
 			defer wg.Done()
 			defer func() { <-sem }()
+			begin := time.Now()
 			if err := m.bringTo(ctx, &forks[i], target); err != nil {
 				errs[i] = fmt.Errorf("bring fork %s to %s: %w", forks[i].Name, target, err)
+				return
 			}
+			m.forkPhase(forks[i], phaseRestore, time.Since(begin))
 		}()
 	}
 	wg.Wait()

@@ -4,11 +4,14 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/zygote/zygote/store"
 )
 
 // Metrics are the manager's Prometheus metrics.
 type Metrics struct {
 	opDuration        *prometheus.HistogramVec
+	forkPhase         *prometheus.HistogramVec
 	cloneBytes        *prometheus.CounterVec
 	cloneTotal        *prometheus.CounterVec
 	standbyStateBytes prometheus.Histogram
@@ -27,6 +30,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Duration of instance operations by operation and result.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}, []string{"op", "result"}),
+		forkPhase: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "zygote", Name: "fork_phase_seconds",
+			Help: "Duration of the steps of one fork: copy (its files), network_slot (its slot, from the pool or made), " +
+				"network_tap (opening its TAP for its first restore), restore (to its target state, TAP included).",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"phase"}),
 		cloneBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "zygote", Name: "clone_bytes_total",
 			Help: "Bytes of instance and snapshot files copied, by clone strategy (reflink, copy_file_range, readwrite).",
@@ -55,7 +64,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		memory: newMemoryCollector(),
 	}
 	if reg != nil {
-		reg.MustRegister(m.opDuration, m.cloneBytes, m.cloneTotal, m.standbyStateBytes, m.densified, m.memoryLinks, m.memoryOwned, m.memory)
+		reg.MustRegister(m.opDuration, m.forkPhase, m.cloneBytes, m.cloneTotal, m.standbyStateBytes, m.densified, m.memoryLinks, m.memoryOwned, m.memory)
 	}
 	return m
 }
@@ -70,4 +79,20 @@ func (m *Metrics) op(name string) func(error) {
 		}
 		m.opDuration.WithLabelValues(name, result).Observe(time.Since(begin).Seconds())
 	}
+}
+
+// Phases of a fork (zygote_fork_phase_seconds).
+const (
+	phaseCopy        = "copy"
+	phaseNetworkSlot = "network_slot"
+	phaseNetworkTAP  = "network_tap"
+	phaseRestore     = "restore"
+)
+
+// forkPhase records how long one step of inst's fork took, as the
+// zygote_fork_phase_seconds metric and a log line ("fork phase", with
+// phase and took) that benchmarks read.
+func (m *Manager) forkPhase(inst store.Instance, phase string, d time.Duration) {
+	m.metrics.forkPhase.WithLabelValues(phase).Observe(d.Seconds())
+	m.log.Info("fork phase", "instance", inst.ID, "name", inst.Name, "phase", phase, "took", d)
 }

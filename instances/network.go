@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"time"
 
 	"github.com/zygote/zygote/errdefs"
 	"github.com/zygote/zygote/guest/agentproto"
@@ -22,9 +23,9 @@ import (
 // same fixed address (agentproto.GuestCIDR) whatever its slot: the slot
 // translates, so a fork restores with nothing to change inside the guest.
 type Networker interface {
-	// Acquire gives owner a slot publishing ports. A host port taken is
+	// Acquire gives owner a slot as opts say. A host port taken is
 	// errdefs.ErrConflict; a plugin failure leaves no slot behind.
-	Acquire(ctx context.Context, owner string, publish []Port) (NetSlot, error)
+	Acquire(ctx context.Context, owner string, opts NetOptions) (NetSlot, error)
 	// Get returns owner's slot (errdefs.ErrNotFound if it has none).
 	Get(owner string) (NetSlot, error)
 	// Release frees owner's slot (its address, its ports); a no-op when
@@ -35,6 +36,16 @@ type Networker interface {
 	Reconcile(ctx context.Context, live map[string]bool) error
 	// Stats are the slot's traffic counters seen from the guest.
 	Stats(owner string) (NetStats, error)
+}
+
+// NetOptions are what an instance asks of its slot.
+type NetOptions struct {
+	// Publish publishes guest ports on host ports.
+	Publish []Port
+	// AllowPeers lets the guest exchange traffic with the guests of other
+	// slots that allow peers (default: only the gateway, the host and
+	// beyond).
+	AllowPeers bool
 }
 
 // NetSlot is an instance's slot, as the manager uses it.
@@ -71,17 +82,22 @@ type Network struct {
 	// Name is the network's name.
 	Name    string
 	Publish []Port
+	// AllowPeers: the guest may talk to other guests that allow peers.
+	AllowPeers bool
 }
 
 // validateNetwork applies the network fields of a create request.
 func (m *Manager) validateNetwork(req *CreateRequest) error {
 	if req.NoNetwork || m.cfg.Network == nil {
+		why := "the instance has networking off"
+		if m.cfg.Network == nil {
+			why = "this daemon runs without networking (zygote serve --network)"
+		}
 		if len(req.Publish) > 0 {
-			why := "the instance has networking off"
-			if m.cfg.Network == nil {
-				why = "this daemon runs without networking (zygote serve --network)"
-			}
 			return &FieldError{Field: "publish", Err: fmt.Errorf("publish: %s: %w", why, errdefs.ErrInvalidArgument)}
+		}
+		if req.AllowPeers {
+			return &FieldError{Field: "network.allow_peers", Err: fmt.Errorf("allow_peers: %s: %w", why, errdefs.ErrInvalidArgument)}
 		}
 		return nil
 	}
@@ -136,7 +152,7 @@ func (m *Manager) slotOf(ctx context.Context, inst store.Instance) (NetSlot, err
 	if !errdefs.IsNotFound(err) {
 		return nil, err
 	}
-	s, err = m.cfg.Network.Acquire(ctx, inst.ID, portsOfRecord(inst.Publish))
+	s, err = m.cfg.Network.Acquire(ctx, inst.ID, NetOptions{Publish: portsOfRecord(inst.Publish), AllowPeers: inst.Spec.AllowPeers})
 	if err != nil {
 		if !classed(err) {
 			// A CNI plugin's failure: the client gets its message (a 503,
@@ -145,7 +161,7 @@ func (m *Manager) slotOf(ctx context.Context, inst store.Instance) (NetSlot, err
 		}
 		return nil, fmt.Errorf("network slot for %s: %w", inst.Name, err)
 	}
-	m.log.Info("network slot acquired", "instance", inst.ID, "name", inst.Name, "ip", s.IP())
+	m.log.Info("network slot acquired", "instance", inst.ID, "name", inst.Name, "ip", s.IP(), "allow_peers", inst.Spec.AllowPeers)
 	return s, nil
 }
 
@@ -182,9 +198,14 @@ func (m *Manager) withNIC(ctx context.Context, inst store.Instance, spec hypervi
 	if err != nil {
 		return spec, nil, err
 	}
+	begin := time.Now()
 	tap, err := s.OpenTAP()
 	if err != nil {
 		return spec, nil, fmt.Errorf("open the TAP of %s: %w", inst.Name, err)
+	}
+	if inst.NewIdentity {
+		// A fork's first restore: what networking adds to it.
+		m.forkPhase(inst, phaseNetworkTAP, time.Since(begin))
 	}
 	spec.NIC = &hypervisor.NIC{TAP: tap, MAC: agentproto.GuestMAC}
 	return spec, func() { tap.Close() }, nil
@@ -217,7 +238,7 @@ func (m *Manager) guestNetwork(inst store.Instance) *agentproto.NetworkConfig {
 
 // networkOf is inst's network as clients see it.
 func (m *Manager) networkOf(inst store.Instance) Network {
-	n := Network{Enabled: inst.Spec.Network, Publish: portsOfRecord(inst.Publish)}
+	n := Network{Enabled: inst.Spec.Network, Publish: portsOfRecord(inst.Publish), AllowPeers: inst.Spec.Network && inst.Spec.AllowPeers}
 	if !n.Enabled {
 		return n
 	}

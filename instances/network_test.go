@@ -2,6 +2,7 @@ package instances_test
 
 import (
 	"errors"
+	"maps"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -118,7 +119,7 @@ func TestNetworkSlotLifecycle(t *testing.T) {
 	}
 
 	// A restart keeps every slot; a slot whose instance is gone goes.
-	h.Net.Acquire(ctx, "ghostaaaaaaaaaaaaaaaaaaa", nil)
+	h.Net.Acquire(ctx, "ghostaaaaaaaaaaaaaaaaaaa", instances.NetOptions{})
 	h.Restart()
 	same("restart")
 	if owners := h.Net.Owners(); len(owners) != 3 || slices.Contains(owners, "ghostaaaaaaaaaaaaaaaaaaa") {
@@ -240,6 +241,53 @@ func TestNetworkOptOutAndFailures(t *testing.T) {
 	h.WaitRunning("pub") // the source runs again
 }
 
+// TestNetworkAllowPeersInherited: allow_peers reaches the slot; a fork
+// (from running, from standby, of a snapshot) inherits it, also after a
+// restart; the default is isolated; allow_peers without networking is
+// refused.
+func TestNetworkAllowPeersInherited(t *testing.T) {
+	h := instancestest.NewNetworked(t, "", instancestest.Clone)
+	if _, err := h.M.Create(ctx, instances.CreateRequest{Name: "peer", AllowPeers: true}); err != nil {
+		t.Fatal(err)
+	}
+	create(t, h, "alone")
+	h.WaitRunning("peer")
+	check := func(ref string, want bool) {
+		t.Helper()
+		v := mustGet(t, h, ref)
+		if v.Network.AllowPeers != want || h.Net.AllowsPeers(v.ID) != want || v.Spec.AllowPeers != want {
+			t.Fatalf("%s: shown %v, slot %v, spec %v; want %v", ref, v.Network.AllowPeers, h.Net.AllowsPeers(v.ID), v.Spec.AllowPeers, want)
+		}
+	}
+	check("peer", true)
+	check("alone", false)
+	if _, err := h.M.Fork(ctx, "peer", instances.ForkRequest{Name: "f1", FromRunning: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.M.Fork(ctx, "alone", instances.ForkRequest{Name: "f2", FromRunning: true}); err != nil {
+		t.Fatal(err)
+	}
+	check("f1", true)
+	check("f2", false)
+	snap, err := h.M.CreateSnapshot(ctx, "f1", instances.SnapshotRequest{Kind: instances.SnapshotStandby, Name: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !snap.Spec.AllowPeers {
+		t.Fatalf("the snapshot's spec lost allow_peers: %+v", snap.Spec)
+	}
+	if _, err := h.M.ForkSnapshot(ctx, snap.ID, instances.ForkRequest{Name: "f3", TargetState: instances.StateRunning}); err != nil {
+		t.Fatal(err)
+	}
+	check("f3", true)
+	h.Restart()
+	check("f1", true)
+	check("alone", false)
+	if _, err := h.M.Create(ctx, instances.CreateRequest{Name: "x", NoNetwork: true, AllowPeers: true}); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("allow_peers without network: %v", err)
+	}
+}
+
 // TestNetworkedImageSharingForks: where images, sharing forks and
 // networking meet. An image instance with a network boots with its two
 // disks and the NIC; a sharing fork of it owns its overlay, shares the
@@ -319,5 +367,62 @@ func TestNetworkedImageSharingForks(t *testing.T) {
 	}
 	if owners := h.Net.Owners(); len(owners) != 0 {
 		t.Fatalf("slots left after deleting both: %v", owners)
+	}
+}
+
+// phaseCounts is how many observations zygote_fork_phase_seconds holds
+// per phase.
+func phaseCounts(t *testing.T, h *instancestest.Harness) map[string]uint64 {
+	t.Helper()
+	mfs, err := h.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]uint64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "zygote_fork_phase_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "phase" {
+					got[lp.GetValue()] = m.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+	}
+	return got
+}
+
+// TestForkPhaseMetrics: each fork records its copy, its restore and, when
+// networked, its slot and its first TAP open (what networking adds to a
+// fork); a fork without network records no network phase, and neither
+// does a later restore of a fork.
+func TestForkPhaseMetrics(t *testing.T) {
+	h := instancestest.NewNetworked(t, "", instancestest.Clone)
+	create(t, h, "net")
+	if _, err := h.M.Create(ctx, instances.CreateRequest{Name: "plain", NoNetwork: true}); err != nil {
+		t.Fatal(err)
+	}
+	h.WaitRunning("plain")
+	fork(t, h, "plain", instances.ForkRequest{Name: "pf", FromRunning: true, TargetState: instances.StateRunning})
+	if got := phaseCounts(t, h); got["copy"] != 1 || got["restore"] != 1 || got["network_slot"] != 0 || got["network_tap"] != 0 {
+		t.Fatalf("phases after a fork without network: %v", got)
+	}
+	if _, err := h.M.Fork(ctx, "net", instances.ForkRequest{NamePrefix: "nf", Count: 2, FromRunning: true, TargetState: instances.StateRunning}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]uint64{"copy": 3, "restore": 3, "network_slot": 2, "network_tap": 2}
+	if got := phaseCounts(t, h); !maps.Equal(got, want) {
+		t.Fatalf("phases after two networked forks: %v, want %v", got, want)
+	}
+	if _, err := h.M.Standby(ctx, "nf-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.M.Restore(ctx, "nf-1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := phaseCounts(t, h); !maps.Equal(got, want) {
+		t.Fatalf("phases after a later restore of a fork: %v, want %v", got, want)
 	}
 }

@@ -37,6 +37,8 @@ type Spec struct {
 	Volumes []VolumeMount
 	// Network: the machine has a NIC backed by a network slot.
 	Network bool
+	// AllowPeers: its slot may talk to other slots that allow peers.
+	AllowPeers bool
 }
 
 // Origin says where a fork came from. Informational only: nothing ever
@@ -112,7 +114,7 @@ type Snapshot struct {
 func specOfRecord(s store.Spec) Spec {
 	v := Spec{Hypervisor: s.Hypervisor, VCPUs: s.VCPUs, MemoryBytes: s.MemoryBytes, KernelArgs: s.KernelArgs,
 		Command: s.Command, Env: s.Env, Image: s.Image, ImageDigest: s.ImageDigest, OverlayBytes: s.OverlayBytes,
-		Network: s.Network}
+		Network: s.Network, AllowPeers: s.AllowPeers}
 	for _, m := range s.Volumes {
 		v.Volumes = append(v.Volumes, VolumeMount{Volume: m.VolumeID, MountPath: m.MountPath, ReadOnly: m.ReadOnly})
 	}
@@ -156,7 +158,7 @@ func manifestOf(s store.Snapshot) snapshots.Manifest {
 			Hypervisor: s.Spec.Hypervisor, VCPUs: s.Spec.VCPUs, MemoryBytes: s.Spec.MemoryBytes,
 			KernelArgs: s.Spec.KernelArgs, Command: s.Spec.Command, Env: s.Spec.Env, Image: s.Spec.Image,
 			ImageDigest: s.Spec.ImageDigest, RootFSType: s.Spec.RootFSType, OverlayBytes: s.Spec.OverlayBytes,
-			Network: s.Spec.Network, DriverState: s.Spec.DriverState,
+			Network: s.Spec.Network, AllowPeers: s.Spec.AllowPeers, DriverState: s.Spec.DriverState,
 		},
 	}
 }

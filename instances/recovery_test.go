@@ -248,7 +248,7 @@ var recoveryCases = []recoveryCase{
 	{store.OpCreate, "network slot acquired, not booted", func(t *testing.T, h *instancestest.Harness) func(*testing.T) {
 		id := "createslotonlyaaaaaaaaaa"
 		os.MkdirAll(filepath.Join(h.DataDir, "instances", id), 0o700)
-		if _, err := h.Net.Acquire(ctx, id, []instances.Port{{HostPort: 8080, GuestPort: 80, Protocol: "tcp"}}); err != nil {
+		if _, err := h.Net.Acquire(ctx, id, instances.NetOptions{Publish: []instances.Port{{HostPort: 8080, GuestPort: 80, Protocol: "tcp"}}}); err != nil {
 			t.Fatal(err)
 		}
 		down(t, h, func(tx *store.Tx) error {

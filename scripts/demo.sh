@@ -4,10 +4,12 @@
 # snapshots and forks are reflinks, starts the daemon, and walks a VM
 # through boot, standby and fork; then builds an OCI image locally (busybox,
 # with umoci), serves it from a registry it starts on 127.0.0.1, runs a
-# program from it, keeps a file across stop/start and forks it.
+# program from it, keeps a file across stop/start and forks it; last, runs
+# the networking demo (scripts/demo-network.sh: its own daemon inside
+# network namespaces it makes) and removes what that made.
 #
 #   scripts/demo.sh          run the demo (again: it starts over)
-#   scripts/demo.sh stop     delete the demo's instances, stop its daemon, unmount
+#   scripts/demo.sh stop     delete the demo's instances, stop its daemon, unmount (the network demo's too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -38,6 +40,7 @@ stop_demo() {
   pkill -f -- "--socket $ZYGOTE_DATA_DIR/pager/pager.sock" 2>/dev/null || true
   sleep 0.3
   if mountpoint -q "$ZYGOTE_DATA_DIR"; then umount "$ZYGOTE_DATA_DIR"; fi
+  "$root/scripts/demo-network.sh" stop >/dev/null
 }
 
 if [[ ${1:-} == stop ]]; then
@@ -112,10 +115,21 @@ step exec app-2 -- sh -c 'echo only in the fork > /root/fork; ls /root'
 step exec app -- ls /root
 step ps -a
 
+# Networking, with its own daemon inside namespaces the script makes (no
+# packet leaves them); what it made goes at once, even when it fails.
+printf '\n\033[1m==> networking: scripts/demo-network.sh\033[0m\n'
+if ! "$root/scripts/demo-network.sh"; then
+  "$root/scripts/demo-network.sh" stop
+  exit 1
+fi
+"$root/scripts/demo-network.sh" stop
+
 cat <<TXT
 
 The daemon keeps running with web-2, app and app-2. To use it from this shell:
   export ZYGOTE_SOCKET=$ZYGOTE_SOCKET ZYGOTE_DATA_DIR=$ZYGOTE_DATA_DIR
   $root/bin/zygote --help
 To clean up: scripts/demo.sh stop
+The network demo has been removed; scripts/demo-network.sh runs it again and
+leaves its daemon and VMs running (scripts/demo-network.sh stop removes them).
 TXT

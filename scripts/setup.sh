@@ -17,9 +17,10 @@ fi
 # for the data directory and tests, lz4 for the guest kernel, cpio for a
 # test that reads our initramfs back with GNU cpio; e2fsprogs and
 # erofs-utils for image root disks and overlays; the CNI plugins (and the
-# iptables they run), nftables and iproute2 for VM networking;
+# iptables they run), nftables, iproute2 and util-linux (nsenter) for VM
+# networking and its tests;
 # docker-registry, mmdebstrap and umoci for the image tests.
-packages=(qemu-system-x86 qemu-utils busybox-static xfsprogs btrfs-progs lz4 cpio kmod ca-certificates curl e2fsprogs erofs-utils iproute2 containernetworking-plugins iptables nftables docker-registry mmdebstrap umoci skopeo)
+packages=(qemu-system-x86 qemu-utils busybox-static xfsprogs btrfs-progs lz4 cpio kmod ca-certificates curl e2fsprogs erofs-utils iproute2 util-linux containernetworking-plugins iptables nftables docker-registry mmdebstrap umoci skopeo)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -92,6 +92,9 @@ type Spec struct {
 	// Network: the machine has a NIC (optional field, added in wave 2;
 	// older manifests without it describe machines without a NIC).
 	Network bool `json:"network,omitempty"`
+	// AllowPeers: its slot may talk to other slots that allow peers
+	// (optional field, added with network.allow_peers).
+	AllowPeers bool `json:"allow_peers,omitempty"`
 	// DriverState is the driver's opaque state, carried byte for byte.
 	DriverState json.RawMessage `json:"driver_state,omitempty"`
 }

@@ -46,6 +46,10 @@ type Spec struct {
 	// Network: the machine has a NIC backed by a network slot (a fork
 	// inherits it: its saved device state has the NIC).
 	Network bool `json:"network,omitempty"`
+	// AllowPeers: the machine's slot lets it exchange traffic with other
+	// slots that allow peers too (zygote's network.allow_peers). A fork
+	// inherits it with the rest of the spec.
+	AllowPeers bool `json:"allow_peers,omitempty"`
 	// DriverState is opaque to everyone but the driver that wrote it
 	// (machine type, accelerator, …); a driver versions its own encoding
 	// inside it. (Schema 1 also declared driver_state_version; nothing

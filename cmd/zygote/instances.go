@@ -36,6 +36,7 @@ func newRunCmd() *cobra.Command {
 		vcpus                        int
 		env, tags, vols, publish     []string
 		detach, asJSON, noNetwork    bool
+		allowPeers                   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run [flags] [IMAGE] [-- COMMAND [ARG...]]",
@@ -70,6 +71,7 @@ is its workload, and run returns once the guest agent is ready.`,
 	cmd.Flags().StringArrayVarP(&vols, "volume", "v", nil, "attach a volume: NAME:/path[:ro] (repeatable; image instances only)")
 	cmd.Flags().StringArrayVarP(&publish, "publish", "p", nil, "publish a guest port on a host port: HOST:GUEST[/tcp|udp] (repeatable)")
 	cmd.Flags().BoolVar(&noNetwork, "no-network", false, "no network: the guest has only lo")
+	cmd.Flags().BoolVar(&allowPeers, "allow-peers", false, "let the guest talk to other guests that allow peers (inherited by its forks)")
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once the VMM runs, without waiting for the guest or following the program")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the instance as JSON")
 	return clientCommand(cmd, func(ctx context.Context, c *client.Client, args []string) error {
@@ -104,10 +106,7 @@ is its workload, and run returns once the guest agent is ready.`,
 		if req.Publish, err = parsePublish(publish); err != nil {
 			return err
 		}
-		if noNetwork {
-			off := false
-			req.Network = &api.NetworkRequest{Enabled: &off}
-		}
+		req.Network = networkFlags(noNetwork, allowPeers)
 		begin := time.Now()
 		what := "booting " + name
 		if image != "" {

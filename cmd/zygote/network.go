@@ -108,9 +108,9 @@ type networker struct{ m *network.Manager }
 
 var _ instances.Networker = networker{}
 
-func (n networker) Acquire(ctx context.Context, owner string, publish []instances.Port) (instances.NetSlot, error) {
-	opts := network.SlotOptions{}
-	for _, p := range publish {
+func (n networker) Acquire(ctx context.Context, owner string, o instances.NetOptions) (instances.NetSlot, error) {
+	opts := network.SlotOptions{AllowPeers: o.AllowPeers}
+	for _, p := range o.Publish {
 		opts.Publish = append(opts.Publish, network.Port{HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: network.Protocol(p.Protocol)})
 	}
 	s, err := n.m.Acquire(ctx, owner, opts)
@@ -137,6 +137,21 @@ func (n networker) Reconcile(ctx context.Context, live map[string]bool) error {
 func (n networker) Stats(owner string) (instances.NetStats, error) {
 	st, err := n.m.Stats(owner)
 	return instances.NetStats{RxBytes: st.RxBytes, TxBytes: st.TxBytes}, err
+}
+
+// networkFlags is the network object of `zygote run --no-network
+// --allow-peers` (nil: the daemon's default, networked and isolated).
+// Both together reach the daemon, which refuses them (400).
+func networkFlags(noNetwork, allowPeers bool) *api.NetworkRequest {
+	if !noNetwork && !allowPeers {
+		return nil
+	}
+	n := &api.NetworkRequest{AllowPeers: allowPeers}
+	if noNetwork {
+		off := false
+		n.Enabled = &off
+	}
+	return n
 }
 
 // parsePublish reads `--publish HOST:GUEST[/PROTO]` flags.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"testing"
@@ -56,6 +57,23 @@ func TestParseVolumeFlags(t *testing.T) {
 	for _, bad := range []string{"data", ":/x", "data:", "a:/b:rx", "a:/b:ro:x"} {
 		if _, err := parseVolumeFlags([]string{bad}); err == nil {
 			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestNetworkFlags(t *testing.T) {
+	for _, tc := range []struct {
+		noNetwork, allowPeers bool
+		want                  string
+	}{
+		{false, false, "null"},
+		{true, false, `{"enabled":false}`},
+		{false, true, `{"allow_peers":true}`},
+		{true, true, `{"enabled":false,"allow_peers":true}`},
+	} {
+		raw, err := json.Marshal(networkFlags(tc.noNetwork, tc.allowPeers))
+		if err != nil || string(raw) != tc.want {
+			t.Errorf("--no-network=%v --allow-peers=%v: %s %v, want %s", tc.noNetwork, tc.allowPeers, raw, err, tc.want)
 		}
 	}
 }

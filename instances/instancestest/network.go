@@ -28,8 +28,9 @@ type FakeNetwork struct {
 }
 
 type fakeSlot struct {
-	ip      net.IP
-	publish []instances.Port
+	ip         net.IP
+	publish    []instances.Port
+	allowPeers bool
 }
 
 func (s *fakeSlot) IP() net.IP                 { return s.ip }
@@ -42,7 +43,8 @@ func NewFakeNetwork() *FakeNetwork { return &FakeNetwork{slots: map[string]*fake
 var _ instances.Networker = (*FakeNetwork)(nil)
 
 // Acquire gives owner a new address.
-func (n *FakeNetwork) Acquire(ctx context.Context, owner string, publish []instances.Port) (instances.NetSlot, error) {
+func (n *FakeNetwork) Acquire(ctx context.Context, owner string, opts instances.NetOptions) (instances.NetSlot, error) {
+	publish := opts.Publish
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.slots[owner] != nil {
@@ -63,7 +65,7 @@ func (n *FakeNetwork) Acquire(ctx context.Context, owner string, publish []insta
 	n.next++
 	n.acquires++
 	a := n.next + 1 // .0.1 is the gateway
-	s := &fakeSlot{ip: net.IPv4(10, 89, byte(a>>8), byte(a)), publish: slices.Clone(publish)}
+	s := &fakeSlot{ip: net.IPv4(10, 89, byte(a>>8), byte(a)), publish: slices.Clone(publish), allowPeers: opts.AllowPeers}
 	n.slots[owner] = s
 	return s, nil
 }
@@ -124,4 +126,13 @@ func (n *FakeNetwork) Acquires() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.acquires
+}
+
+// AllowsPeers reports whether owner's slot was acquired allowing peers
+// (false without a slot).
+func (n *FakeNetwork) AllowsPeers(owner string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s := n.slots[owner]
+	return s != nil && s.allowPeers
 }

@@ -16,11 +16,16 @@ const EnvRequirePrivileged = "ZYGOTE_REQUIRE_PRIVILEGED"
 // toolPackages names the Debian package that provides each tool the
 // helpers run, for the skip message.
 var toolPackages = map[string]string{
-	"mkfs.xfs":   "xfsprogs",
-	"mkfs.btrfs": "btrfs-progs",
-	"mkfs.ext4":  "e2fsprogs",
-	"losetup":    "mount",
-	"mount":      "mount",
+	"mkfs.xfs":            "xfsprogs",
+	"mkfs.btrfs":          "btrfs-progs",
+	"mkfs.ext4":           "e2fsprogs",
+	"losetup":             "mount",
+	"mount":               "mount",
+	"ip":                  "iproute2",
+	"nsenter":             "util-linux",
+	"busybox":             "busybox-static",
+	"iptables":            "iptables",
+	"/usr/lib/cni/bridge": "containernetworking-plugins",
 }
 
 // RequirePrivileged skips t unless the process runs as root and every tool
