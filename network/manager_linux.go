@@ -146,19 +146,37 @@ func checkSubnets(list *libcni.NetworkConfigList) error {
 	return nil
 }
 
+// recordFiles lists the slot records in dir and removes the temporaries
+// of record writes a crash cut short (writeFileAtomic's ".<name>.*"): they
+// were never renamed into place, so no slot depends on them.
+func recordFiles(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var paths []string
+	for _, e := range entries {
+		name := e.Name()
+		switch {
+		case strings.HasPrefix(name, "."):
+			os.Remove(filepath.Join(dir, name))
+		case strings.HasSuffix(name, ".json"):
+			paths = append(paths, filepath.Join(dir, name))
+		}
+	}
+	return paths, nil
+}
+
 // load reads the slot records a previous process left.
 func (m *Manager) load(ctx context.Context) error {
-	entries, err := os.ReadDir(m.cfg.slotDir())
+	paths, err := recordFiles(m.cfg.slotDir())
 	if err != nil {
 		return err
 	}
 	known := map[string]bool{}
 	var errs []error
-	for _, e := range entries {
-		if !strings.HasSuffix(e.Name(), ".json") {
-			continue
-		}
-		rec, err := readRecord(filepath.Join(m.cfg.slotDir(), e.Name()))
+	for _, path := range paths {
+		rec, err := readRecord(path)
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -154,9 +154,9 @@ func Cleanup(ctx context.Context, cfg Config) error {
 func (m *Manager) destroyAll(ctx context.Context) error {
 	var errs []error
 	seen := map[string]bool{}
-	entries, _ := os.ReadDir(m.cfg.slotDir())
-	for _, e := range entries {
-		rec, err := readRecord(m.cfg.slotDir() + "/" + e.Name())
+	paths, _ := recordFiles(m.cfg.slotDir())
+	for _, path := range paths {
+		rec, err := readRecord(path)
 		if err != nil {
 			errs = append(errs, err)
 			continue
