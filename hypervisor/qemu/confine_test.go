@@ -154,16 +154,36 @@ func TestConfinedVMMAndCappedConsole(t *testing.T) {
 	}
 }
 
+// waitFor waits until marker is in the capped log at path. It reads the
+// rotated file and the live one joined: the agent's "host session ended"
+// line follows every command, and when the live file is near its cap that
+// line rotates the marker (or part of it) into the previous file.
 func waitFor(t *testing.T, path, marker string) {
 	t.Helper()
 	deadline := time.Now().Add(120 * time.Second)
 	for time.Now().Before(deadline) {
-		if raw, _ := os.ReadFile(path); bytes.Contains(raw, []byte(marker)) {
+		if bytes.Contains(joinedLog(path), []byte(marker)) {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("%q never reached %s", marker, path)
+	tail := func(p string) string {
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			return err.Error()
+		}
+		return string(raw[max(0, len(raw)-600):])
+	}
+	vmmLog := filepath.Join(filepath.Dir(path), hypervisor.VMMLog)
+	t.Fatalf("%q never reached %s\n--- end of %s:\n%s\n--- end of %s:\n%s\n--- end of %s:\n%s", marker, path,
+		logfile.Rotated(path, 1), tail(logfile.Rotated(path, 1)), path, tail(path), vmmLog, tail(vmmLog))
+}
+
+// joinedLog is the previous rotated file followed by the live one.
+func joinedLog(path string) []byte {
+	prev, _ := os.ReadFile(logfile.Rotated(path, 1))
+	live, _ := os.ReadFile(path)
+	return append(prev, live...)
 }
 
 func checkCapped(t *testing.T, path string, limits logfile.Limits) {
