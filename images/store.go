@@ -163,7 +163,7 @@ func Open(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open image store: %w", err)
 	}
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	if err := lockWithin(lock, lockWait); err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("open image store %s: held by another process: %w: %v", cfg.Root, errdefs.ErrUnavailable, err)
 	}
@@ -497,4 +497,21 @@ func readTag(p string) (tagRecord, error) {
 		return tagRecord{}, fmt.Errorf("%s: %w", p, err)
 	}
 	return t, nil
+}
+
+// lockWait is how long Open waits for the store's lock. A daemon killed a
+// moment ago may still have it held, for an instant, by a child that was
+// between fork and exec, or by a dying mkfs (Pdeathsig): waiting briefly
+// lets a restart succeed; a live daemon holds it longer and is refused.
+const lockWait = 3 * time.Second
+
+func lockWithin(f *os.File, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil || !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

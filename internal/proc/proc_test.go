@@ -37,7 +37,14 @@ func TestIdentityAndWaitOfNonChildView(t *testing.T) {
 	if _, err := Open(cmd.Process.Pid, start+1); !errdefs.IsNotFound(err) {
 		t.Fatalf("Open with wrong start time: %v, want NotFound", err)
 	}
-	pids, err := Find("zygote-proc-test-marker")
+	// Until the child has exec'd, its cmdline is still this test's: wait.
+	var pids []int
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		pids, err = Find("zygote-proc-test-marker")
+		if err != nil || len(pids) > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil || len(pids) != 1 || pids[0] != cmd.Process.Pid {
 		t.Fatalf("Find = %v, %v", pids, err)
 	}
