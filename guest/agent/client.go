@@ -341,15 +341,21 @@ func (c *Client) call(ctx context.Context, req agentproto.Request) (agentproto.R
 		return agentproto.Response{}, err
 	}
 	defer done()
+	return c.exchange(ctx, st, req.Op, req)
+}
+
+// exchange sends req on st and reads its response; errors name op. A
+// stream that goes on after the response (a copy) is the caller's.
+func (c *Client) exchange(ctx context.Context, st *yamux.Stream, op string, req agentproto.Request) (agentproto.Response, error) {
 	var resp agentproto.Response
 	if err := agentproto.WriteJSON(st, agentproto.MsgRequest, req); err != nil {
-		return resp, c.ctxOrLost(ctx, req.Op, err)
+		return resp, c.ctxOrLost(ctx, op, err)
 	}
 	if err := agentproto.ReadJSON(st, agentproto.MsgResponse, &resp); err != nil {
-		return resp, c.ctxOrLost(ctx, req.Op, err)
+		return resp, c.ctxOrLost(ctx, op, err)
 	}
 	if resp.Error != nil {
-		return resp, fmt.Errorf("agent %s: %w", req.Op, remoteError(resp.Error))
+		return resp, fmt.Errorf("agent %s: %w", op, remoteError(resp.Error))
 	}
 	return resp, nil
 }

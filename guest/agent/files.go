@@ -40,15 +40,8 @@ func (c *Client) CopyFrom(ctx context.Context, req agentproto.CopyFromRequest, f
 		return 0, err
 	}
 	defer done()
-	if err := agentproto.WriteJSON(st, agentproto.MsgRequest, agentproto.Request{Op: agentproto.OpCopyFrom, CopyFrom: &req}); err != nil {
-		return 0, c.ctxOrLost(ctx, op, err)
-	}
-	var resp agentproto.Response
-	if err := agentproto.ReadJSON(st, agentproto.MsgResponse, &resp); err != nil {
-		return 0, c.ctxOrLost(ctx, op, err)
-	}
-	if resp.Error != nil {
-		return 0, fmt.Errorf("agent %s: %w", op, remoteError(resp.Error))
+	if _, err := c.exchange(ctx, st, op, agentproto.Request{Op: agentproto.OpCopyFrom, CopyFrom: &req}); err != nil {
+		return 0, err
 	}
 	var total int64
 	for {
@@ -145,15 +138,8 @@ func (c *Client) CopyTo(ctx context.Context, req agentproto.CopyToRequest, r io.
 		return 0, err
 	}
 	defer done()
-	if err := agentproto.WriteJSON(st, agentproto.MsgRequest, agentproto.Request{Op: agentproto.OpCopyTo, CopyTo: &req}); err != nil {
-		return 0, c.ctxOrLost(ctx, op, err)
-	}
-	var resp agentproto.Response
-	if err := agentproto.ReadJSON(st, agentproto.MsgResponse, &resp); err != nil {
-		return 0, c.ctxOrLost(ctx, op, err)
-	}
-	if resp.Error != nil {
-		return 0, fmt.Errorf("agent %s: %w", op, remoteError(resp.Error))
+	if _, err := c.exchange(ctx, st, op, agentproto.Request{Op: agentproto.OpCopyTo, CopyTo: &req}); err != nil {
+		return 0, err
 	}
 	if !req.IsDir && req.LinkTarget == "" && r != nil {
 		buf := make([]byte, agentproto.MaxChunk)
